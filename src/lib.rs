@@ -1,0 +1,2 @@
+//! msgc: a group-communication relay for clusters.
+pub mod config;
