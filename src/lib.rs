@@ -1,2 +1,3 @@
 //! msgc: a group-communication relay for clusters.
 pub mod config;
+pub mod proto;

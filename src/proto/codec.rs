@@ -1,0 +1,434 @@
+//! Encoding and resumable decoding of frames (layouts in `docs/protocol.md`).
+//!
+//! Owns: byte layouts, length checks before allocation. Never does I/O; never panics on input.
+//! `decode` accepts any prefix of a stream: it returns `Ok(None)` and consumes nothing until a
+//! whole frame is buffered. Decoded payloads share the input buffer (`split_to().freeze()`).
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use super::*;
+
+/// Fixed part of an MCAST frame before the group name.
+pub const MCAST_FIXED: usize = 32;
+const HANDSHAKE_FIXED: usize = 38;
+const VIEW_FIXED: usize = 36;
+const GAP_FIXED: usize = 32;
+const ERROR_FIXED: usize = 10;
+
+/// The total size of the frame starting at `buf[0]`, once its length field is buffered.
+///
+/// Checks the length against `max_frame` so that nothing is buffered for an oversized frame.
+pub fn frame_len(buf: &[u8], max_frame: usize) -> Result<Option<usize>, ProtoError> {
+    if buf.len() < 4 {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
+    if len < 2 {
+        return Err(ProtoError::TooShort(len));
+    }
+    let size = 4 + len as usize;
+    if size > max_frame {
+        return Err(ProtoError::TooLarge {
+            size,
+            max: max_frame,
+        });
+    }
+    Ok(Some(size))
+}
+
+/// The checked fixed fields of one MCAST frame, read without copying its payload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct McastHeader {
+    pub sender: SessionId,
+    pub seq: u64,
+    pub order: u64,
+    /// Group name length; the name is `frame[MCAST_FIXED..MCAST_FIXED + group_len]`.
+    pub group_len: usize,
+}
+
+impl McastHeader {
+    /// Parses the header of one whole MCAST frame (`frame` is exactly the frame's bytes).
+    /// Validates the layout; the group name's UTF-8 is checked by [`GroupName::from_bytes`].
+    pub fn parse(frame: &[u8]) -> Result<McastHeader, ProtoError> {
+        if frame.len() < MCAST_FIXED || frame[4] != kind::MCAST {
+            return Err(ProtoError::Malformed("MCAST shorter than its fixed fields"));
+        }
+        if frame[5] != 0 || frame[7] != 0 {
+            return Err(ProtoError::Malformed("MCAST reserved bits set"));
+        }
+        let group_len = frame[6] as usize;
+        if group_len == 0 {
+            return Err(ProtoError::BadGroup);
+        }
+        if frame.len() < MCAST_FIXED + group_len {
+            return Err(ProtoError::Malformed(
+                "MCAST group name runs past the frame",
+            ));
+        }
+        Ok(McastHeader {
+            sender: SessionId(be_u64(&frame[8..16])),
+            seq: be_u64(&frame[16..24]),
+            order: be_u64(&frame[24..32]),
+            group_len,
+        })
+    }
+
+    /// The group name bytes of `frame` (not yet checked for UTF-8).
+    pub fn group<'a>(&self, frame: &'a [u8]) -> &'a [u8] {
+        &frame[MCAST_FIXED..MCAST_FIXED + self.group_len]
+    }
+}
+
+fn be_u64(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    u64::from_be_bytes(a)
+}
+
+/// Appends an MCAST frame built from its parts (the client's send path).
+pub fn encode_mcast(
+    dst: &mut BytesMut,
+    sender: SessionId,
+    seq: u64,
+    group: &GroupName,
+    payload: &[u8],
+) {
+    let len = MCAST_FIXED - 4 + group.len() + payload.len();
+    dst.reserve(4 + len);
+    dst.put_u32(len as u32);
+    dst.put_u8(kind::MCAST);
+    dst.put_u8(0);
+    dst.put_u8(group.len() as u8);
+    dst.put_u8(0);
+    dst.put_u64(sender.0);
+    dst.put_u64(seq);
+    dst.put_u64(0);
+    dst.put_slice(group.as_bytes());
+    dst.put_slice(payload);
+}
+
+/// Appends `frame` to `dst`.
+pub fn encode(frame: &Frame, dst: &mut BytesMut) {
+    let start = dst.len();
+    dst.put_u32(0); // length, patched below
+    match frame {
+        Frame::Hello(h) | Frame::Welcome(h) => {
+            let k = if matches!(frame, Frame::Hello(_)) {
+                kind::HELLO
+            } else {
+                kind::WELCOME
+            };
+            dst.put_u8(k);
+            dst.put_u8(0);
+            dst.put_slice(&MAGIC);
+            dst.put_u16(h.version);
+            dst.put_u8(h.role as u8);
+            dst.put_u8(h.name.as_bytes().len() as u8);
+            dst.put_u64(h.id.0);
+            dst.put_u64(h.digest);
+            dst.put_u32(h.node_tag.0);
+            dst.put_u32(h.max_frame);
+            dst.put_slice(h.name.as_bytes());
+        }
+        Frame::Join(g) | Frame::Leave(g) => {
+            dst.put_u8(if matches!(frame, Frame::Join(_)) {
+                kind::JOIN
+            } else {
+                kind::LEAVE
+            });
+            dst.put_u8(0);
+            dst.put_u8(g.len() as u8);
+            dst.put_slice(g.as_bytes());
+        }
+        Frame::Noop => {
+            dst.put_u8(kind::NOOP);
+            dst.put_u8(0);
+        }
+        Frame::Error(e) => {
+            dst.put_u8(kind::ERROR);
+            dst.put_u8(if e.fatal { ERROR_FATAL } else { 0 });
+            dst.put_u16(e.code as u16);
+            // Messages are ours; cut at a char boundary to fit the u16 length.
+            let mut end = e.message.len().min(1024);
+            while !e.message.is_char_boundary(end) {
+                end -= 1;
+            }
+            dst.put_u16(end as u16);
+            dst.put_slice(&e.message.as_bytes()[..end]);
+        }
+        Frame::Mcast(m) => {
+            dst.truncate(start);
+            let mut tmp = BytesMut::new();
+            encode_mcast(&mut tmp, m.sender, m.seq, &m.group, &m.payload);
+            // order is reserved but carried faithfully.
+            tmp[24..32].copy_from_slice(&m.order.to_be_bytes());
+            dst.extend_from_slice(&tmp);
+            return;
+        }
+        Frame::View(v) => {
+            dst.put_u8(kind::VIEW);
+            dst.put_u8(0);
+            dst.put_u8(v.cause as u8);
+            dst.put_u8(v.group.len() as u8);
+            dst.put_u64(v.view_id);
+            dst.put_u64(v.group_seq);
+            dst.put_u64(v.subject.0);
+            dst.put_u32(v.members.len() as u32);
+            dst.put_slice(v.group.as_bytes());
+            for m in &v.members {
+                dst.put_u64(m.session.0);
+                dst.put_u8(m.name.as_bytes().len() as u8);
+                dst.put_slice(m.name.as_bytes());
+            }
+        }
+        Frame::Gap(g) => {
+            dst.put_u8(kind::GAP);
+            dst.put_u8(0);
+            dst.put_u8(g.reason as u8);
+            dst.put_u8(g.group.len() as u8);
+            dst.put_u64(g.sender.0);
+            dst.put_u64(g.first);
+            dst.put_u64(g.last);
+            dst.put_slice(g.group.as_bytes());
+        }
+    }
+    let len = (dst.len() - start - 4) as u32;
+    dst[start..start + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+/// Decodes one frame from the front of `buf`, consuming it; `Ok(None)` if it is incomplete.
+///
+/// On `Err` the stream is unusable: the caller sends an ERROR and closes.
+pub fn decode(buf: &mut BytesMut, max_frame: usize) -> Result<Option<Frame>, ProtoError> {
+    let Some(size) = frame_len(buf, max_frame)? else {
+        return Ok(None);
+    };
+    if buf.len() < size {
+        return Ok(None);
+    }
+    parse_whole(buf.split_to(size).freeze()).map(Some)
+}
+
+/// Parses one whole frame held in `frame`; names and payloads share its bytes.
+pub fn parse_whole(frame: Bytes) -> Result<Frame, ProtoError> {
+    let f: &[u8] = &frame;
+    if f.len() < HEADER_LEN {
+        return Err(ProtoError::Malformed("frame shorter than its header"));
+    }
+    let group_at = |from: usize, len: usize| -> Result<GroupName, ProtoError> {
+        if from + len > f.len() {
+            return Err(ProtoError::Malformed("group name runs past the frame"));
+        }
+        GroupName::from_bytes(frame.slice(from..from + len))
+    };
+    let name_at = |from: usize, len: usize| -> Result<Name, ProtoError> {
+        if from + len > f.len() {
+            return Err(ProtoError::Malformed("name runs past the frame"));
+        }
+        Name::from_bytes(frame.slice(from..from + len))
+    };
+    let k = f[4];
+    let flags = f[5];
+    let body = &f[HEADER_LEN..];
+    let no_flags = || {
+        if flags != 0 {
+            Err(ProtoError::Malformed("reserved flag bits set"))
+        } else {
+            Ok(())
+        }
+    };
+    match k {
+        kind::HELLO | kind::WELCOME => {
+            no_flags()?;
+            if f.len() < HANDSHAKE_FIXED {
+                return Err(ProtoError::BadHandshake(
+                    "handshake shorter than its fixed fields",
+                ));
+            }
+            if f[6..10] != MAGIC {
+                return Err(ProtoError::BadHandshake("wrong magic (not an msgc peer?)"));
+            }
+            let version = u16::from_be_bytes([f[10], f[11]]);
+            let role = match f[12] {
+                1 => Role::Client,
+                2 => Role::Peer,
+                _ => return Err(ProtoError::BadHandshake("unknown role")),
+            };
+            let name_len = f[13] as usize;
+            if HANDSHAKE_FIXED + name_len != f.len() {
+                return Err(ProtoError::BadHandshake(
+                    "name length disagrees with frame length",
+                ));
+            }
+            let mut c = &f[14..HANDSHAKE_FIXED];
+            let h = Handshake {
+                version,
+                role,
+                id: SessionId(c.get_u64()),
+                digest: c.get_u64(),
+                node_tag: NodeTag(c.get_u32()),
+                max_frame: c.get_u32(),
+                name: name_at(HANDSHAKE_FIXED, name_len)?,
+            };
+            Ok(if k == kind::HELLO {
+                Frame::Hello(h)
+            } else {
+                Frame::Welcome(h)
+            })
+        }
+        kind::JOIN | kind::LEAVE => {
+            no_flags()?;
+            let Some(&len) = body.first() else {
+                return Err(ProtoError::Malformed("JOIN/LEAVE without a group"));
+            };
+            if HEADER_LEN + 1 + len as usize != f.len() {
+                return Err(ProtoError::Malformed(
+                    "group length disagrees with frame length",
+                ));
+            }
+            let g = group_at(HEADER_LEN + 1, len as usize)?;
+            Ok(if k == kind::JOIN {
+                Frame::Join(g)
+            } else {
+                Frame::Leave(g)
+            })
+        }
+        kind::NOOP => {
+            no_flags()?;
+            if f.len() != HEADER_LEN {
+                return Err(ProtoError::Malformed("NOOP with a body"));
+            }
+            Ok(Frame::Noop)
+        }
+        kind::ERROR => {
+            if flags & !ERROR_FATAL != 0 {
+                return Err(ProtoError::Malformed("reserved flag bits set"));
+            }
+            if f.len() < ERROR_FIXED {
+                return Err(ProtoError::Malformed("ERROR shorter than its fixed fields"));
+            }
+            let code = u16::from_be_bytes([f[6], f[7]]);
+            let mlen = u16::from_be_bytes([f[8], f[9]]) as usize;
+            if ERROR_FIXED + mlen != f.len() {
+                return Err(ProtoError::Malformed(
+                    "message length disagrees with frame length",
+                ));
+            }
+            let message = String::from_utf8_lossy(&f[ERROR_FIXED..]).into_owned();
+            Ok(Frame::Error(ErrorFrame {
+                code: error_code(code),
+                fatal: flags & ERROR_FATAL != 0,
+                message,
+            }))
+        }
+        kind::MCAST => {
+            let h = McastHeader::parse(f)?;
+            let group = group_at(MCAST_FIXED, h.group_len)?;
+            Ok(Frame::Mcast(Mcast {
+                sender: h.sender,
+                seq: h.seq,
+                order: h.order,
+                group,
+                payload: frame.slice(MCAST_FIXED + h.group_len..),
+            }))
+        }
+        kind::VIEW => {
+            no_flags()?;
+            if f.len() < VIEW_FIXED {
+                return Err(ProtoError::Malformed("VIEW shorter than its fixed fields"));
+            }
+            let cause = match f[6] {
+                1 => Cause::Join,
+                2 => Cause::Leave,
+                3 => Cause::Disconnect,
+                4 => Cause::Network,
+                _ => return Err(ProtoError::Malformed("unknown view cause")),
+            };
+            let glen = f[7] as usize;
+            let mut c = &f[8..VIEW_FIXED];
+            let view_id = c.get_u64();
+            let group_seq = c.get_u64();
+            let subject = SessionId(c.get_u64());
+            let count = c.get_u32() as usize;
+            let group = group_at(VIEW_FIXED, glen)?;
+            // Each member takes at least 9 bytes: bound the allocation by what is present.
+            let mut at = VIEW_FIXED + glen;
+            if count > (f.len() - at) / 9 {
+                return Err(ProtoError::Malformed("member count exceeds frame length"));
+            }
+            let mut members = Vec::with_capacity(count);
+            for _ in 0..count {
+                if at + 9 > f.len() {
+                    return Err(ProtoError::Malformed("member runs past the frame"));
+                }
+                let session = SessionId(be_u64(&f[at..at + 8]));
+                let nlen = f[at + 8] as usize;
+                let name = name_at(at + 9, nlen)?;
+                at += 9 + nlen;
+                members.push(Member { session, name });
+            }
+            if at != f.len() {
+                return Err(ProtoError::Malformed("trailing bytes after members"));
+            }
+            Ok(Frame::View(View {
+                cause,
+                group,
+                view_id,
+                group_seq,
+                subject,
+                members,
+            }))
+        }
+        kind::GAP => {
+            no_flags()?;
+            if f.len() < GAP_FIXED {
+                return Err(ProtoError::Malformed("GAP shorter than its fixed fields"));
+            }
+            let reason = match f[6] {
+                1 => GapReason::LinkLost,
+                2 => GapReason::Reconnected,
+                3 => GapReason::ServerLost,
+                _ => return Err(ProtoError::Malformed("unknown gap reason")),
+            };
+            let glen = f[7] as usize;
+            if GAP_FIXED + glen != f.len() {
+                return Err(ProtoError::Malformed(
+                    "group length disagrees with frame length",
+                ));
+            }
+            let mut c = &f[8..GAP_FIXED];
+            let sender = SessionId(c.get_u64());
+            let first = c.get_u64();
+            let last = c.get_u64();
+            let group = group_at(GAP_FIXED, glen)?;
+            Ok(Frame::Gap(Gap {
+                reason,
+                group,
+                sender,
+                first,
+                last,
+            }))
+        }
+        other => Err(ProtoError::UnknownKind(other)),
+    }
+}
+
+fn error_code(code: u16) -> ErrorCode {
+    use ErrorCode::*;
+    match code {
+        1 => Malformed,
+        2 => UnknownKind,
+        3 => TooLarge,
+        4 => BadHandshake,
+        5 => Unexpected,
+        6 => BadGroup,
+        7 => BadSender,
+        8 => BadSequence,
+        9 => AlreadyMember,
+        10 => NotMember,
+        11 => Stuck,
+        12 => IdleTimeout,
+        13 => ShuttingDown,
+        _ => Other,
+    }
+}

@@ -1,0 +1,230 @@
+//! The msgc wire protocol, version 1 (see `docs/protocol.md`): frame types and a resumable codec.
+//!
+//! Owns the byte layout of every frame. Never does I/O, never reads a clock, never panics on
+//! input: every length is checked before it is used or allocated.
+
+mod codec;
+mod ids;
+
+pub use codec::{decode, encode_mcast, frame_len, parse_whole, McastHeader, MCAST_FIXED};
+pub use ids::{GroupName, Name, NodeTag, SessionId, MAX_GROUP_LEN, MAX_NAME_LEN};
+
+use bytes::Bytes;
+
+/// Protocol version spoken by this implementation.
+pub const VERSION: u16 = 1;
+/// The handshake magic, `MSGC`.
+pub const MAGIC: [u8; 4] = *b"MSGC";
+/// Bytes of the common header: length (4), kind (1), flags (1).
+pub const HEADER_LEN: usize = 6;
+/// Smallest legal `max_frame_size`.
+pub const MIN_MAX_FRAME: usize = 4096;
+/// Largest legal `max_frame_size` (64 MiB).
+pub const MAX_MAX_FRAME: usize = 64 << 20;
+/// Default `max_frame_size` (1 MiB).
+pub const DEFAULT_MAX_FRAME: usize = 1 << 20;
+
+/// Frame kinds (byte 4 of every frame).
+pub mod kind {
+    pub const HELLO: u8 = 0x01;
+    pub const WELCOME: u8 = 0x02;
+    pub const JOIN: u8 = 0x03;
+    pub const LEAVE: u8 = 0x04;
+    pub const NOOP: u8 = 0x05;
+    pub const ERROR: u8 = 0x06;
+    pub const MCAST: u8 = 0x10;
+    pub const VIEW: u8 = 0x11;
+    pub const GAP: u8 = 0x12;
+    /// First kind reserved for the server mesh.
+    pub const PEER_FIRST: u8 = 0x40;
+    /// Last kind reserved for the server mesh.
+    pub const PEER_LAST: u8 = 0x4f;
+}
+
+/// Flag bit of an ERROR frame: the sender closes the connection after it.
+pub const ERROR_FATAL: u8 = 0x01;
+
+/// Who is on the other end of a connection, as announced in HELLO.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Client = 1,
+    Peer = 2,
+}
+
+/// HELLO and WELCOME (same layout).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Handshake {
+    pub version: u16,
+    pub role: Role,
+    /// WELCOME to a client: its session id. Otherwise 0.
+    pub id: SessionId,
+    /// Config digest (peers and server replies), else 0.
+    pub digest: u64,
+    pub node_tag: NodeTag,
+    /// Largest frame the sender accepts.
+    pub max_frame: u32,
+    pub name: Name,
+}
+
+/// Why a membership view changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Cause {
+    Join = 1,
+    Leave = 2,
+    Disconnect = 3,
+    Network = 4,
+}
+
+/// A member as listed in a view.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    pub session: SessionId,
+    pub name: Name,
+}
+
+/// A membership view of one group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct View {
+    pub cause: Cause,
+    pub group: GroupName,
+    pub view_id: u64,
+    /// Reserved for agreed ordering; 0 in version 1.
+    pub group_seq: u64,
+    /// The session that joined, left or disconnected; NONE for Network.
+    pub subject: SessionId,
+    /// Ascending by session id.
+    pub members: Vec<Member>,
+}
+
+/// Why messages may be missing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GapReason {
+    LinkLost = 1,
+    Reconnected = 2,
+    ServerLost = 3,
+}
+
+/// Messages `first..=last` from `sender` to `group` may never arrive.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Gap {
+    pub reason: GapReason,
+    pub group: GroupName,
+    /// NONE = any sender.
+    pub sender: SessionId,
+    pub first: u64,
+    /// `u64::MAX` = end unknown.
+    pub last: u64,
+}
+
+/// ERROR codes (docs/protocol.md section 4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    Malformed = 1,
+    UnknownKind = 2,
+    TooLarge = 3,
+    BadHandshake = 4,
+    Unexpected = 5,
+    BadGroup = 6,
+    BadSender = 7,
+    BadSequence = 8,
+    AlreadyMember = 9,
+    NotMember = 10,
+    Stuck = 11,
+    IdleTimeout = 12,
+    ShuttingDown = 13,
+    /// A code this version does not know (kept so an old client can show it).
+    Other = 0xffff,
+}
+
+/// An ERROR frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ErrorFrame {
+    pub code: ErrorCode,
+    pub fatal: bool,
+    pub message: String,
+}
+
+/// A multicast (client → server) or a delivery (server → client): the same frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mcast {
+    pub sender: SessionId,
+    pub seq: u64,
+    /// Reserved for agreed order; 0 in version 1.
+    pub order: u64,
+    pub group: GroupName,
+    pub payload: Bytes,
+}
+
+/// Every frame of version 1 (peer frames are added with the mesh).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Frame {
+    Hello(Handshake),
+    Welcome(Handshake),
+    Join(GroupName),
+    Leave(GroupName),
+    Noop,
+    Error(ErrorFrame),
+    Mcast(Mcast),
+    View(View),
+    Gap(Gap),
+}
+
+/// A protocol violation by the remote side. Maps onto the ERROR code sent before closing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtoError {
+    #[error("frame of {size} bytes exceeds the maximum of {max}")]
+    TooLarge { size: usize, max: usize },
+    #[error("frame length {0} is below the 2-byte minimum")]
+    TooShort(u32),
+    #[error("unknown frame kind 0x{0:02x}")]
+    UnknownKind(u8),
+    #[error("malformed frame: {0}")]
+    Malformed(&'static str),
+    #[error("bad handshake: {0}")]
+    BadHandshake(&'static str),
+    #[error("group name is empty, longer than 255 bytes or not UTF-8")]
+    BadGroup,
+}
+
+impl ProtoError {
+    /// The ERROR code that reports this violation to the remote side.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ProtoError::TooLarge { .. } => ErrorCode::TooLarge,
+            ProtoError::TooShort(_) | ProtoError::Malformed(_) => ErrorCode::Malformed,
+            ProtoError::UnknownKind(_) => ErrorCode::UnknownKind,
+            ProtoError::BadHandshake(_) => ErrorCode::BadHandshake,
+            ProtoError::BadGroup => ErrorCode::BadGroup,
+        }
+    }
+}
+
+impl Frame {
+    /// Appends this frame's bytes to `dst`.
+    pub fn encode(&self, dst: &mut bytes::BytesMut) {
+        codec::encode(self, dst)
+    }
+    /// This frame as a standalone `Bytes`.
+    pub fn to_bytes(&self) -> Bytes {
+        let mut b = bytes::BytesMut::new();
+        self.encode(&mut b);
+        b.freeze()
+    }
+}
+
+impl ErrorFrame {
+    pub fn fatal(code: ErrorCode, message: impl Into<String>) -> Frame {
+        Frame::Error(ErrorFrame {
+            code,
+            fatal: true,
+            message: message.into(),
+        })
+    }
+    pub fn warn(code: ErrorCode, message: impl Into<String>) -> Frame {
+        Frame::Error(ErrorFrame {
+            code,
+            fatal: false,
+            message: message.into(),
+        })
+    }
+}
