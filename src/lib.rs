@@ -1,3 +1,5 @@
 //! msgc: a group-communication relay for clusters.
 pub mod config;
+pub mod core;
 pub mod proto;
+pub mod runtime;

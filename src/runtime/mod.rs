@@ -1,0 +1,236 @@
+//! The I/O side of the relay: one pinned thread per core, each running tokio-uring and one
+//! shard; an acceptor that deals connections out to the shards; signals and reloads.
+//!
+//! Owns sockets, threads and the clock. Never decides routing or membership: that is
+//! `core`'s, which every shard drives through `handle_*` calls.
+
+mod accept;
+mod conn;
+mod shard;
+mod uring;
+
+pub use uring::check_io_uring;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::core::{Limits, ServerIdentity, Stats};
+use crate::proto::{Name, NodeTag};
+
+/// Everything needed to start a server.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    /// Addresses to listen on (port 0 picks a free port).
+    pub listen: Vec<SocketAddr>,
+    /// Shard threads; 0 means one per core.
+    pub threads: usize,
+    /// Pin each shard thread to a core.
+    pub pin_threads: bool,
+    pub limits: Limits,
+    /// This server's node name, as shown to clients and peers.
+    pub node_name: String,
+    /// Digest of the `msgc_server` config, sent in WELCOME.
+    pub digest: u64,
+}
+
+impl Default for ServerOptions {
+    fn default() -> ServerOptions {
+        ServerOptions {
+            listen: vec![SocketAddr::from(([0, 0, 0, 0], 4809))],
+            threads: 0,
+            pin_threads: true,
+            limits: Limits::default(),
+            node_name: local_hostname(),
+            digest: 0,
+        }
+    }
+}
+
+/// What the shards are told from outside.
+pub(crate) enum Control {
+    Reload(Limits),
+    Shutdown,
+}
+
+/// A running server. Dropping it does not stop it; call [`ServerHandle::shutdown`].
+pub struct ServerHandle {
+    addrs: Vec<SocketAddr>,
+    node_tag: NodeTag,
+    control: Vec<UnboundedSender<shard::Inbound>>,
+    accept_stop: Option<tokio::sync::oneshot::Sender<()>>,
+    threads: Vec<JoinHandle<()>>,
+    stats: Arc<Mutex<Vec<Stats>>>,
+}
+
+/// Why a server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("io_uring is unavailable: {0}")]
+    NoIoUring(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start thread: {0}")]
+    Thread(std::io::Error),
+}
+
+impl ServerHandle {
+    /// Starts the acceptor and the shard threads and returns once they listen.
+    pub fn start(opts: ServerOptions) -> Result<ServerHandle, StartError> {
+        check_io_uring().map_err(StartError::NoIoUring)?;
+        let threads = if opts.threads == 0 {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        } else {
+            opts.threads
+        }
+        .min(u16::MAX as usize);
+        let listeners = accept::bind_all(&opts.listen, opts.limits.tcpbuf_size)?;
+        let addrs: Vec<SocketAddr> = listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect();
+        let identity = ServerIdentity {
+            node_tag: random_node_tag(),
+            node_name: Name::new(truncate_name(&opts.node_name)).unwrap_or_default(),
+            digest: opts.digest,
+        };
+        let stats = Arc::new(Mutex::new(vec![Stats::default(); threads]));
+        let (senders, receivers): (Vec<_>, Vec<_>) = (0..threads)
+            .map(|_| tokio::sync::mpsc::unbounded_channel())
+            .unzip();
+        let cores = if opts.pin_threads {
+            core_affinity::get_core_ids().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let mut handles = Vec::new();
+        for (i, inbox) in receivers.into_iter().enumerate() {
+            let setup = shard::ShardSetup {
+                id: i as u16,
+                nshards: threads as u16,
+                identity: identity.clone(),
+                limits: opts.limits.clone(),
+                peers: senders.clone(),
+                inbox,
+                core: cores.get(i % cores.len().max(1)).copied(),
+                stats: stats.clone(),
+            };
+            let h = std::thread::Builder::new()
+                .name(format!("msgc-shard-{i}"))
+                .spawn(move || shard::run(setup))
+                .map_err(StartError::Thread)?;
+            handles.push(h);
+        }
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+        let shard_tx = senders.clone();
+        let tcpbuf = opts.limits.tcpbuf_size;
+        let acceptor = std::thread::Builder::new()
+            .name("msgc-accept".into())
+            .spawn(move || accept::run(listeners, shard_tx, tcpbuf, stop_rx))
+            .map_err(StartError::Thread)?;
+        handles.push(acceptor);
+        tracing::info!(node = %identity.node_name, tag = format!("{:08x}", identity.node_tag.0), ?addrs, threads, "msgc-server listening");
+        Ok(ServerHandle {
+            addrs,
+            node_tag: identity.node_tag,
+            control: senders,
+            accept_stop: Some(stop_tx),
+            threads: handles,
+            stats,
+        })
+    }
+
+    /// The addresses the server listens on (with the real port when 0 was asked for).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// This run's node tag (upper half of every session id it assigns).
+    pub fn node_tag(&self) -> NodeTag {
+        self.node_tag
+    }
+
+    /// Applies new limits to every shard without a restart.
+    pub fn reload(&self, limits: Limits) {
+        for tx in &self.control {
+            let _ = tx.send(shard::Inbound::Control(Control::Reload(limits.clone())));
+        }
+    }
+
+    /// Counters summed over shards (refreshed at every shard tick).
+    pub fn stats(&self) -> Stats {
+        let mut total = Stats::default();
+        if let Ok(all) = self.stats.lock() {
+            for s in all.iter() {
+                total.add(s);
+            }
+        }
+        total
+    }
+
+    /// Stops accepting, tells every client, flushes briefly and waits for the threads.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        if let Some(stop) = self.accept_stop.take() {
+            let _ = stop.send(());
+        }
+        for tx in &self.control {
+            let _ = tx.send(shard::Inbound::Control(Control::Shutdown));
+        }
+        for h in self.threads.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A random, non-zero node tag: new at every start so session ids are never reused.
+fn random_node_tag() -> NodeTag {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState is keyed from the OS's randomness.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.write_u32(std::process::id());
+    let tag = (h.finish() >> 32) as u32;
+    NodeTag(tag.max(1))
+}
+
+fn truncate_name(name: &str) -> &str {
+    let mut end = name.len().min(crate::proto::MAX_NAME_LEN);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    &name[..end]
+}
+
+/// The host's name (`gethostname`), or "localhost" if it cannot be read.
+pub fn local_hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its whole length; gethostname NUL-terminates on success.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "localhost".into();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}

@@ -1,0 +1,225 @@
+//! One shard thread: a pinned tokio-uring runtime that owns its connections for life and
+//! drives its `ShardCore` from socket reads, writer completions, other shards and a timer.
+//!
+//! Shares nothing with other shards: they exchange `Inbound` messages over channels. Every
+//! core call is followed by [`ShardRt::flush`], which carries out what the core asked for.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+use tokio::sync::Notify;
+use tokio_uring::net::TcpStream;
+
+use crate::core::{ConnId, Limits, ServerIdentity, ShardCore, ShardMsg, Stats};
+
+use super::conn;
+use super::Control;
+
+/// How long a stopping shard waits for its connections to flush their goodbyes.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// What a shard's inbox carries.
+pub enum Inbound {
+    /// A batch from another shard.
+    Shard(Vec<ShardMsg>),
+    /// A newly accepted connection, now owned by this shard.
+    Conn(std::net::TcpStream),
+    Control(Control),
+}
+
+pub struct ShardSetup {
+    pub id: u16,
+    pub nshards: u16,
+    pub identity: ServerIdentity,
+    pub limits: Limits,
+    pub peers: Vec<UnboundedSender<Inbound>>,
+    pub inbox: UnboundedReceiver<Inbound>,
+    pub core: Option<core_affinity::CoreId>,
+    pub stats: Arc<Mutex<Vec<Stats>>>,
+}
+
+/// The socket side of one connection.
+pub struct ConnIo {
+    pub stream: Rc<TcpStream>,
+    pub wake: Rc<Notify>,
+}
+
+/// Per-shard runtime state, shared by this shard's tasks (single thread, `Rc`).
+pub struct ShardRt {
+    pub id: u16,
+    pub core: RefCell<ShardCore>,
+    pub io: RefCell<Vec<Option<ConnIo>>>,
+    /// Paused readers wait here for the core to allow reading again.
+    pub resume: Notify,
+    peers: Vec<UnboundedSender<Inbound>>,
+    scratch: RefCell<Vec<ConnId>>,
+}
+
+impl ShardRt {
+    /// Carries out what the core asked for: wake writers, cut sockets, send batches to
+    /// other shards, release paused readers.
+    pub fn flush(&self) {
+        let mut core = self.core.borrow_mut();
+        let mut ids = self.scratch.borrow_mut();
+        core.take_wakeups(&mut ids);
+        {
+            let io = self.io.borrow();
+            for &id in ids.iter() {
+                if let Some(Some(c)) = io.get(id) {
+                    c.wake.notify_one();
+                }
+            }
+            ids.clear();
+            core.take_cuts(&mut ids);
+            for &id in ids.iter() {
+                if let Some(Some(c)) = io.get(id) {
+                    let _ = c.stream.shutdown(std::net::Shutdown::Both);
+                    c.wake.notify_one();
+                }
+            }
+            ids.clear();
+        }
+        for (shard, batch) in core.take_outgoing() {
+            let _ = self.peers[shard as usize].send(Inbound::Shard(batch));
+        }
+        if core.take_resume() {
+            self.resume.notify_waiters();
+        }
+    }
+
+    /// A reader or writer of `id` ended; the last one frees the socket slot.
+    pub fn task_done(&self, id: ConnId) {
+        let freed = self.core.borrow_mut().handle_task_done(id, Instant::now());
+        if freed {
+            if let Some(slot) = self.io.borrow_mut().get_mut(id) {
+                *slot = None;
+            }
+        }
+        self.flush();
+    }
+
+    /// Waits until the core allows reading (publishers are held back under pressure).
+    pub async fn wait_for_reading(&self) {
+        loop {
+            let notified = self.resume.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if !self.core.borrow().reading_paused() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// The shard thread's body.
+pub fn run(setup: ShardSetup) {
+    if let Some(core) = setup.core {
+        if !core_affinity::set_for_current(core) {
+            tracing::debug!(shard = setup.id, "could not pin to core {:?}", core.id);
+        }
+    }
+    let rt = match tokio_uring::Runtime::new(&tokio_uring::builder()) {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(shard = setup.id, "cannot start io_uring runtime: {e}");
+            return;
+        }
+    };
+    rt.block_on(serve(setup));
+}
+
+async fn serve(setup: ShardSetup) {
+    let ShardSetup {
+        id,
+        nshards,
+        identity,
+        limits,
+        peers,
+        mut inbox,
+        stats,
+        ..
+    } = setup;
+    let shard = Rc::new(ShardRt {
+        id,
+        core: RefCell::new(ShardCore::new(id, nshards, identity, limits)),
+        io: RefCell::new(Vec::new()),
+        resume: Notify::new(),
+        peers,
+        scratch: RefCell::new(Vec::new()),
+    });
+    let timer = tokio_uring::spawn(tick(shard.clone(), stats.clone()));
+    while let Some(msg) = inbox.recv().await {
+        match msg {
+            Inbound::Shard(batch) => {
+                shard
+                    .core
+                    .borrow_mut()
+                    .handle_shard_msgs(batch, Instant::now());
+                shard.flush();
+            }
+            Inbound::Conn(std) => accept(&shard, std),
+            Inbound::Control(Control::Reload(limits)) => {
+                tracing::info!(shard = id, "applying reloaded limits");
+                shard.core.borrow_mut().set_limits(limits);
+            }
+            Inbound::Control(Control::Shutdown) => {
+                shard.core.borrow_mut().handle_shutdown(Instant::now());
+                shard.flush();
+                break;
+            }
+        }
+    }
+    // Let writers flush their ShuttingDown frames, bounded in time.
+    let deadline = Instant::now() + SHUTDOWN_GRACE;
+    while shard.core.borrow().connections() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for c in shard.io.borrow().iter().flatten() {
+        let _ = c.stream.shutdown(std::net::Shutdown::Both);
+        c.wake.notify_one();
+    }
+    timer.abort();
+    publish_stats(&shard, &stats);
+}
+
+fn accept(shard: &Rc<ShardRt>, std: std::net::TcpStream) {
+    let stream = Rc::new(TcpStream::from_std(std));
+    let id = shard.core.borrow_mut().handle_accept(Instant::now());
+    let wake = Rc::new(Notify::new());
+    {
+        let mut io = shard.io.borrow_mut();
+        if io.len() <= id {
+            io.resize_with(id + 1, || None);
+        }
+        io[id] = Some(ConnIo {
+            stream: stream.clone(),
+            wake: wake.clone(),
+        });
+    }
+    tokio_uring::spawn(conn::reader(shard.clone(), id, stream.clone()));
+    tokio_uring::spawn(conn::writer(shard.clone(), id, stream, wake));
+}
+
+/// Drives the core's timers and publishes counters.
+async fn tick(shard: Rc<ShardRt>, stats: Arc<Mutex<Vec<Stats>>>) {
+    loop {
+        let now = Instant::now();
+        let next = shard.core.borrow().poll_timeout(now);
+        tokio::time::sleep_until(next.into()).await;
+        shard.core.borrow_mut().handle_timeout(Instant::now());
+        shard.flush();
+        publish_stats(&shard, &stats);
+    }
+}
+
+fn publish_stats(shard: &ShardRt, stats: &Mutex<Vec<Stats>>) {
+    if let Ok(mut all) = stats.lock() {
+        if let Some(slot) = all.get_mut(shard.id as usize) {
+            *slot = shard.core.borrow().stats;
+        }
+    }
+}

@@ -1,0 +1,26 @@
+//! Detects whether io_uring can be used here, so that a server fails with a clear message
+//! instead of a panic inside tokio-uring.
+
+/// `Ok` if an io_uring instance can be created in this process.
+pub fn check_io_uring() -> Result<(), String> {
+    if let Ok(v) = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled") {
+        match v.trim() {
+            "2" => return Err("disabled by the kernel (kernel.io_uring_disabled = 2)".into()),
+            "1" if unsafe { libc::geteuid() } != 0 => {
+                return Err(
+                    "restricted by the kernel (kernel.io_uring_disabled = 1 and not root)".into(),
+                )
+            }
+            _ => {}
+        }
+    }
+    match tokio_uring::Runtime::new(&tokio_uring::builder()) {
+        Ok(rt) => {
+            drop(rt);
+            Ok(())
+        }
+        Err(e) => Err(format!(
+            "cannot create an io_uring instance ({e}); seccomp or an old kernel?"
+        )),
+    }
+}
