@@ -88,3 +88,6 @@ impl Stats {
         self.pauses += o.pauses;
     }
 }
+
+#[cfg(test)]
+mod tests;
