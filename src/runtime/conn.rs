@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::sync::Notify;
+use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
 
 use crate::core::{ConnId, Flow, Take};
@@ -23,8 +24,11 @@ pub async fn reader(shard: Rc<ShardRt>, id: ConnId, stream: Rc<TcpStream>) {
     'read: loop {
         shard.wait_for_reading().await;
         reserve_for_next_read(&mut buf, tcpbuf, shard.core.borrow().limits().max_frame);
-        let (res, b) = stream.read(buf).await;
-        buf = b;
+        // tokio-uring reads at the start of the buffer it is given: hand it the spare tail
+        // so a partial frame already buffered is kept.
+        let at = buf.len();
+        let (res, tail) = stream.read(buf.slice(at..)).await;
+        buf = tail.into_inner();
         match res {
             Ok(0) | Err(_) => break,
             Ok(_) => {}
