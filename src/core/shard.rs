@@ -82,6 +82,8 @@ pub struct ShardCore {
     outgoing: Vec<Vec<ShardMsg>>,
     wakeups: Vec<ConnId>,
     cut: Vec<ConnId>,
+    /// Connections over the high-water mark after the current fan-out (scratch).
+    crossed: Vec<ConnId>,
     queued_bytes: usize,
     hot_conns: usize,
     /// Pressure as last announced to other shards.
@@ -107,6 +109,7 @@ impl ShardCore {
             outgoing: (0..nshards.max(1)).map(|_| Vec::new()).collect(),
             wakeups: Vec::new(),
             cut: Vec::new(),
+            crossed: Vec::new(),
             queued_bytes: 0,
             hot_conns: 0,
             over: false,
@@ -306,8 +309,9 @@ impl ShardCore {
         let Some(g) = self.groups.get(group) else {
             return;
         };
+        let high_water = self.limits.high_water();
         for &member in &g.local {
-            Self::enqueue(
+            if Self::enqueue(
                 &mut self.conns,
                 &mut self.wakeups,
                 &mut self.queued_bytes,
@@ -315,14 +319,12 @@ impl ShardCore {
                 member,
                 run.clone(),
                 count,
-            );
+            ) > high_water
+            {
+                self.crossed.push(member);
+            }
         }
-        // Crossing a threshold is checked once per run, not per member.
-        let members: Vec<ConnId> = g.local.clone();
-        for m in members {
-            self.check_backlog(m);
-        }
-        self.update_pressure();
+        self.check_crossed();
     }
 
     /// Sends a run once to each other shard with members of `group`.
@@ -339,6 +341,8 @@ impl ShardCore {
         }
     }
 
+    /// Queues `frames` to `conn`; returns how many messages it now has queued. (An
+    /// associated fn so callers can hold a borrow of the group table meanwhile.)
     fn enqueue(
         conns: &mut Slab<Conn>,
         wakeups: &mut Vec<ConnId>,
@@ -347,10 +351,12 @@ impl ShardCore {
         conn: ConnId,
         frames: Bytes,
         count: u32,
-    ) {
-        let Some(c) = conns.get_mut(conn) else { return };
+    ) -> usize {
+        let Some(c) = conns.get_mut(conn) else {
+            return 0;
+        };
         if c.state == State::Closing {
-            return;
+            return 0;
         }
         if c.outbox.is_empty() {
             wakeups.push(conn);
@@ -358,6 +364,16 @@ impl ShardCore {
         *queued += frames.len();
         stats.deliveries += u64::from(count);
         c.outbox.push(frames, count);
+        c.outbox.messages()
+    }
+
+    /// Applies backlog limits to the connections whose queues crossed the high-water mark
+    /// during a fan-out, then re-evaluates pressure.
+    fn check_crossed(&mut self) {
+        while let Some(conn) = self.crossed.pop() {
+            self.check_backlog(conn);
+        }
+        self.update_pressure();
     }
 
     /// Queues one frame to one connection.
@@ -659,24 +675,7 @@ impl ShardCore {
                 frames,
                 count,
             } => {
-                let Some(g) = self.groups.get(group.as_bytes()) else {
-                    return;
-                };
-                for &member in &g.local {
-                    Self::enqueue(
-                        &mut self.conns,
-                        &mut self.wakeups,
-                        &mut self.queued_bytes,
-                        &mut self.stats,
-                        member,
-                        frames.clone(),
-                        count,
-                    );
-                }
-                let members: Vec<ConnId> = g.local.clone();
-                for m in members {
-                    self.check_backlog(m);
-                }
+                self.route_local(group.as_bytes(), &frames, count);
             }
             ShardMsg::Join { group, member } => self.owner_join(group, member),
             ShardMsg::Leave {
