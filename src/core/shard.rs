@@ -430,7 +430,7 @@ impl ShardCore {
             (State::Handshake, other) => self.fatal(
                 conn,
                 ErrorCode::Unexpected,
-                format!("expected HELLO first, got {}", frame_name(&other)),
+                format!("expected HELLO first, got {}", other.name()),
                 now,
             ),
             (_, Frame::Join(g)) => {
@@ -486,7 +486,7 @@ impl ShardCore {
                 Flow::Read
             }
             (_, other) => {
-                let what = frame_name(&other);
+                let what = other.name();
                 self.fatal(
                     conn,
                     ErrorCode::Unexpected,
@@ -994,18 +994,4 @@ pub enum Take {
     Wait,
     /// The connection is closed and flushed: shut the socket down and stop.
     Finished,
-}
-
-fn frame_name(f: &Frame) -> &'static str {
-    match f {
-        Frame::Hello(_) => "HELLO",
-        Frame::Welcome(_) => "WELCOME",
-        Frame::Join(_) => "JOIN",
-        Frame::Leave(_) => "LEAVE",
-        Frame::Noop => "NOOP",
-        Frame::Error(_) => "ERROR",
-        Frame::Mcast(_) => "MCAST",
-        Frame::View(_) => "VIEW",
-        Frame::Gap(_) => "GAP",
-    }
 }

@@ -191,6 +191,34 @@ pub fn encode(frame: &Frame, dst: &mut BytesMut) {
             dst.put_u64(g.last);
             dst.put_slice(g.group.as_bytes());
         }
+        Frame::PeerJoin(j) => {
+            dst.put_u8(kind::PEER_JOIN);
+            dst.put_u8(0);
+            dst.put_u8(j.cause as u8);
+            dst.put_u8(j.group.len() as u8);
+            dst.put_u64(j.member.session.0);
+            dst.put_u8(j.member.name.as_bytes().len() as u8);
+            dst.put_slice(j.group.as_bytes());
+            dst.put_slice(j.member.name.as_bytes());
+        }
+        Frame::PeerLeave(l) => {
+            dst.put_u8(kind::PEER_LEAVE);
+            dst.put_u8(0);
+            dst.put_u8(l.cause as u8);
+            dst.put_u8(l.group.len() as u8);
+            dst.put_u64(l.session.0);
+            dst.put_slice(l.group.as_bytes());
+        }
+        Frame::PeerState(st) => {
+            dst.put_u8(kind::PEER_STATE);
+            dst.put_u8(0);
+            dst.put_u32(st.views.len() as u32);
+            for (g, id) in &st.views {
+                dst.put_u8(g.len() as u8);
+                dst.put_slice(g.as_bytes());
+                dst.put_u64(*id);
+            }
+        }
     }
     let len = (dst.len() - start - 4) as u32;
     dst[start..start + 4].copy_from_slice(&len.to_be_bytes());
@@ -337,13 +365,7 @@ pub fn parse_whole(frame: Bytes) -> Result<Frame, ProtoError> {
             if f.len() < VIEW_FIXED {
                 return Err(ProtoError::Malformed("VIEW shorter than its fixed fields"));
             }
-            let cause = match f[6] {
-                1 => Cause::Join,
-                2 => Cause::Leave,
-                3 => Cause::Disconnect,
-                4 => Cause::Network,
-                _ => return Err(ProtoError::Malformed("unknown view cause")),
-            };
+            let cause = cause_of(f[6])?;
             let glen = f[7] as usize;
             let mut c = &f[8..VIEW_FIXED];
             let view_id = c.get_u64();
@@ -409,8 +431,103 @@ pub fn parse_whole(frame: Bytes) -> Result<Frame, ProtoError> {
                 last,
             }))
         }
+        kind::PEER_JOIN => {
+            no_flags()?;
+            if f.len() < 17 {
+                return Err(ProtoError::Malformed(
+                    "PEER_JOIN shorter than its fixed fields",
+                ));
+            }
+            let cause = cause_of(f[6])?;
+            let glen = f[7] as usize;
+            let session = SessionId(be_u64(&f[8..16]));
+            let nlen = f[16] as usize;
+            if 17 + glen + nlen != f.len() {
+                return Err(ProtoError::Malformed(
+                    "PEER_JOIN lengths disagree with frame length",
+                ));
+            }
+            let group = group_at(17, glen)?;
+            let name = name_at(17 + glen, nlen)?;
+            Ok(Frame::PeerJoin(PeerJoin {
+                cause,
+                group,
+                member: Member { session, name },
+            }))
+        }
+        kind::PEER_LEAVE => {
+            no_flags()?;
+            if f.len() < 16 {
+                return Err(ProtoError::Malformed(
+                    "PEER_LEAVE shorter than its fixed fields",
+                ));
+            }
+            let cause = cause_of(f[6])?;
+            let glen = f[7] as usize;
+            if 16 + glen != f.len() {
+                return Err(ProtoError::Malformed(
+                    "PEER_LEAVE group length disagrees with frame length",
+                ));
+            }
+            let session = SessionId(be_u64(&f[8..16]));
+            let group = group_at(16, glen)?;
+            Ok(Frame::PeerLeave(PeerLeave {
+                cause,
+                group,
+                session,
+            }))
+        }
+        kind::PEER_STATE => {
+            no_flags()?;
+            if f.len() < 10 {
+                return Err(ProtoError::Malformed(
+                    "PEER_STATE shorter than its fixed fields",
+                ));
+            }
+            let count = u32::from_be_bytes([f[6], f[7], f[8], f[9]]) as usize;
+            let mut at = 10;
+            // Each entry takes at least 10 bytes: bound the allocation by what is present.
+            if count > (f.len() - at) / 10 {
+                return Err(ProtoError::Malformed(
+                    "PEER_STATE count exceeds frame length",
+                ));
+            }
+            let mut views = Vec::with_capacity(count);
+            for _ in 0..count {
+                let Some(&glen) = f.get(at) else {
+                    return Err(ProtoError::Malformed(
+                        "PEER_STATE entry runs past the frame",
+                    ));
+                };
+                let glen = glen as usize;
+                if at + 1 + glen + 8 > f.len() {
+                    return Err(ProtoError::Malformed(
+                        "PEER_STATE entry runs past the frame",
+                    ));
+                }
+                let group = group_at(at + 1, glen)?;
+                views.push((group, be_u64(&f[at + 1 + glen..at + 9 + glen])));
+                at += 9 + glen;
+            }
+            if at != f.len() {
+                return Err(ProtoError::Malformed(
+                    "trailing bytes after PEER_STATE entries",
+                ));
+            }
+            Ok(Frame::PeerState(PeerState { views }))
+        }
         other => Err(ProtoError::UnknownKind(other)),
     }
+}
+
+fn cause_of(b: u8) -> Result<Cause, ProtoError> {
+    Ok(match b {
+        1 => Cause::Join,
+        2 => Cause::Leave,
+        3 => Cause::Disconnect,
+        4 => Cause::Network,
+        _ => return Err(ProtoError::Malformed("unknown view cause")),
+    })
 }
 
 fn error_code(code: u16) -> ErrorCode {

@@ -37,6 +37,9 @@ pub mod kind {
     pub const GAP: u8 = 0x12;
     /// First kind reserved for the server mesh.
     pub const PEER_FIRST: u8 = 0x40;
+    pub const PEER_JOIN: u8 = 0x41;
+    pub const PEER_LEAVE: u8 = 0x42;
+    pub const PEER_STATE: u8 = 0x43;
     /// Last kind reserved for the server mesh.
     pub const PEER_LAST: u8 = 0x4f;
 }
@@ -155,7 +158,30 @@ pub struct Mcast {
     pub payload: Bytes,
 }
 
-/// Every frame of version 1 (peer frames are added with the mesh).
+/// Between servers: a member joined (or, after a link came up, is a member).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerJoin {
+    pub cause: Cause,
+    pub group: GroupName,
+    pub member: Member,
+}
+
+/// Between servers: a member left or is gone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerLeave {
+    pub cause: Cause,
+    pub group: GroupName,
+    pub session: SessionId,
+}
+
+/// Between servers, once per link after its PEER_JOINs: the sender's newest view id of
+/// every group it knows, so a new coordinator continues the numbering.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerState {
+    pub views: Vec<(GroupName, u64)>,
+}
+
+/// Every frame of version 1.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Frame {
     Hello(Handshake),
@@ -167,6 +193,9 @@ pub enum Frame {
     Mcast(Mcast),
     View(View),
     Gap(Gap),
+    PeerJoin(PeerJoin),
+    PeerLeave(PeerLeave),
+    PeerState(PeerState),
 }
 
 /// A protocol violation by the remote side. Maps onto the ERROR code sent before closing.
@@ -200,6 +229,24 @@ impl ProtoError {
 }
 
 impl Frame {
+    /// The frame kind's name, for messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Frame::Hello(_) => "HELLO",
+            Frame::Welcome(_) => "WELCOME",
+            Frame::Join(_) => "JOIN",
+            Frame::Leave(_) => "LEAVE",
+            Frame::Noop => "NOOP",
+            Frame::Error(_) => "ERROR",
+            Frame::Mcast(_) => "MCAST",
+            Frame::View(_) => "VIEW",
+            Frame::Gap(_) => "GAP",
+            Frame::PeerJoin(_) => "PEER_JOIN",
+            Frame::PeerLeave(_) => "PEER_LEAVE",
+            Frame::PeerState(_) => "PEER_STATE",
+        }
+    }
+
     /// Appends this frame's bytes to `dst`.
     pub fn encode(&self, dst: &mut bytes::BytesMut) {
         codec::encode(self, dst)
