@@ -26,14 +26,7 @@ fn join_multicast_views_and_leave_across_two_shards() {
     let vb = b.wait_view("room", 2);
     assert_eq!(va, vb, "both members see the same view");
     assert!(va.view_id > v.view_id);
-    assert_eq!(
-        va.members[0].name.as_str(),
-        if va.members[0].session == a.session {
-            "a"
-        } else {
-            "b"
-        }
-    );
+    assert_eq!(va.members[0].name.as_str(), if va.members[0].session == a.session { "a" } else { "b" });
 
     // A non-member may send; members (including a sending member) receive in order.
     for i in 0..100 {
@@ -45,11 +38,7 @@ fn join_multicast_views_and_leave_across_two_shards() {
         while from_o < 100 || from_a < 100 {
             match c.next_significant() {
                 Some(Frame::Mcast(m)) => {
-                    let counter = if m.sender == outsider.session {
-                        &mut from_o
-                    } else {
-                        &mut from_a
-                    };
+                    let counter = if m.sender == outsider.session { &mut from_o } else { &mut from_a };
                     *counter += 1;
                     assert_eq!(m.seq, *counter, "per-sender FIFO without gaps");
                 }
@@ -57,10 +46,7 @@ fn join_multicast_views_and_leave_across_two_shards() {
             }
         }
     }
-    assert!(
-        outsider.next_within(Duration::from_millis(200)).is_err(),
-        "a non-member receives nothing"
-    );
+    assert!(outsider.next_within(Duration::from_millis(200)).is_err(), "a non-member receives nothing");
 
     b.leave("room");
     let last = b.wait_view("room", 1);
@@ -89,9 +75,8 @@ fn a_disconnect_produces_a_disconnect_view() {
 fn a_thousand_clients_on_one_server() {
     raise_fd_limit();
     let server = start_server(2, Limits::default());
-    let mut clients: Vec<RawClient> = (0..1000)
-        .map(|i| RawClient::connect(addr(&server), &format!("c{i}")))
-        .collect();
+    let mut clients: Vec<RawClient> =
+        (0..1000).map(|i| RawClient::connect(addr(&server), &format!("c{i}"))).collect();
     // 100 groups of 10.
     for (i, c) in clients.iter_mut().enumerate() {
         c.join(&format!("g{}", i % 100));
@@ -153,9 +138,7 @@ fn a_receiver_that_never_reads_is_killed_and_others_get_everything() {
     for _ in 0..total {
         publisher.mcast("g", &payload);
     }
-    let (mut fast, view) = reader
-        .join()
-        .expect("fast receiver got every message in order");
+    let (mut fast, view) = reader.join().expect("fast receiver got every message in order");
     // The sleeper was cut: its membership ends with a Disconnect view...
     let v = view.unwrap_or_else(|| fast.wait_view("g", 1));
     assert_eq!(v.members.len(), 1);
@@ -166,42 +149,16 @@ fn a_receiver_that_never_reads_is_killed_and_others_get_everything() {
 
 #[test]
 fn bad_frames_get_an_error_and_a_close_and_others_are_unaffected() {
-    let server = start_server(
-        2,
-        Limits {
-            max_frame: 4096,
-            ..Limits::default()
-        },
-    );
+    let server = start_server(2, Limits { max_frame: 4096, ..Limits::default() });
     let mut good = RawClient::connect(addr(&server), "good");
     good.join("g");
     good.wait_view("g", 1);
     let cases: Vec<(&str, Vec<u8>, ErrorCode)> = vec![
-        (
-            "garbage",
-            b"GET / HTTP/1.1\r\n\r\n".to_vec(),
-            ErrorCode::TooLarge,
-        ),
-        (
-            "oversized",
-            [&(5000u32).to_be_bytes()[..], &[0x10, 0]].concat(),
-            ErrorCode::TooLarge,
-        ),
-        (
-            "too short",
-            [&1u32.to_be_bytes()[..], &[0x05]].concat(),
-            ErrorCode::Malformed,
-        ),
-        (
-            "unknown kind",
-            [&2u32.to_be_bytes()[..], &[0x7e, 0]].concat(),
-            ErrorCode::UnknownKind,
-        ),
-        (
-            "join before hello",
-            [&4u32.to_be_bytes()[..], &[0x03, 0, 1, b'g']].concat(),
-            ErrorCode::Unexpected,
-        ),
+        ("garbage", b"GET / HTTP/1.1\r\n\r\n".to_vec(), ErrorCode::TooLarge),
+        ("oversized", [&(5000u32).to_be_bytes()[..], &[0x10, 0]].concat(), ErrorCode::TooLarge),
+        ("too short", [&1u32.to_be_bytes()[..], &[0x05]].concat(), ErrorCode::Malformed),
+        ("unknown kind", [&2u32.to_be_bytes()[..], &[0x7e, 0]].concat(), ErrorCode::UnknownKind),
+        ("join before hello", [&4u32.to_be_bytes()[..], &[0x03, 0, 1, b'g']].concat(), ErrorCode::Unexpected),
         (
             "bad magic",
             [&38u32.to_be_bytes()[..], &[0x01, 0], b"XXXX", &[0u8; 32]].concat(),
@@ -226,8 +183,7 @@ fn bad_frames_get_an_error_and_a_close_and_others_are_unaffected() {
     drop(t);
     // A member with a bad group name in JOIN is closed, others are unaffected.
     let mut bad = RawClient::connect(addr(&server), "bad");
-    bad.send_bytes(&[0, 0, 0, 5, 0x03, 0, 2, 0xff, 0xfe])
-        .unwrap();
+    bad.send_bytes(&[0, 0, 0, 5, 0x03, 0, 2, 0xff, 0xfe]).unwrap();
     match bad.read_to_end().as_slice() {
         [Frame::Error(e)] => assert_eq!(e.code, ErrorCode::BadGroup),
         other => panic!("{other:?}"),
@@ -238,9 +194,7 @@ fn bad_frames_get_an_error_and_a_close_and_others_are_unaffected() {
         Some(Frame::Mcast(m)) => assert_eq!(&m.payload[..], b"still here"),
         other => panic!("{other:?}"),
     }
-    wait_for("protocol error counter", || {
-        server.stats().protocol_errors >= 7
-    });
+    wait_for("protocol error counter", || server.stats().protocol_errors >= 7);
 }
 
 #[test]
@@ -264,10 +218,7 @@ fn idle_clients_are_closed_and_keepalives_flow() {
     let server = start_server(1, limits);
     let mut a = RawClient::connect(addr(&server), "a");
     let frames = a.read_to_end();
-    assert!(
-        frames.iter().filter(|f| **f == Frame::Noop).count() >= 2,
-        "{frames:?}"
-    );
+    assert!(frames.iter().filter(|f| **f == Frame::Noop).count() >= 2, "{frames:?}");
     match frames.last() {
         Some(Frame::Error(e)) => assert_eq!(e.code, ErrorCode::IdleTimeout),
         other => panic!("{other:?}"),

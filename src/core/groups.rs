@@ -1,48 +1,42 @@
-//! The group table of one shard: who receives a group's traffic, and, for the groups this
-//! shard owns, the authoritative membership and view numbering.
+//! The group table of one shard: who receives a group's traffic, and, on the group's owner
+//! shard, the replica of its membership and view numbering.
 //!
-//! Every group has one owner shard (a hash of its name). The owner orders all joins and
-//! leaves of the group on this server and broadcasts each resulting view to every shard, so
-//! views change in the same order everywhere. Other shards keep a replica: their local
-//! member connections and which shards have members. Never does I/O.
+//! Every group has one owner shard on each server (a hash of its name). On the server that
+//! orders membership (see `views.rs`), the owner shard numbers every view of the group and
+//! broadcasts it; on every server it keeps the replica a successor needs to take over.
+//! Other shards keep only routing: local member connections, other shards and other servers
+//! with members. Never does I/O.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 
-use crate::proto::{GroupName, Name, SessionId};
+use bytes::Bytes;
+
+use crate::proto::{GroupName, Member, NodeTag, SessionId};
 
 use super::ConnId;
-
-/// A member as the shards know it: its session, name and the shard that holds it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MemberInfo {
-    pub session: SessionId,
-    pub name: Name,
-    pub shard: u16,
-}
 
 /// One group as seen by one shard.
 #[derive(Debug, Default)]
 pub struct Group {
     /// Member connections on this shard, from the latest view.
     pub local: Vec<ConnId>,
-    /// Other shards with at least one member, from the latest view.
+    /// Other shards of this server with at least one member.
     pub remote_shards: Vec<u16>,
+    /// Other servers (by node tag) with at least one member.
+    pub nodes: Vec<NodeTag>,
     /// Present on the owner shard only.
     pub owned: Option<Owned>,
 }
 
-/// The owner's authoritative state of a group.
+/// The owner shard's replica of a group's membership.
 #[derive(Debug, Default)]
 pub struct Owned {
     pub view_id: u64,
-    pub members: BTreeMap<SessionId, MemberInfo>,
-}
-
-impl Owned {
-    pub fn member_list(&self) -> Arc<[MemberInfo]> {
-        self.members.values().cloned().collect()
-    }
+    pub members: BTreeMap<SessionId, Member>,
+    /// The newest VIEW frame, for servers whose link just came up.
+    pub last_frame: Bytes,
+    /// Members were added by a link's state sync; a view is published when it completes.
+    pub dirty: bool,
 }
 
 /// All groups known to one shard.
@@ -58,11 +52,19 @@ impl GroupTable {
     pub fn get_mut(&mut self, name: &[u8]) -> Option<&mut Group> {
         self.groups.get_mut(name)
     }
+    /// The stored name of a group (shares its bytes).
+    pub fn key(&self, name: &[u8]) -> Option<GroupName> {
+        self.groups.get_key_value(name).map(|(k, _)| k.clone())
+    }
     pub fn entry(&mut self, name: GroupName) -> &mut Group {
         self.groups.entry(name).or_default()
     }
     pub fn remove(&mut self, name: &[u8]) {
         self.groups.remove(name);
+    }
+    /// Names of the groups whose replica this shard owns.
+    pub fn owned_names(&self) -> Vec<GroupName> {
+        self.groups.iter().filter(|(_, g)| g.owned.is_some()).map(|(k, _)| k.clone()).collect()
     }
 }
 

@@ -42,20 +42,19 @@ impl Default for Limits {
 }
 
 impl Limits {
-    /// Queued messages above which a connection holds publishers back.
+    /// Queued messages above which a connection holds publishers back. A quarter of
+    /// `max_backlog`, so that what is already in flight between shards when publishers are
+    /// told to pause fits below the kill line.
     pub fn high_water(&self) -> usize {
-        (self.max_backlog / 2).max(1)
+        (self.max_backlog / 4).max(1)
     }
     /// Queued messages below which a held-back connection releases publishers again.
     pub fn low_water(&self) -> usize {
-        self.max_backlog / 4
+        self.max_backlog / 8
     }
     /// How often the shard's timer should fire.
     pub fn tick(&self) -> Duration {
-        let shortest = self
-            .keepalive_interval
-            .min(self.idle_timeout)
-            .min(self.stall_timeout);
+        let shortest = self.keepalive_interval.min(self.idle_timeout).min(self.stall_timeout);
         (shortest / 4).clamp(Duration::from_millis(20), Duration::from_secs(1))
     }
 }

@@ -7,10 +7,12 @@
 
 mod groups;
 mod limits;
+mod links;
 mod outbox;
 mod shard;
+mod views;
 
-pub use groups::{owner_of, MemberInfo};
+pub use groups::owner_of;
 pub use limits::Limits;
 pub use outbox::{Outbox, MAX_IOV};
 pub use shard::{Flow, ServerIdentity, ShardCore, Take};
@@ -19,10 +21,22 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::proto::{Cause, GroupName, SessionId};
+use crate::proto::{Cause, GroupName, Member, Name, NodeTag, SessionId};
 
 /// Index of a connection in its shard's table.
 pub type ConnId = usize;
+
+/// A link to another server that is up, as every shard of this server knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkInfo {
+    pub tag: NodeTag,
+    pub name: Name,
+    /// The peer's start time (ms since the epoch), for choosing who orders membership.
+    pub boot: u64,
+    /// The shard that owns the link's connection, and the connection there.
+    pub shard: u16,
+    pub conn: ConnId,
+}
 
 /// A message from one shard to another (carried in batches, `Vec<ShardMsg>`).
 #[derive(Debug, Clone)]
@@ -33,28 +47,59 @@ pub enum ShardMsg {
         frames: Bytes,
         count: u32,
     },
-    /// To the group's owner: a member joins.
+    /// To the shard owning the link to `tag`: queue these frames on it.
+    Forward {
+        tag: NodeTag,
+        conn: ConnId,
+        frames: Bytes,
+        count: u32,
+    },
+    /// To the group's owner shard: a member joins (or, `Network`, is reported by a sync).
+    /// `via` is the server it came from over a link.
     Join {
         group: GroupName,
-        member: MemberInfo,
+        member: Member,
+        cause: Cause,
+        via: Option<NodeTag>,
     },
-    /// To the group's owner: a member leaves; `notify` is the leaver's shard if it should
-    /// get the resulting view (an explicit leave), `None` if it is gone.
+    /// To the group's owner shard: a member leaves or is gone.
     Leave {
         group: GroupName,
         session: SessionId,
         cause: Cause,
-        notify: Option<u16>,
+        via: Option<NodeTag>,
     },
-    /// From the group's owner to every shard: the new view, encoded once.
+    /// To every shard: a new view, encoded once. `leaver` also gets it (its last view).
     View {
         group: GroupName,
         frame: Bytes,
-        members: Arc<[MemberInfo]>,
-        leaver: Option<(SessionId, u16)>,
+        view_id: u64,
+        members: Arc<[Member]>,
+        leaver: Option<SessionId>,
+    },
+    /// To the group's owner shard: a linked server has seen views of `group` up to this id.
+    ViewId {
+        group: GroupName,
+        view_id: u64,
+    },
+    LinkUp(LinkInfo),
+    LinkDown {
+        tag: NodeTag,
+    },
+    /// A linked server finished sending its state.
+    SyncDone {
+        tag: NodeTag,
+    },
+    /// To every shard: a GAP frame for the local members of `group`.
+    Gap {
+        group: GroupName,
+        frame: Bytes,
     },
     /// A shard starts or stops holding publishers back.
-    Pressure { from: u16, over: bool },
+    Pressure {
+        from: u16,
+        over: bool,
+    },
 }
 
 /// Counters of one shard; every limit crossing has one.
@@ -71,6 +116,10 @@ pub struct Stats {
     pub killed_stuck: u64,
     pub killed_idle: u64,
     pub pauses: u64,
+    pub links_up: u64,
+    pub links_down: u64,
+    pub digest_mismatches: u64,
+    pub gaps: u64,
 }
 
 impl Stats {
@@ -86,6 +135,10 @@ impl Stats {
         self.killed_stuck += o.killed_stuck;
         self.killed_idle += o.killed_idle;
         self.pauses += o.pauses;
+        self.links_up += o.links_up;
+        self.links_down += o.links_down;
+        self.digest_mismatches += o.digest_mismatches;
+        self.gaps += o.gaps;
     }
 }
 

@@ -1,24 +1,25 @@
-//! The state machine of one shard: its connections, sessions, group replicas, routing,
-//! backlog accounting and timers.
+//! The state machine of one shard: its connections (clients and peer links), sessions,
+//! routing, backlog accounting, flow control and timers. Membership ordering lives in
+//! `views.rs`, peer links in `links.rs`.
 //!
 //! Inputs are `handle_*` calls (bytes read, bytes written, messages from other shards, time);
 //! outputs are drained with `take_*`/`poll_*` (writers to wake, sockets to shut down, batches
 //! for other shards). Never does I/O and never reads a clock: `now` is always an argument.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use slab::Slab;
 
 use crate::proto::{
-    self, Cause, ErrorCode, ErrorFrame, Frame, GroupName, Handshake, McastHeader, Name, NodeTag,
-    ProtoError, Role, SessionId, View, MCAST_FIXED,
+    self, Cause, ErrorCode, ErrorFrame, Frame, GroupName, Handshake, McastHeader, Name, NodeTag, ProtoError,
+    Role, SessionId, MCAST_FIXED,
 };
 
-use super::groups::{owner_of, GroupTable, MemberInfo};
-use super::{ConnId, Limits, Outbox, ShardMsg, Stats};
+use super::groups::GroupTable;
+use super::links::PeerConn;
+use super::{ConnId, Limits, LinkInfo, Outbox, ShardMsg, Stats};
 
 /// How long a closing connection may take to flush its last frames before it is cut.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -34,52 +35,78 @@ pub enum Flow {
     Close,
 }
 
-/// Identity of the server, as told to clients in WELCOME.
+/// What a writer does next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Take {
+    /// A batch was taken: write it, then ask again.
+    Write,
+    /// Nothing queued: wait for a wakeup.
+    Wait,
+    /// The connection is closed and flushed: shut the socket down and stop.
+    Finished,
+}
+
+/// Identity of this server, as told to clients and peers in WELCOME/HELLO.
 #[derive(Clone, Debug)]
 pub struct ServerIdentity {
     pub node_tag: NodeTag,
     pub node_name: Name,
     pub digest: u64,
+    /// Start time (ms since the epoch): the longest-running server orders membership.
+    pub boot: u64,
 }
 
 #[derive(Debug, PartialEq, Eq)]
-enum State {
+pub(super) enum State {
+    /// Accepted; waiting for HELLO.
     Handshake,
+    /// We dialed a peer and sent HELLO; waiting for WELCOME from `expect`.
+    Dialing {
+        expect: String,
+    },
     Client,
+    Peer,
     Closing,
 }
 
 #[derive(Debug)]
-struct Conn {
-    state: State,
-    session: SessionId,
-    name: Name,
-    outbox: Outbox,
+pub(super) struct Conn {
+    pub state: State,
+    pub session: SessionId,
+    pub name: Name,
+    pub outbox: Outbox,
     /// Groups this session is a member of (as it asked; views follow from the owner).
-    joined: HashSet<GroupName>,
+    pub joined: HashSet<GroupName>,
     /// Last sequence number sent to each group.
-    sent: HashMap<GroupName, u64>,
-    last_rx: Instant,
-    last_tx: Instant,
-    last_progress: Instant,
-    closing_since: Option<Instant>,
+    pub sent: HashMap<GroupName, u64>,
+    /// Set for peer links.
+    pub peer: Option<Box<PeerConn>>,
+    pub last_rx: Instant,
+    pub last_tx: Instant,
+    pub last_progress: Instant,
+    pub closing_since: Option<Instant>,
     /// Above the high-water mark, holding publishers back.
-    hot: bool,
+    pub hot: bool,
     /// Reader and writer tasks still running; the slot is freed when both are done.
-    tasks: u8,
+    pub tasks: u8,
 }
 
 /// One shard's state.
 pub struct ShardCore {
-    id: u16,
-    nshards: u16,
-    identity: ServerIdentity,
-    limits: Limits,
-    conns: Slab<Conn>,
-    sessions: HashMap<SessionId, ConnId>,
-    groups: GroupTable,
+    pub(super) id: u16,
+    pub(super) nshards: u16,
+    pub(super) identity: ServerIdentity,
+    pub(super) limits: Limits,
+    pub(super) conns: Slab<Conn>,
+    /// Sessions on this shard.
+    pub(super) sessions: HashMap<SessionId, ConnId>,
+    pub(super) groups: GroupTable,
+    /// Peer links that are up, on any shard of this server.
+    pub(super) links: Vec<LinkInfo>,
+    /// Lower-cased names of the servers allowed to link to us (the `peers` table).
+    pub(super) peer_names: Vec<String>,
     next_serial: u32,
-    outgoing: Vec<Vec<ShardMsg>>,
+    pub(super) outgoing: Vec<Vec<ShardMsg>>,
     wakeups: Vec<ConnId>,
     cut: Vec<ConnId>,
     /// Connections over the high-water mark after the current fan-out (scratch).
@@ -91,22 +118,24 @@ pub struct ShardCore {
     over_since: Option<Instant>,
     remote_over: Vec<bool>,
     resume: bool,
-    shutting_down: bool,
     pub stats: Stats,
 }
 
 impl ShardCore {
     pub fn new(id: u16, nshards: u16, identity: ServerIdentity, limits: Limits) -> ShardCore {
+        let nshards = nshards.max(1);
         ShardCore {
             id,
-            nshards: nshards.max(1),
+            nshards,
             identity,
             limits,
             conns: Slab::new(),
             sessions: HashMap::new(),
             groups: GroupTable::default(),
+            links: Vec::new(),
+            peer_names: Vec::new(),
             next_serial: 0,
-            outgoing: (0..nshards.max(1)).map(|_| Vec::new()).collect(),
+            outgoing: (0..nshards).map(|_| Vec::new()).collect(),
             wakeups: Vec::new(),
             cut: Vec::new(),
             crossed: Vec::new(),
@@ -114,9 +143,8 @@ impl ShardCore {
             hot_conns: 0,
             over: false,
             over_since: None,
-            remote_over: vec![false; nshards.max(1) as usize],
+            remote_over: vec![false; nshards as usize],
             resume: false,
-            shutting_down: false,
             stats: Stats::default(),
         }
     }
@@ -151,6 +179,11 @@ impl ShardCore {
         std::mem::take(&mut self.resume)
     }
 
+    /// The shard that holds a session of this server (serials interleave over shards).
+    pub(super) fn shard_of(&self, session: SessionId) -> u16 {
+        ((session.0 & 0xffff_ffff) % u64::from(self.nshards)) as u16
+    }
+
     /// A new connection; its reader and writer tasks must each call [`Self::handle_task_done`].
     pub fn handle_accept(&mut self, now: Instant) -> ConnId {
         self.stats.accepted += 1;
@@ -161,6 +194,7 @@ impl ShardCore {
             outbox: Outbox::default(),
             joined: HashSet::new(),
             sent: HashMap::new(),
+            peer: None,
             last_rx: now,
             last_tx: now,
             last_progress: now,
@@ -173,9 +207,7 @@ impl ShardCore {
     /// Handles the complete frames at the front of `buf` (bytes just read from `conn`),
     /// leaving an incomplete frame in place. `buf` is split, never copied.
     pub fn handle_input(&mut self, conn: ConnId, buf: &mut BytesMut, now: Instant) -> Flow {
-        let Some(c) = self.conns.get_mut(conn) else {
-            return Flow::Close;
-        };
+        let Some(c) = self.conns.get_mut(conn) else { return Flow::Close };
         if c.state == State::Closing {
             return Flow::Close;
         }
@@ -191,13 +223,13 @@ impl ShardCore {
                 Err(e) => return self.protocol_error(conn, e, now),
             };
             turns += 1;
-            let is_client = self.conns[conn].state == State::Client;
-            let flow = if buf[4] == proto::kind::MCAST && is_client {
+            let state = &self.conns[conn].state;
+            let flow = if buf[4] == proto::kind::MCAST && matches!(state, State::Client | State::Peer) {
                 self.handle_mcast_run(conn, buf, size, now)
             } else {
-                match proto::decode(buf, self.limits.max_frame) {
-                    Ok(Some(frame)) => self.handle_frame(conn, frame, now),
-                    Ok(None) => Flow::Read, // unreachable: the frame is complete
+                let bytes = buf.split_to(size).freeze();
+                match proto::parse_whole(bytes.clone()) {
+                    Ok(frame) => self.handle_frame(conn, frame, bytes, now),
                     Err(e) => self.protocol_error(conn, e, now),
                 }
             };
@@ -209,6 +241,9 @@ impl ShardCore {
 
     /// Takes the longest run of complete, valid MCAST frames to one group from the front of
     /// `buf` (the first is `first_size` bytes) and routes it as one shared slice.
+    ///
+    /// From a client, every frame must carry its session id and the next sequence number
+    /// of that group. From a peer, the sender must be one of that server's sessions.
     fn handle_mcast_run(
         &mut self,
         conn: ConnId,
@@ -223,15 +258,15 @@ impl ShardCore {
             Err(e) => return self.protocol_error(conn, e, now),
         };
         let group_end = MCAST_FIXED + head.group_len;
-        let last_seq = c.sent.get(&buf[MCAST_FIXED..group_end]).copied();
-        let group = match last_seq {
+        let from_peer = c.peer.as_ref().map(|p| p.tag);
+        let last_seq =
+            if from_peer.is_some() { Some(0) } else { c.sent.get(&buf[MCAST_FIXED..group_end]).copied() };
+        let new_group = match last_seq {
             Some(_) => None,
-            None => {
-                match GroupName::from_bytes(Bytes::copy_from_slice(&buf[MCAST_FIXED..group_end])) {
-                    Ok(g) => Some(g),
-                    Err(e) => return self.protocol_error(conn, e, now),
-                }
-            }
+            None => match GroupName::from_bytes(Bytes::copy_from_slice(&buf[MCAST_FIXED..group_end])) {
+                Ok(g) => Some(g),
+                Err(e) => return self.protocol_error(conn, e, now),
+            },
         };
         let mut expect = last_seq.unwrap_or(0) + 1;
         let (mut end, mut count) = (0usize, 0u32);
@@ -253,65 +288,85 @@ impl ShardCore {
             if h.group(frame) != &buf[MCAST_FIXED..group_end] {
                 break;
             }
-            if h.sender != c.session {
-                violation = Some((
-                    ErrorCode::BadSender,
-                    format!(
-                        "MCAST sender {} is not this session ({})",
-                        h.sender, c.session
-                    ),
-                ));
-                break;
+            match from_peer {
+                Some(tag) if h.sender.node() != tag => {
+                    let msg = format!("MCAST from session {} relayed by node {:08x}", h.sender, tag.0);
+                    violation = Some((ErrorCode::BadSender, msg));
+                    break;
+                }
+                Some(_) => {}
+                None if h.sender != c.session => {
+                    let msg = format!("MCAST sender {} is not this session ({})", h.sender, c.session);
+                    violation = Some((ErrorCode::BadSender, msg));
+                    break;
+                }
+                None if h.seq != expect => {
+                    let msg = format!("MCAST seq {} to this group, expected {expect}", h.seq);
+                    violation = Some((ErrorCode::BadSequence, msg));
+                    break;
+                }
+                None => expect += 1,
             }
-            if h.seq != expect {
-                violation = Some((
-                    ErrorCode::BadSequence,
-                    format!("MCAST seq {} to this group, expected {expect}", h.seq),
-                ));
-                break;
-            }
-            expect += 1;
             end += size;
             count += 1;
         }
         if count > 0 {
             let run = buf.split_to(end).freeze();
-            let key = match group {
-                Some(g) => {
+            let name = &run[MCAST_FIXED..group_end];
+            let key = match (from_peer, new_group) {
+                (Some(_), _) => match self.groups.key(name) {
+                    Some(k) => k,
+                    // No members of this group here: nothing to deliver.
+                    None => {
+                        self.note_peer_run(conn, &run, None);
+                        return self.after_violation(conn, violation, count, now);
+                    }
+                },
+                (None, Some(g)) => {
                     c.sent.insert(g.clone(), expect - 1);
                     g
                 }
-                None => {
-                    let name = &run[MCAST_FIXED..group_end];
+                (None, None) => {
                     if let Some(last) = c.sent.get_mut(name) {
                         *last = expect - 1;
                     }
                     // invariant: last_seq was Some, so the key is present.
-                    c.sent
-                        .get_key_value(name)
-                        .map(|(k, _)| k.clone())
-                        .expect("present")
+                    c.sent.get_key_value(name).map(|(k, _)| k.clone()).expect("present")
                 }
             };
-            self.stats.msgs_in += count as u64;
+            self.stats.msgs_in += u64::from(count);
             self.stats.runs_in += 1;
+            if from_peer.is_some() {
+                self.note_peer_run(conn, &run, Some(&key));
+            } else {
+                self.route_links(&key, &run, count);
+            }
             self.route_local(key.as_bytes(), &run, count);
-            self.route_remote(key, run, count);
+            self.route_shards(key, run, count);
         }
-        match violation {
+        self.after_violation(conn, violation, count, now)
+    }
+
+    /// A violation after some valid frames is reported on the next turn, when it is first.
+    fn after_violation(
+        &mut self,
+        conn: ConnId,
+        v: Option<(ErrorCode, String)>,
+        count: u32,
+        now: Instant,
+    ) -> Flow {
+        match v {
             Some((code, msg)) if count == 0 => self.fatal(conn, code, msg, now),
             _ => Flow::Read,
         }
     }
 
     /// Queues a run to this shard's members of `group`.
-    fn route_local(&mut self, group: &[u8], run: &Bytes, count: u32) {
-        let Some(g) = self.groups.get(group) else {
-            return;
-        };
+    pub(super) fn route_local(&mut self, group: &[u8], run: &Bytes, count: u32) {
+        let Some(g) = self.groups.get(group) else { return };
         let high_water = self.limits.high_water();
         for &member in &g.local {
-            if Self::enqueue(
+            let queued = Self::enqueue(
                 &mut self.conns,
                 &mut self.wakeups,
                 &mut self.queued_bytes,
@@ -319,19 +374,17 @@ impl ShardCore {
                 member,
                 run.clone(),
                 count,
-            ) > high_water
-            {
+            );
+            if queued > high_water {
                 self.crossed.push(member);
             }
         }
         self.check_crossed();
     }
 
-    /// Sends a run once to each other shard with members of `group`.
-    fn route_remote(&mut self, group: GroupName, run: Bytes, count: u32) {
-        let Some(g) = self.groups.get(group.as_bytes()) else {
-            return;
-        };
+    /// Sends a run once to each other shard of this server with members of `group`.
+    fn route_shards(&mut self, group: GroupName, run: Bytes, count: u32) {
+        let Some(g) = self.groups.get(group.as_bytes()) else { return };
         for &s in &g.remote_shards {
             self.outgoing[s as usize].push(ShardMsg::Deliver {
                 group: group.clone(),
@@ -341,9 +394,21 @@ impl ShardCore {
         }
     }
 
+    /// Sends a run from a local client once to each other server with members of `group`.
+    fn route_links(&mut self, group: &GroupName, run: &Bytes, count: u32) {
+        let Some(g) = self.groups.get(group.as_bytes()) else { return };
+        if g.nodes.is_empty() {
+            return;
+        }
+        let nodes = g.nodes.clone();
+        for tag in nodes {
+            self.send_to_link(tag, run.clone(), count);
+        }
+    }
+
     /// Queues `frames` to `conn`; returns how many messages it now has queued. (An
     /// associated fn so callers can hold a borrow of the group table meanwhile.)
-    fn enqueue(
+    pub(super) fn enqueue(
         conns: &mut Slab<Conn>,
         wakeups: &mut Vec<ConnId>,
         queued: &mut usize,
@@ -352,9 +417,7 @@ impl ShardCore {
         frames: Bytes,
         count: u32,
     ) -> usize {
-        let Some(c) = conns.get_mut(conn) else {
-            return 0;
-        };
+        let Some(c) = conns.get_mut(conn) else { return 0 };
         if c.state == State::Closing {
             return 0;
         }
@@ -376,32 +439,31 @@ impl ShardCore {
         self.update_pressure();
     }
 
-    /// Queues one frame to one connection.
-    fn send_frame(&mut self, conn: ConnId, frame: Bytes) {
+    /// Queues `count` frames in one slice to one connection.
+    pub(super) fn send_frames(&mut self, conn: ConnId, frames: Bytes, count: u32) {
         Self::enqueue(
             &mut self.conns,
             &mut self.wakeups,
             &mut self.queued_bytes,
             &mut self.stats,
             conn,
-            frame,
-            1,
+            frames,
+            count,
         );
         self.check_backlog(conn);
         self.update_pressure();
     }
 
+    pub(super) fn send_frame(&mut self, conn: ConnId, frame: Bytes) {
+        self.send_frames(conn, frame, 1);
+    }
+
     /// Applies `max_backlog` and the high-water mark after `conn`'s queue grew.
     fn check_backlog(&mut self, conn: ConnId) {
-        let Some(c) = self.conns.get_mut(conn) else {
-            return;
-        };
+        let Some(c) = self.conns.get_mut(conn) else { return };
         let queued = c.outbox.messages();
         if queued > self.limits.max_backlog {
-            let why = format!(
-                "{queued} messages queued, over max_backlog {}",
-                self.limits.max_backlog
-            );
+            let why = format!("{queued} messages queued, over max_backlog {}", self.limits.max_backlog);
             self.kill_stuck(conn, why);
         } else if !c.hot && queued > self.limits.high_water() {
             c.hot = true;
@@ -411,53 +473,49 @@ impl ShardCore {
 
     /// Kills a connection that cannot keep up: its queue is dropped and its socket cut.
     fn kill_stuck(&mut self, conn: ConnId, why: String) {
-        let Some(c) = self.conns.get_mut(conn) else {
-            return;
-        };
+        let Some(c) = self.conns.get_mut(conn) else { return };
         if c.state == State::Closing {
             return;
         }
-        tracing::warn!(session = %c.session, name = %c.name, "killing stuck connection: {why}");
+        match &c.peer {
+            Some(p) => tracing::error!(peer = %p.name, "killing stuck peer link: {why}"),
+            None => tracing::warn!(session = %c.session, name = %c.name, "killing stuck connection: {why}"),
+        }
         self.stats.killed_stuck += 1;
         self.begin_close(conn, Cause::Disconnect, None);
         self.cut.push(conn);
     }
 
-    fn handle_frame(&mut self, conn: ConnId, frame: Frame, now: Instant) -> Flow {
-        let state = &self.conns[conn].state;
-        match (state, frame) {
+    fn handle_frame(&mut self, conn: ConnId, frame: Frame, bytes: Bytes, now: Instant) -> Flow {
+        match (&self.conns[conn].state, frame) {
             (State::Handshake, Frame::Hello(h)) => self.handle_hello(conn, h, now),
-            (State::Handshake, other) => self.fatal(
-                conn,
-                ErrorCode::Unexpected,
-                format!("expected HELLO first, got {}", other.name()),
-                now,
-            ),
-            (_, Frame::Join(g)) => {
+            (State::Dialing { .. }, Frame::Welcome(w)) => self.handle_welcome(conn, w, now),
+            (_, Frame::Error(e)) => {
+                let c = &self.conns[conn];
+                tracing::info!(session = %c.session, name = %c.name, code = ?e.code, "remote reported: {}", e.message);
+                if e.fatal {
+                    self.begin_close(conn, Cause::Disconnect, None);
+                    return Flow::Close;
+                }
+                Flow::Read
+            }
+            (State::Handshake | State::Dialing { .. }, other) => {
+                let msg = format!("expected a handshake first, got {}", other.name());
+                self.fatal(conn, ErrorCode::Unexpected, msg, now)
+            }
+            (_, Frame::Noop) => Flow::Read,
+            (State::Client, Frame::Join(g)) => {
                 let c = &mut self.conns[conn];
                 if !c.joined.insert(g.clone()) {
-                    let f = ErrorFrame::warn(
-                        ErrorCode::AlreadyMember,
-                        format!("already a member of {g}"),
-                    );
+                    let f = ErrorFrame::warn(ErrorCode::AlreadyMember, format!("already a member of {g}"));
                     self.send_frame(conn, f.to_bytes());
                     return Flow::Read;
                 }
-                let member = MemberInfo {
-                    session: c.session,
-                    name: c.name.clone(),
-                    shard: self.id,
-                };
-                self.to_owner(
-                    &g,
-                    ShardMsg::Join {
-                        group: g.clone(),
-                        member,
-                    },
-                );
+                let member = proto::Member { session: c.session, name: c.name.clone() };
+                self.to_owner(&g, ShardMsg::Join { group: g.clone(), member, cause: Cause::Join, via: None });
                 Flow::Read
             }
-            (_, Frame::Leave(g)) => {
+            (State::Client, Frame::Leave(g)) => {
                 let c = &mut self.conns[conn];
                 if !c.joined.remove(&g) {
                     let f = ErrorFrame::warn(ErrorCode::NotMember, format!("not a member of {g}"));
@@ -467,62 +525,28 @@ impl ShardCore {
                 let session = c.session;
                 self.to_owner(
                     &g,
-                    ShardMsg::Leave {
-                        group: g.clone(),
-                        session,
-                        cause: Cause::Leave,
-                        notify: Some(self.id),
-                    },
+                    ShardMsg::Leave { group: g.clone(), session, cause: Cause::Leave, via: None },
                 );
                 Flow::Read
             }
-            (_, Frame::Noop) => Flow::Read,
-            (_, Frame::Error(e)) => {
-                tracing::info!(session = %self.conns[conn].session, code = ?e.code, "client reported error: {}", e.message);
-                if e.fatal {
-                    self.begin_close(conn, Cause::Disconnect, None);
-                    return Flow::Close;
-                }
-                Flow::Read
-            }
+            (State::Peer, frame) => self.handle_peer_frame(conn, frame, bytes, now),
             (_, other) => {
-                let what = other.name();
-                self.fatal(
-                    conn,
-                    ErrorCode::Unexpected,
-                    format!("{what} is not accepted from a client"),
-                    now,
-                )
+                let msg = format!("{} is not accepted from a client", other.name());
+                self.fatal(conn, ErrorCode::Unexpected, msg, now)
             }
         }
     }
 
     fn handle_hello(&mut self, conn: ConnId, h: Handshake, now: Instant) -> Flow {
         if h.version < 1 {
-            return self.fatal(
-                conn,
-                ErrorCode::BadHandshake,
-                format!(
-                    "protocol version {} is not supported (this server speaks 1)",
-                    h.version
-                ),
-                now,
-            );
+            let msg = format!("protocol version {} is not supported (this server speaks 1)", h.version);
+            return self.fatal(conn, ErrorCode::BadHandshake, msg, now);
         }
-        if h.role != Role::Client {
-            return self.fatal(
-                conn,
-                ErrorCode::BadHandshake,
-                "this server does not accept peer links".into(),
-                now,
-            );
+        if h.role == Role::Peer {
+            return self.handle_peer_hello(conn, h, now);
         }
-        // Serials interleave over shards so that ids are unique on this server.
-        self.next_serial += 1;
-        let serial = self
-            .next_serial
-            .wrapping_mul(u32::from(self.nshards))
-            .wrapping_add(u32::from(self.id));
+        self.next_serial = self.next_serial.checked_add(1).unwrap_or(1);
+        let serial = self.next_serial.wrapping_mul(u32::from(self.nshards)).wrapping_add(u32::from(self.id));
         let session = SessionId::new(self.identity.node_tag, serial);
         let c = &mut self.conns[conn];
         c.state = State::Client;
@@ -530,43 +554,42 @@ impl ShardCore {
         c.name = h.name;
         self.sessions.insert(session, conn);
         tracing::debug!(%session, name = %self.conns[conn].name, "session started");
-        let welcome = Frame::Welcome(Handshake {
+        let welcome = self.handshake(session);
+        self.send_frame(conn, Frame::Welcome(welcome).to_bytes());
+        Flow::Read
+    }
+
+    /// This server's HELLO/WELCOME fields.
+    pub(super) fn handshake(&self, id: SessionId) -> Handshake {
+        Handshake {
             version: proto::VERSION,
             role: Role::Peer,
-            id: session,
+            id,
             digest: self.identity.digest,
             node_tag: self.identity.node_tag,
             max_frame: self.limits.max_frame as u32,
             name: self.identity.node_name.clone(),
-        });
-        self.send_frame(conn, welcome.to_bytes());
-        Flow::Read
+        }
     }
 
-    fn protocol_error(&mut self, conn: ConnId, e: ProtoError, now: Instant) -> Flow {
+    pub(super) fn protocol_error(&mut self, conn: ConnId, e: ProtoError, now: Instant) -> Flow {
         self.fatal(conn, e.code(), e.to_string(), now)
     }
 
     /// Sends a fatal ERROR and closes the connection once it is flushed.
-    fn fatal(&mut self, conn: ConnId, code: ErrorCode, message: String, now: Instant) -> Flow {
+    pub(super) fn fatal(&mut self, conn: ConnId, code: ErrorCode, message: String, now: Instant) -> Flow {
         let c = &self.conns[conn];
         tracing::info!(session = %c.session, name = %c.name, ?code, "closing connection: {message}");
         self.stats.protocol_errors += 1;
-        self.begin_close(
-            conn,
-            Cause::Disconnect,
-            Some(ErrorFrame::fatal(code, message).to_bytes()),
-        );
+        self.begin_close(conn, Cause::Disconnect, Some(ErrorFrame::fatal(code, message).to_bytes()));
         self.conns[conn].closing_since = Some(now);
         Flow::Close
     }
 
-    /// Leaves every group and stops accepting traffic for `conn`. The queue is replaced by
-    /// `last` (an ERROR to flush) or dropped.
-    fn begin_close(&mut self, conn: ConnId, cause: Cause, last: Option<Bytes>) {
-        let Some(c) = self.conns.get_mut(conn) else {
-            return;
-        };
+    /// Leaves every group (or takes a link down) and stops accepting traffic for `conn`.
+    /// The queue is replaced by `last` (an ERROR to flush) or dropped.
+    pub(super) fn begin_close(&mut self, conn: ConnId, cause: Cause, last: Option<Bytes>) {
+        let Some(c) = self.conns.get_mut(conn) else { return };
         if c.state == State::Closing {
             return;
         }
@@ -576,42 +599,41 @@ impl ShardCore {
             c.hot = false;
             self.hot_conns -= 1;
         }
-        let was_client = c.state == State::Client;
-        c.state = State::Closing;
+        let was = std::mem::replace(&mut c.state, State::Closing);
         let session = c.session;
         let groups: Vec<GroupName> = c.joined.drain().collect();
+        let peer = c.peer.take();
         if let Some(frame) = last {
             c.outbox.push(frame.clone(), 1);
             self.queued_bytes += frame.len();
         }
         self.wakeups.push(conn);
-        if was_client {
-            self.sessions.remove(&session);
-            for g in groups {
-                self.to_owner(
-                    &g,
-                    ShardMsg::Leave {
-                        group: g.clone(),
-                        session,
-                        cause,
-                        notify: None,
-                    },
-                );
+        match was {
+            State::Client => {
+                self.sessions.remove(&session);
+                for g in groups {
+                    self.to_owner(&g, ShardMsg::Leave { group: g.clone(), session, cause, via: None });
+                }
             }
+            State::Peer => {
+                if let Some(p) = peer {
+                    self.link_lost(*p);
+                }
+            }
+            _ => {}
         }
         self.update_pressure();
     }
 
-    /// The reader saw end of stream or an error: the peer is gone.
+    /// The reader saw end of stream or an error: the other side is gone.
     pub fn handle_eof(&mut self, conn: ConnId, now: Instant) {
+        let Some(c) = self.conns.get_mut(conn) else { return };
+        if c.state != State::Closing {
+            tracing::debug!(session = %c.session, "connection closed by the other side");
+            self.begin_close(conn, Cause::Disconnect, None);
+        }
         if let Some(c) = self.conns.get_mut(conn) {
-            if c.state != State::Closing {
-                tracing::debug!(session = %c.session, "connection closed by peer");
-                self.begin_close(conn, Cause::Disconnect, None);
-            }
-            if let Some(c) = self.conns.get_mut(conn) {
-                c.closing_since.get_or_insert(now);
-            }
+            c.closing_since.get_or_insert(now);
         }
     }
 
@@ -619,9 +641,7 @@ impl ShardCore {
     /// Returns true when it was freed (the id may then be reused).
     pub fn handle_task_done(&mut self, conn: ConnId, now: Instant) -> bool {
         self.handle_eof(conn, now);
-        let Some(c) = self.conns.get_mut(conn) else {
-            return false;
-        };
+        let Some(c) = self.conns.get_mut(conn) else { return false };
         c.tasks -= 1;
         if c.tasks > 0 {
             return false;
@@ -636,9 +656,7 @@ impl ShardCore {
     /// What the writer of `conn` should do next.
     pub fn take_batch(&mut self, conn: ConnId, batch: &mut Vec<Bytes>, now: Instant) -> Take {
         let max = self.limits.tcpbuf_size;
-        let Some(c) = self.conns.get_mut(conn) else {
-            return Take::Finished;
-        };
+        let Some(c) = self.conns.get_mut(conn) else { return Take::Finished };
         let (bytes, _) = c.outbox.take_batch(max, batch);
         if bytes > 0 {
             c.last_tx = now;
@@ -668,28 +686,30 @@ impl ShardCore {
         self.update_pressure();
     }
 
-    fn handle_shard_msg(&mut self, msg: ShardMsg) {
+    pub(super) fn handle_shard_msg(&mut self, msg: ShardMsg) {
         match msg {
-            ShardMsg::Deliver {
-                group,
-                frames,
-                count,
-            } => {
-                self.route_local(group.as_bytes(), &frames, count);
+            ShardMsg::Deliver { group, frames, count } => self.route_local(group.as_bytes(), &frames, count),
+            ShardMsg::Forward { tag, conn, frames, count } => {
+                let ours = self.conns.get(conn).and_then(|c| c.peer.as_ref()).is_some_and(|p| p.tag == tag);
+                if ours {
+                    self.send_frames(conn, frames, count);
+                }
             }
-            ShardMsg::Join { group, member } => self.owner_join(group, member),
-            ShardMsg::Leave {
-                group,
-                session,
-                cause,
-                notify,
-            } => self.owner_leave(group, session, cause, notify),
-            ShardMsg::View {
-                group,
-                frame,
-                members,
-                leaver,
-            } => self.apply_view(group, frame, &members, leaver),
+            ShardMsg::Join { group, member, cause, via } => self.owner_join(group, member, cause, via),
+            ShardMsg::Leave { group, session, cause, via } => self.owner_leave(group, session, cause, via),
+            ShardMsg::View { group, frame, view_id, members, leaver } => {
+                self.apply_view(group, frame, view_id, &members, leaver)
+            }
+            ShardMsg::ViewId { group, view_id } => self.raise_view_id(group, view_id),
+            ShardMsg::LinkUp(info) => self.handle_link_up(info),
+            ShardMsg::LinkDown { tag } => self.handle_link_down(tag),
+            ShardMsg::SyncDone { tag } => self.handle_sync_done(tag),
+            ShardMsg::Gap { group, frame } => {
+                let Some(g) = self.groups.get(group.as_bytes()) else { return };
+                for conn in g.local.clone() {
+                    self.send_frame(conn, frame.clone());
+                }
+            }
             ShardMsg::Pressure { from, over } => {
                 let was = self.reading_paused();
                 if let Some(slot) = self.remote_over.get_mut(from as usize) {
@@ -702,137 +722,30 @@ impl ShardCore {
         }
     }
 
-    fn to_owner(&mut self, group: &GroupName, msg: ShardMsg) {
-        let owner = owner_of(group.as_bytes(), self.nshards);
-        if owner == self.id {
+    /// Handles `msg` here if `shard` is this one, else queues it for that shard.
+    pub(super) fn to_shard(&mut self, shard: u16, msg: ShardMsg) {
+        if shard == self.id {
             self.handle_shard_msg(msg);
         } else {
-            self.outgoing[owner as usize].push(msg);
+            self.outgoing[shard as usize].push(msg);
         }
     }
 
-    fn owner_join(&mut self, group: GroupName, member: MemberInfo) {
-        let g = self.groups.entry(group.clone());
-        let owned = g.owned.get_or_insert_with(Default::default);
-        let subject = member.session;
-        owned.members.insert(member.session, member);
-        self.publish_view(group, Cause::Join, subject, None);
-    }
-
-    fn owner_leave(
-        &mut self,
-        group: GroupName,
-        session: SessionId,
-        cause: Cause,
-        notify: Option<u16>,
-    ) {
-        let Some(owned) = self
-            .groups
-            .get_mut(group.as_bytes())
-            .and_then(|g| g.owned.as_mut())
-        else {
-            return;
-        };
-        if owned.members.remove(&session).is_none() {
-            return;
-        }
-        let leaver = notify.map(|shard| (session, shard));
-        self.publish_view(group, cause, session, leaver);
-    }
-
-    /// Numbers the owner's new view, encodes it once and broadcasts it to every shard.
-    fn publish_view(
-        &mut self,
-        group: GroupName,
-        cause: Cause,
-        subject: SessionId,
-        leaver: Option<(SessionId, u16)>,
-    ) {
-        // invariant: callers just updated the owned state of this group.
-        let owned = self
-            .groups
-            .get_mut(group.as_bytes())
-            .and_then(|g| g.owned.as_mut())
-            .expect("owned group");
-        owned.view_id += 1;
-        let members = owned.member_list();
-        let view = View {
-            cause,
-            group: group.clone(),
-            view_id: owned.view_id,
-            group_seq: 0,
-            subject,
-            members: members
-                .iter()
-                .map(|m| proto::Member {
-                    session: m.session,
-                    name: m.name.clone(),
-                })
-                .collect(),
-        };
-        let frame = Frame::View(view).to_bytes();
-        self.stats.views += 1;
+    /// Sends `msg` to every shard of this server, this one included.
+    pub(super) fn to_all_shards(&mut self, msg: ShardMsg) {
         for s in 0..self.nshards {
-            let msg = ShardMsg::View {
-                group: group.clone(),
-                frame: frame.clone(),
-                members: members.clone(),
-                leaver,
-            };
-            if s == self.id {
-                self.handle_shard_msg(msg);
-            } else {
-                self.outgoing[s as usize].push(msg);
+            if s != self.id {
+                self.outgoing[s as usize].push(msg.clone());
             }
         }
+        self.handle_shard_msg(msg);
     }
 
-    /// Installs a view from the owner: updates routing and sends it to local members.
-    fn apply_view(
-        &mut self,
-        group: GroupName,
-        frame: Bytes,
-        members: &Arc<[MemberInfo]>,
-        leaver: Option<(SessionId, u16)>,
-    ) {
-        let mut local = Vec::new();
-        let mut remote_shards = Vec::new();
-        for m in members.iter() {
-            if m.shard == self.id {
-                if let Some(&conn) = self.sessions.get(&m.session) {
-                    local.push(conn);
-                }
-            } else if !remote_shards.contains(&m.shard) {
-                remote_shards.push(m.shard);
-            }
-        }
-        let mut recipients = local.clone();
-        if let Some((session, shard)) = leaver {
-            if shard == self.id {
-                if let Some(&conn) = self.sessions.get(&session) {
-                    recipients.push(conn);
-                }
-            }
-        }
-        if members.is_empty() {
-            self.groups.remove(group.as_bytes());
-        } else {
-            let g = self.groups.entry(group);
-            g.local = local;
-            g.remote_shards = remote_shards;
-        }
-        for conn in recipients {
-            self.send_frame(conn, frame.clone());
-        }
-    }
-
-    /// The server is stopping: every client gets a fatal ShuttingDown and is closed.
+    /// The server is stopping: every connection gets a fatal ShuttingDown and is closed.
     pub fn handle_shutdown(&mut self, now: Instant) {
-        self.shutting_down = true;
         let conns: Vec<ConnId> = self.conns.iter().map(|(k, _)| k).collect();
         for conn in conns {
-            let frame =
-                ErrorFrame::fatal(ErrorCode::ShuttingDown, "server is shutting down").to_bytes();
+            let frame = ErrorFrame::fatal(ErrorCode::ShuttingDown, "server is shutting down").to_bytes();
             self.begin_close(conn, Cause::Disconnect, Some(frame));
             if let Some(c) = self.conns.get_mut(conn) {
                 c.closing_since.get_or_insert(now);
@@ -860,12 +773,9 @@ impl ShardCore {
                     }
                 }
                 _ if now.duration_since(c.last_rx) >= l.idle_timeout => idle.push(id),
-                _ if c.hot && now.duration_since(c.last_progress) >= l.stall_timeout => {
-                    stalled.push(id)
-                }
-                State::Client
-                    if c.outbox.is_empty()
-                        && now.duration_since(c.last_tx) >= l.keepalive_interval =>
+                _ if c.hot && now.duration_since(c.last_progress) >= l.stall_timeout => stalled.push(id),
+                State::Client | State::Peer
+                    if c.outbox.is_empty() && now.duration_since(c.last_tx) >= l.keepalive_interval =>
                 {
                     keepalive.push(id)
                 }
@@ -886,10 +796,7 @@ impl ShardCore {
             let queued = self.conns[id].outbox.messages();
             self.kill_stuck(
                 id,
-                format!(
-                    "no write progress for {:?} with {queued} messages queued",
-                    l.stall_timeout
-                ),
+                format!("no write progress for {:?} with {queued} messages queued", l.stall_timeout),
             );
         }
         for id in keepalive {
@@ -925,11 +832,8 @@ impl ShardCore {
     /// other shards when that changes.
     fn update_pressure(&mut self) {
         let budget = self.limits.memory_budget;
-        let over = if self.over {
-            self.hot_conns > 0 || self.queued_bytes > budget / 4 * 3
-        } else {
-            self.hot_conns > 0 || self.queued_bytes > budget
-        };
+        let limit = if self.over { budget / 4 * 3 } else { budget };
+        let over = self.hot_conns > 0 || self.queued_bytes > limit;
         if over == self.over {
             return;
         }
@@ -943,16 +847,15 @@ impl ShardCore {
                 hot = self.hot_conns,
                 "pausing publishers"
             );
+        } else {
+            tracing::debug!(shard = self.id, "releasing publishers");
         }
         if was_paused && !self.reading_paused() {
             self.resume = true;
         }
         for s in 0..self.nshards {
             if s != self.id {
-                self.outgoing[s as usize].push(ShardMsg::Pressure {
-                    from: self.id,
-                    over,
-                });
+                self.outgoing[s as usize].push(ShardMsg::Pressure { from: self.id, over });
             }
         }
     }
@@ -967,7 +870,7 @@ impl ShardCore {
         into.append(&mut self.cut);
     }
 
-    /// Batches for other shards, by shard index; empty batches are skipped by the caller.
+    /// Batches for other shards, by shard index; empty batches are skipped.
     pub fn take_outgoing(&mut self) -> impl Iterator<Item = (u16, Vec<ShardMsg>)> + '_ {
         self.outgoing
             .iter_mut()
@@ -976,22 +879,8 @@ impl ShardCore {
             .map(|(i, b)| (i as u16, std::mem::take(b)))
     }
 
-    /// The session id of `conn`, if it finished its handshake.
+    /// The session id of `conn`, if it is a client that finished its handshake.
     pub fn session_of(&self, conn: ConnId) -> Option<SessionId> {
-        self.conns
-            .get(conn)
-            .map(|c| c.session)
-            .filter(|s| !s.is_none())
+        self.conns.get(conn).map(|c| c.session).filter(|s| !s.is_none())
     }
-}
-
-/// What a writer does next.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Take {
-    /// A batch was taken: write it, then ask again.
-    Write,
-    /// Nothing queued: wait for a wakeup.
-    Wait,
-    /// The connection is closed and flushed: shut the socket down and stop.
-    Finished,
 }

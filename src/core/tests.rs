@@ -10,8 +10,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::proto::{
-    self, encode_mcast, Cause, ErrorCode, Frame, GroupName, Handshake, Name, NodeTag, Role,
-    SessionId,
+    self, encode_mcast, Cause, ErrorCode, Frame, GroupName, Handshake, Name, NodeTag, Role, SessionId,
 };
 
 struct Client {
@@ -38,6 +37,7 @@ impl Harness {
             node_tag: NodeTag(7),
             node_name: Name::new("test").unwrap(),
             digest: 0,
+            boot: 1,
         };
         Harness {
             shards: (0..nshards)
@@ -122,9 +122,7 @@ impl Harness {
             }
         }
         let mut out = Vec::new();
-        while let Some(f) =
-            proto::decode(&mut cl.inbox, 1 << 20).expect("server sent a valid frame")
-        {
+        while let Some(f) = proto::decode(&mut cl.inbox, 1 << 20).expect("server sent a valid frame") {
             out.push(f);
         }
         out
@@ -137,13 +135,7 @@ impl Harness {
             *s
         };
         let mut b = BytesMut::new();
-        encode_mcast(
-            &mut b,
-            self.clients[c].session,
-            seq,
-            &GroupName::new(group).unwrap(),
-            payload,
-        );
+        encode_mcast(&mut b, self.clients[c].session, seq, &GroupName::new(group).unwrap(), payload);
         assert_eq!(self.input(c, &b), Flow::Read);
         seq
     }
@@ -174,9 +166,7 @@ fn join_multicast_leave_across_shards() {
     h.input(b, &join("g"));
     let views_a = h.frames(a);
     assert_eq!(views_a.len(), 2, "{views_a:?}");
-    let Frame::View(v) = &views_a[1] else {
-        panic!()
-    };
+    let Frame::View(v) = &views_a[1] else { panic!() };
     assert_eq!((v.cause, v.view_id, v.members.len()), (Cause::Join, 2, 2));
     assert_eq!(v.subject, h.clients[b].session);
     h.frames(b);
@@ -192,32 +182,20 @@ fn join_multicast_leave_across_shards() {
                 other => panic!("{other:?}"),
             })
             .collect();
-        assert_eq!(
-            got,
-            vec![
-                (1, Bytes::from_static(b"one")),
-                (2, Bytes::from_static(b"two"))
-            ]
-        );
+        assert_eq!(got, vec![(1, Bytes::from_static(b"one")), (2, Bytes::from_static(b"two"))]);
     }
     assert!(h.frames(c).is_empty());
     // Leave: the leaver gets its last view, the other the remaining membership.
     h.input(a, &leave("g"));
-    let Frame::View(v) = &h.frames(a)[0] else {
-        panic!()
-    };
+    let Frame::View(v) = &h.frames(a)[0] else { panic!() };
     assert_eq!((v.cause, v.members.len()), (Cause::Leave, 1));
-    let Frame::View(v) = &h.frames(b)[0] else {
-        panic!()
-    };
+    let Frame::View(v) = &h.frames(b)[0] else { panic!() };
     assert_eq!((v.cause, v.view_id), (Cause::Leave, 3));
     // Disconnect: remaining members see cause Disconnect.
     h.input(c, &join("g"));
     h.frames(b);
     h.disconnect(c);
-    let Frame::View(v) = &h.frames(b)[0] else {
-        panic!()
-    };
+    let Frame::View(v) = &h.frames(b)[0] else { panic!() };
     assert_eq!((v.cause, v.members.len()), (Cause::Disconnect, 1));
 }
 
@@ -226,13 +204,7 @@ fn sender_and_sequence_are_checked() {
     let mut h = Harness::new(1, Limits::default());
     let a = h.connect("a");
     let mut b = BytesMut::new();
-    encode_mcast(
-        &mut b,
-        SessionId(12345),
-        1,
-        &GroupName::new("g").unwrap(),
-        b"x",
-    );
+    encode_mcast(&mut b, SessionId(12345), 1, &GroupName::new("g").unwrap(), b"x");
     assert_eq!(h.input(a, &b), Flow::Close);
     match h.frames(a).as_slice() {
         [Frame::Error(e)] => assert_eq!((e.code, e.fatal), (ErrorCode::BadSender, true)),
@@ -240,13 +212,7 @@ fn sender_and_sequence_are_checked() {
     }
     let a = h.connect("a2");
     let mut b = BytesMut::new();
-    encode_mcast(
-        &mut b,
-        h.clients[a].session,
-        2,
-        &GroupName::new("g").unwrap(),
-        b"x",
-    );
+    encode_mcast(&mut b, h.clients[a].session, 2, &GroupName::new("g").unwrap(), b"x");
     assert_eq!(h.input(a, &b), Flow::Close);
     match h.frames(a).as_slice() {
         [Frame::Error(e)] => assert_eq!(e.code, ErrorCode::BadSequence),
@@ -278,10 +244,7 @@ fn frames_before_hello_and_double_join_are_errors() {
 
 #[test]
 fn a_receiver_over_max_backlog_is_killed_and_others_keep_receiving() {
-    let limits = Limits {
-        max_backlog: 10,
-        ..Limits::default()
-    };
+    let limits = Limits { max_backlog: 10, ..Limits::default() };
     let mut h = Harness::new(2, limits);
     let slow = h.connect("slow");
     let fast = h.connect("fast");
@@ -293,11 +256,7 @@ fn a_receiver_over_max_backlog_is_killed_and_others_keep_receiving() {
     let mut got = 0;
     for i in 0..30 {
         h.mcast(pubr, "g", format!("m{i}").as_bytes());
-        got += h
-            .frames(fast)
-            .iter()
-            .filter(|f| matches!(f, Frame::Mcast(_)))
-            .count();
+        got += h.frames(fast).iter().filter(|f| matches!(f, Frame::Mcast(_))).count();
     }
     assert_eq!(got, 30);
     let stats: u64 = h.shards.iter().map(|s| s.stats.killed_stuck).sum();

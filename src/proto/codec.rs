@@ -28,10 +28,7 @@ pub fn frame_len(buf: &[u8], max_frame: usize) -> Result<Option<usize>, ProtoErr
     }
     let size = 4 + len as usize;
     if size > max_frame {
-        return Err(ProtoError::TooLarge {
-            size,
-            max: max_frame,
-        });
+        return Err(ProtoError::TooLarge { size, max: max_frame });
     }
     Ok(Some(size))
 }
@@ -61,9 +58,7 @@ impl McastHeader {
             return Err(ProtoError::BadGroup);
         }
         if frame.len() < MCAST_FIXED + group_len {
-            return Err(ProtoError::Malformed(
-                "MCAST group name runs past the frame",
-            ));
+            return Err(ProtoError::Malformed("MCAST group name runs past the frame"));
         }
         Ok(McastHeader {
             sender: SessionId(be_u64(&frame[8..16])),
@@ -86,13 +81,7 @@ fn be_u64(b: &[u8]) -> u64 {
 }
 
 /// Appends an MCAST frame built from its parts (the client's send path).
-pub fn encode_mcast(
-    dst: &mut BytesMut,
-    sender: SessionId,
-    seq: u64,
-    group: &GroupName,
-    payload: &[u8],
-) {
+pub fn encode_mcast(dst: &mut BytesMut, sender: SessionId, seq: u64, group: &GroupName, payload: &[u8]) {
     let len = MCAST_FIXED - 4 + group.len() + payload.len();
     dst.reserve(4 + len);
     dst.put_u32(len as u32);
@@ -113,11 +102,7 @@ pub fn encode(frame: &Frame, dst: &mut BytesMut) {
     dst.put_u32(0); // length, patched below
     match frame {
         Frame::Hello(h) | Frame::Welcome(h) => {
-            let k = if matches!(frame, Frame::Hello(_)) {
-                kind::HELLO
-            } else {
-                kind::WELCOME
-            };
+            let k = if matches!(frame, Frame::Hello(_)) { kind::HELLO } else { kind::WELCOME };
             dst.put_u8(k);
             dst.put_u8(0);
             dst.put_slice(&MAGIC);
@@ -131,11 +116,7 @@ pub fn encode(frame: &Frame, dst: &mut BytesMut) {
             dst.put_slice(h.name.as_bytes());
         }
         Frame::Join(g) | Frame::Leave(g) => {
-            dst.put_u8(if matches!(frame, Frame::Join(_)) {
-                kind::JOIN
-            } else {
-                kind::LEAVE
-            });
+            dst.put_u8(if matches!(frame, Frame::Join(_)) { kind::JOIN } else { kind::LEAVE });
             dst.put_u8(0);
             dst.put_u8(g.len() as u8);
             dst.put_slice(g.as_bytes());
@@ -269,9 +250,7 @@ pub fn parse_whole(frame: Bytes) -> Result<Frame, ProtoError> {
         kind::HELLO | kind::WELCOME => {
             no_flags()?;
             if f.len() < HANDSHAKE_FIXED {
-                return Err(ProtoError::BadHandshake(
-                    "handshake shorter than its fixed fields",
-                ));
+                return Err(ProtoError::BadHandshake("handshake shorter than its fixed fields"));
             }
             if f[6..10] != MAGIC {
                 return Err(ProtoError::BadHandshake("wrong magic (not an msgc peer?)"));
@@ -284,9 +263,7 @@ pub fn parse_whole(frame: Bytes) -> Result<Frame, ProtoError> {
             };
             let name_len = f[13] as usize;
             if HANDSHAKE_FIXED + name_len != f.len() {
-                return Err(ProtoError::BadHandshake(
-                    "name length disagrees with frame length",
-                ));
+                return Err(ProtoError::BadHandshake("name length disagrees with frame length"));
             }
             let mut c = &f[14..HANDSHAKE_FIXED];
             let h = Handshake {
@@ -298,11 +275,7 @@ pub fn parse_whole(frame: Bytes) -> Result<Frame, ProtoError> {
                 max_frame: c.get_u32(),
                 name: name_at(HANDSHAKE_FIXED, name_len)?,
             };
-            Ok(if k == kind::HELLO {
-                Frame::Hello(h)
-            } else {
-                Frame::Welcome(h)
-            })
+            Ok(if k == kind::HELLO { Frame::Hello(h) } else { Frame::Welcome(h) })
         }
         kind::JOIN | kind::LEAVE => {
             no_flags()?;
@@ -310,16 +283,10 @@ pub fn parse_whole(frame: Bytes) -> Result<Frame, ProtoError> {
                 return Err(ProtoError::Malformed("JOIN/LEAVE without a group"));
             };
             if HEADER_LEN + 1 + len as usize != f.len() {
-                return Err(ProtoError::Malformed(
-                    "group length disagrees with frame length",
-                ));
+                return Err(ProtoError::Malformed("group length disagrees with frame length"));
             }
             let g = group_at(HEADER_LEN + 1, len as usize)?;
-            Ok(if k == kind::JOIN {
-                Frame::Join(g)
-            } else {
-                Frame::Leave(g)
-            })
+            Ok(if k == kind::JOIN { Frame::Join(g) } else { Frame::Leave(g) })
         }
         kind::NOOP => {
             no_flags()?;
@@ -338,16 +305,10 @@ pub fn parse_whole(frame: Bytes) -> Result<Frame, ProtoError> {
             let code = u16::from_be_bytes([f[6], f[7]]);
             let mlen = u16::from_be_bytes([f[8], f[9]]) as usize;
             if ERROR_FIXED + mlen != f.len() {
-                return Err(ProtoError::Malformed(
-                    "message length disagrees with frame length",
-                ));
+                return Err(ProtoError::Malformed("message length disagrees with frame length"));
             }
             let message = String::from_utf8_lossy(&f[ERROR_FIXED..]).into_owned();
-            Ok(Frame::Error(ErrorFrame {
-                code: error_code(code),
-                fatal: flags & ERROR_FATAL != 0,
-                message,
-            }))
+            Ok(Frame::Error(ErrorFrame { code: error_code(code), fatal: flags & ERROR_FATAL != 0, message }))
         }
         kind::MCAST => {
             let h = McastHeader::parse(f)?;
@@ -392,14 +353,7 @@ pub fn parse_whole(frame: Bytes) -> Result<Frame, ProtoError> {
             if at != f.len() {
                 return Err(ProtoError::Malformed("trailing bytes after members"));
             }
-            Ok(Frame::View(View {
-                cause,
-                group,
-                view_id,
-                group_seq,
-                subject,
-                members,
-            }))
+            Ok(Frame::View(View { cause, group, view_id, group_seq, subject, members }))
         }
         kind::GAP => {
             no_flags()?;
@@ -414,105 +368,71 @@ pub fn parse_whole(frame: Bytes) -> Result<Frame, ProtoError> {
             };
             let glen = f[7] as usize;
             if GAP_FIXED + glen != f.len() {
-                return Err(ProtoError::Malformed(
-                    "group length disagrees with frame length",
-                ));
+                return Err(ProtoError::Malformed("group length disagrees with frame length"));
             }
             let mut c = &f[8..GAP_FIXED];
             let sender = SessionId(c.get_u64());
             let first = c.get_u64();
             let last = c.get_u64();
             let group = group_at(GAP_FIXED, glen)?;
-            Ok(Frame::Gap(Gap {
-                reason,
-                group,
-                sender,
-                first,
-                last,
-            }))
+            Ok(Frame::Gap(Gap { reason, group, sender, first, last }))
         }
         kind::PEER_JOIN => {
             no_flags()?;
             if f.len() < 17 {
-                return Err(ProtoError::Malformed(
-                    "PEER_JOIN shorter than its fixed fields",
-                ));
+                return Err(ProtoError::Malformed("PEER_JOIN shorter than its fixed fields"));
             }
             let cause = cause_of(f[6])?;
             let glen = f[7] as usize;
             let session = SessionId(be_u64(&f[8..16]));
             let nlen = f[16] as usize;
             if 17 + glen + nlen != f.len() {
-                return Err(ProtoError::Malformed(
-                    "PEER_JOIN lengths disagree with frame length",
-                ));
+                return Err(ProtoError::Malformed("PEER_JOIN lengths disagree with frame length"));
             }
             let group = group_at(17, glen)?;
             let name = name_at(17 + glen, nlen)?;
-            Ok(Frame::PeerJoin(PeerJoin {
-                cause,
-                group,
-                member: Member { session, name },
-            }))
+            Ok(Frame::PeerJoin(PeerJoin { cause, group, member: Member { session, name } }))
         }
         kind::PEER_LEAVE => {
             no_flags()?;
             if f.len() < 16 {
-                return Err(ProtoError::Malformed(
-                    "PEER_LEAVE shorter than its fixed fields",
-                ));
+                return Err(ProtoError::Malformed("PEER_LEAVE shorter than its fixed fields"));
             }
             let cause = cause_of(f[6])?;
             let glen = f[7] as usize;
             if 16 + glen != f.len() {
-                return Err(ProtoError::Malformed(
-                    "PEER_LEAVE group length disagrees with frame length",
-                ));
+                return Err(ProtoError::Malformed("PEER_LEAVE group length disagrees with frame length"));
             }
             let session = SessionId(be_u64(&f[8..16]));
             let group = group_at(16, glen)?;
-            Ok(Frame::PeerLeave(PeerLeave {
-                cause,
-                group,
-                session,
-            }))
+            Ok(Frame::PeerLeave(PeerLeave { cause, group, session }))
         }
         kind::PEER_STATE => {
             no_flags()?;
             if f.len() < 10 {
-                return Err(ProtoError::Malformed(
-                    "PEER_STATE shorter than its fixed fields",
-                ));
+                return Err(ProtoError::Malformed("PEER_STATE shorter than its fixed fields"));
             }
             let count = u32::from_be_bytes([f[6], f[7], f[8], f[9]]) as usize;
             let mut at = 10;
             // Each entry takes at least 10 bytes: bound the allocation by what is present.
             if count > (f.len() - at) / 10 {
-                return Err(ProtoError::Malformed(
-                    "PEER_STATE count exceeds frame length",
-                ));
+                return Err(ProtoError::Malformed("PEER_STATE count exceeds frame length"));
             }
             let mut views = Vec::with_capacity(count);
             for _ in 0..count {
                 let Some(&glen) = f.get(at) else {
-                    return Err(ProtoError::Malformed(
-                        "PEER_STATE entry runs past the frame",
-                    ));
+                    return Err(ProtoError::Malformed("PEER_STATE entry runs past the frame"));
                 };
                 let glen = glen as usize;
                 if at + 1 + glen + 8 > f.len() {
-                    return Err(ProtoError::Malformed(
-                        "PEER_STATE entry runs past the frame",
-                    ));
+                    return Err(ProtoError::Malformed("PEER_STATE entry runs past the frame"));
                 }
                 let group = group_at(at + 1, glen)?;
                 views.push((group, be_u64(&f[at + 1 + glen..at + 9 + glen])));
                 at += 9 + glen;
             }
             if at != f.len() {
-                return Err(ProtoError::Malformed(
-                    "trailing bytes after PEER_STATE entries",
-                ));
+                return Err(ProtoError::Malformed("trailing bytes after PEER_STATE entries"));
             }
             Ok(Frame::PeerState(PeerState { views }))
         }

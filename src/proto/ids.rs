@@ -104,9 +104,7 @@ pub struct Name(Bytes);
 impl Name {
     pub fn from_bytes(bytes: Bytes) -> Result<Name, ProtoError> {
         if bytes.len() > MAX_NAME_LEN || std::str::from_utf8(&bytes).is_err() {
-            return Err(ProtoError::Malformed(
-                "name is longer than 255 bytes or not UTF-8",
-            ));
+            return Err(ProtoError::Malformed("name is longer than 255 bytes or not UTF-8"));
         }
         Ok(Name(bytes))
     }

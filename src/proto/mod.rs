@@ -261,17 +261,9 @@ impl Frame {
 
 impl ErrorFrame {
     pub fn fatal(code: ErrorCode, message: impl Into<String>) -> Frame {
-        Frame::Error(ErrorFrame {
-            code,
-            fatal: true,
-            message: message.into(),
-        })
+        Frame::Error(ErrorFrame { code, fatal: true, message: message.into() })
     }
     pub fn warn(code: ErrorCode, message: impl Into<String>) -> Frame {
-        Frame::Error(ErrorFrame {
-            code,
-            fatal: false,
-            message: message.into(),
-        })
+        Frame::Error(ErrorFrame { code, fatal: false, message: message.into() })
     }
 }

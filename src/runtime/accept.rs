@@ -16,10 +16,7 @@ use super::StartError;
 
 /// Binds every address with SO_REUSEADDR and buffers of `tcpbuf` bytes (inherited by
 /// accepted sockets).
-pub fn bind_all(
-    addrs: &[SocketAddr],
-    tcpbuf: usize,
-) -> Result<Vec<std::net::TcpListener>, StartError> {
+pub fn bind_all(addrs: &[SocketAddr], tcpbuf: usize) -> Result<Vec<std::net::TcpListener>, StartError> {
     addrs
         .iter()
         .map(|&addr| {
@@ -46,10 +43,7 @@ pub fn run(
     tcpbuf: usize,
     stop: tokio::sync::oneshot::Receiver<()>,
 ) {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!("acceptor cannot start its runtime: {e}");

@@ -23,21 +23,20 @@ pub async fn reader(shard: Rc<ShardRt>, id: ConnId, stream: Rc<TcpStream>) {
     let mut buf = BytesMut::with_capacity(tcpbuf);
     'read: loop {
         shard.wait_for_reading().await;
-        reserve_for_next_read(&mut buf, tcpbuf, shard.core.borrow().limits().max_frame);
+        let max_frame = shard.core.borrow().limits().max_frame;
+        let room = reserve_for_next_read(&mut buf, tcpbuf, max_frame);
         // tokio-uring reads at the start of the buffer it is given: hand it the spare tail
-        // so a partial frame already buffered is kept.
+        // (at most `room` bytes, so one read never carries more than tcpbuf_size or the
+        // frame being completed) and keep the partial frame already buffered.
         let at = buf.len();
-        let (res, tail) = stream.read(buf.slice(at..)).await;
+        let (res, tail) = stream.read(buf.slice(at..at + room)).await;
         buf = tail.into_inner();
         match res {
             Ok(0) | Err(_) => break,
             Ok(_) => {}
         }
         loop {
-            let flow = shard
-                .core
-                .borrow_mut()
-                .handle_input(id, &mut buf, Instant::now());
+            let flow = shard.core.borrow_mut().handle_input(id, &mut buf, Instant::now());
             shard.flush();
             match flow {
                 Flow::Read => break,
@@ -49,33 +48,23 @@ pub async fn reader(shard: Rc<ShardRt>, id: ConnId, stream: Rc<TcpStream>) {
     shard.task_done(id);
 }
 
-/// Ensures room for a read: at least a quarter of `tcpbuf_size`, and the whole of a frame
-/// whose header has arrived. Frames already split off keep the old allocation alive; only a
-/// partial frame is moved.
-fn reserve_for_next_read(buf: &mut BytesMut, tcpbuf: usize, max_frame: usize) {
-    let pending = crate::proto::frame_len(buf, max_frame)
-        .ok()
-        .flatten()
-        .unwrap_or(0);
-    let want = if pending > buf.len() {
-        pending - buf.len()
-    } else {
-        0
-    };
-    let spare = buf.capacity() - buf.len();
-    if spare < want || spare < tcpbuf / 4 {
-        buf.reserve(want.max(tcpbuf));
+/// Ensures room for a read and returns how many bytes the read may take: `tcpbuf_size`,
+/// or more to complete a frame whose header has arrived. Frames already split off keep the
+/// old allocation alive; only a partial frame is moved to a new one.
+fn reserve_for_next_read(buf: &mut BytesMut, tcpbuf: usize, max_frame: usize) -> usize {
+    let pending = crate::proto::frame_len(buf, max_frame).ok().flatten().unwrap_or(0);
+    let want = pending.saturating_sub(buf.len()).max(tcpbuf);
+    if buf.capacity() - buf.len() < tcpbuf / 4 || buf.capacity() - buf.len() < want.min(tcpbuf) {
+        buf.reserve(want);
     }
+    (buf.capacity() - buf.len()).min(want)
 }
 
 /// Writes what the core queues, one vectored write of up to `tcpbuf_size` at a time.
 pub async fn writer(shard: Rc<ShardRt>, id: ConnId, stream: Rc<TcpStream>, wake: Rc<Notify>) {
     let mut batch: Vec<Bytes> = Vec::new();
     loop {
-        let take = shard
-            .core
-            .borrow_mut()
-            .take_batch(id, &mut batch, Instant::now());
+        let take = shard.core.borrow_mut().take_batch(id, &mut batch, Instant::now());
         shard.flush();
         match take {
             Take::Write => match write_all(&stream, std::mem::take(&mut batch)).await {

@@ -71,10 +71,7 @@ pub enum StartError {
     #[error("io_uring is unavailable: {0}")]
     NoIoUring(String),
     #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Listen { addr: SocketAddr, source: std::io::Error },
     #[error("cannot start thread: {0}")]
     Thread(std::io::Error),
 }
@@ -84,32 +81,27 @@ impl ServerHandle {
     pub fn start(opts: ServerOptions) -> Result<ServerHandle, StartError> {
         check_io_uring().map_err(StartError::NoIoUring)?;
         let threads = if opts.threads == 0 {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
         } else {
             opts.threads
         }
         .min(u16::MAX as usize);
         let listeners = accept::bind_all(&opts.listen, opts.limits.tcpbuf_size)?;
-        let addrs: Vec<SocketAddr> = listeners
-            .iter()
-            .filter_map(|l| l.local_addr().ok())
-            .collect();
+        let addrs: Vec<SocketAddr> = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
         let identity = ServerIdentity {
             node_tag: random_node_tag(),
             node_name: Name::new(truncate_name(&opts.node_name)).unwrap_or_default(),
             digest: opts.digest,
+            boot: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
         };
         let stats = Arc::new(Mutex::new(vec![Stats::default(); threads]));
-        let (senders, receivers): (Vec<_>, Vec<_>) = (0..threads)
-            .map(|_| tokio::sync::mpsc::unbounded_channel())
-            .unzip();
-        let cores = if opts.pin_threads {
-            core_affinity::get_core_ids().unwrap_or_default()
-        } else {
-            Vec::new()
-        };
+        let (senders, receivers): (Vec<_>, Vec<_>) =
+            (0..threads).map(|_| tokio::sync::mpsc::unbounded_channel()).unzip();
+        let cores =
+            if opts.pin_threads { core_affinity::get_core_ids().unwrap_or_default() } else { Vec::new() };
         let mut handles = Vec::new();
         for (i, inbox) in receivers.into_iter().enumerate() {
             let setup = shard::ShardSetup {
@@ -205,10 +197,7 @@ fn random_node_tag() -> NodeTag {
     // RandomState is keyed from the OS's randomness.
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0),
     );
     h.write_u32(std::process::id());
     let tag = (h.finish() >> 32) as u32;

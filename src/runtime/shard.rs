@@ -133,16 +133,7 @@ pub fn run(setup: ShardSetup) {
 }
 
 async fn serve(setup: ShardSetup) {
-    let ShardSetup {
-        id,
-        nshards,
-        identity,
-        limits,
-        peers,
-        mut inbox,
-        stats,
-        ..
-    } = setup;
+    let ShardSetup { id, nshards, identity, limits, peers, mut inbox, stats, .. } = setup;
     let shard = Rc::new(ShardRt {
         id,
         core: RefCell::new(ShardCore::new(id, nshards, identity, limits)),
@@ -155,10 +146,7 @@ async fn serve(setup: ShardSetup) {
     while let Some(msg) = inbox.recv().await {
         match msg {
             Inbound::Shard(batch) => {
-                shard
-                    .core
-                    .borrow_mut()
-                    .handle_shard_msgs(batch, Instant::now());
+                shard.core.borrow_mut().handle_shard_msgs(batch, Instant::now());
                 shard.flush();
             }
             Inbound::Conn(std) => accept(&shard, std),
@@ -195,10 +183,7 @@ fn accept(shard: &Rc<ShardRt>, std: std::net::TcpStream) {
         if io.len() <= id {
             io.resize_with(id + 1, || None);
         }
-        io[id] = Some(ConnIo {
-            stream: stream.clone(),
-            wake: wake.clone(),
-        });
+        io[id] = Some(ConnIo { stream: stream.clone(), wake: wake.clone() });
     }
     tokio_uring::spawn(conn::reader(shard.clone(), id, stream.clone()));
     tokio_uring::spawn(conn::writer(shard.clone(), id, stream, wake));

@@ -7,9 +7,7 @@ pub fn check_io_uring() -> Result<(), String> {
         match v.trim() {
             "2" => return Err("disabled by the kernel (kernel.io_uring_disabled = 2)".into()),
             "1" if unsafe { libc::geteuid() } != 0 => {
-                return Err(
-                    "restricted by the kernel (kernel.io_uring_disabled = 1 and not root)".into(),
-                )
+                return Err("restricted by the kernel (kernel.io_uring_disabled = 1 and not root)".into())
             }
             _ => {}
         }
@@ -19,8 +17,6 @@ pub fn check_io_uring() -> Result<(), String> {
             drop(rt);
             Ok(())
         }
-        Err(e) => Err(format!(
-            "cannot create an io_uring instance ({e}); seccomp or an old kernel?"
-        )),
+        Err(e) => Err(format!("cannot create an io_uring instance ({e}); seccomp or an old kernel?")),
     }
 }

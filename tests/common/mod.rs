@@ -8,9 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use msgc::core::Limits;
-use msgc::proto::{
-    self, encode_mcast, Frame, GroupName, Handshake, Name, NodeTag, Role, SessionId, View,
-};
+use msgc::proto::{self, encode_mcast, Frame, GroupName, Handshake, Name, NodeTag, Role, SessionId, View};
 use msgc::runtime::{ServerHandle, ServerOptions};
 
 pub const DEADLINE: Duration = Duration::from_secs(20);
@@ -38,10 +36,7 @@ pub fn addr(s: &ServerHandle) -> SocketAddr {
 /// Raises the open-files limit to its hard maximum (many clients in one process).
 pub fn raise_fd_limit() {
     unsafe {
-        let mut r = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
+        let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 {
             r.rlim_cur = r.rlim_max;
             libc::setrlimit(libc::RLIMIT_NOFILE, &r);
@@ -80,12 +75,7 @@ impl RawClient {
     pub fn connect_raw(addr: SocketAddr) -> RawClient {
         let stream = TcpStream::connect(addr).expect("connect");
         stream.set_nodelay(true).unwrap();
-        RawClient {
-            stream,
-            session: SessionId::NONE,
-            buf: BytesMut::new(),
-            seqs: Default::default(),
-        }
+        RawClient { stream, session: SessionId::NONE, buf: BytesMut::new(), seqs: Default::default() }
     }
 
     pub fn send(&mut self, f: &Frame) {
@@ -109,21 +99,14 @@ impl RawClient {
         let seq = self.seqs.entry(g.to_string()).or_insert(0);
         *seq += 1;
         let mut b = BytesMut::new();
-        encode_mcast(
-            &mut b,
-            self.session,
-            *seq,
-            &GroupName::new(g).unwrap(),
-            payload,
-        );
+        encode_mcast(&mut b, self.session, *seq, &GroupName::new(g).unwrap(), payload);
         self.stream.write_all(&b).expect("write");
         *seq
     }
 
     /// The next frame, or None at end of stream; panics after the deadline.
     pub fn next(&mut self) -> Option<Frame> {
-        self.next_within(DEADLINE)
-            .expect("a frame before the deadline")
+        self.next_within(DEADLINE).expect("a frame before the deadline")
     }
 
     /// The next frame; `Err` if nothing complete arrived within `wait`.
@@ -143,10 +126,7 @@ impl RawClient {
                 Ok(0) => return Ok(None),
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
                 Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
+                    if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
                 {
                     return Err(())
                 }
@@ -199,10 +179,7 @@ impl RawClient {
 pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + DEADLINE;
     while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not reached before the deadline"
-        );
+        assert!(Instant::now() < deadline, "{what}: not reached before the deadline");
         std::thread::sleep(Duration::from_millis(20));
     }
 }

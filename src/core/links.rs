@@ -1,0 +1,263 @@
+//! Peer links as the shard core sees them: the server-to-server handshake, link up and
+//! down, frames from peers, forwarding to a link that another shard owns, state sync when a
+//! link comes up, and gap notices when one is lost.
+//!
+//! Which peers exist and who dials whom is `mesh`'s; sockets and redials are `runtime`'s.
+//! Never does I/O.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::proto::{
+    Cause, ErrorCode, Frame, Gap, GapReason, GroupName, Handshake, McastHeader, Member, Name, NodeTag,
+    PeerJoin, PeerState, SessionId,
+};
+
+use super::shard::State;
+use super::views::members_of;
+use super::{ConnId, Flow, LinkInfo, ShardCore, ShardMsg};
+
+/// The peer side of a connection that is a link to another server.
+#[derive(Debug)]
+pub(crate) struct PeerConn {
+    pub tag: NodeTag,
+    pub name: Name,
+    /// Last sequence number received per group and sender, for gap notices if the link
+    /// is lost. Only groups with members on this server are tracked.
+    pub recv: HashMap<GroupName, HashMap<SessionId, u64>>,
+}
+
+impl ShardCore {
+    /// Sets the names of the servers allowed to link to this one (the `peers` table,
+    /// self included or not). Case-insensitive.
+    pub fn set_peers(&mut self, names: impl IntoIterator<Item = String>) {
+        self.peer_names = names.into_iter().map(|n| n.to_lowercase()).collect();
+    }
+
+    /// Links that are up, on any shard of this server.
+    pub fn links(&self) -> &[LinkInfo] {
+        &self.links
+    }
+
+    /// The runtime connected to peer `expect`: queue our HELLO on the new connection. Its
+    /// reader and writer tasks must each call `handle_task_done`.
+    pub fn handle_dial(&mut self, expect: &str, now: Instant) -> ConnId {
+        let conn = self.handle_accept(now);
+        self.conns[conn].state = State::Dialing { expect: expect.to_lowercase() };
+        let hello = Frame::Hello(self.handshake(SessionId(self.identity.boot)));
+        self.send_frame(conn, hello.to_bytes());
+        conn
+    }
+
+    /// An inbound HELLO with role peer.
+    pub(super) fn handle_peer_hello(&mut self, conn: ConnId, h: Handshake, now: Instant) -> Flow {
+        if let Err(why) = self.check_peer(&h, None) {
+            return self.fatal(conn, ErrorCode::BadHandshake, why, now);
+        }
+        let welcome = Frame::Welcome(self.handshake(SessionId(self.identity.boot)));
+        self.send_frame(conn, welcome.to_bytes());
+        self.link_up(conn, h);
+        Flow::Read
+    }
+
+    /// WELCOME on a link we dialed.
+    pub(super) fn handle_welcome(&mut self, conn: ConnId, w: Handshake, now: Instant) -> Flow {
+        let expect = match &self.conns[conn].state {
+            State::Dialing { expect } => expect.clone(),
+            _ => String::new(),
+        };
+        if let Err(why) = self.check_peer(&w, Some(&expect)) {
+            return self.fatal(conn, ErrorCode::BadHandshake, why, now);
+        }
+        self.link_up(conn, w);
+        Flow::Read
+    }
+
+    fn check_peer(&self, h: &Handshake, expect: Option<&str>) -> Result<(), String> {
+        let name = h.name.as_str().to_lowercase();
+        if let Some(expect) = expect {
+            if name != expect {
+                return Err(format!("dialed peer {expect:?} but {:?} answered", h.name.as_str()));
+            }
+        } else if !self.peer_names.contains(&name) {
+            return Err(format!("node {:?} is not in this server's peers", h.name.as_str()));
+        }
+        if h.node_tag.0 == 0 || h.node_tag == self.identity.node_tag {
+            return Err(format!("node {:?} has an invalid or clashing node tag", h.name.as_str()));
+        }
+        if name == self.identity.node_name.as_str().to_lowercase() {
+            return Err("a server cannot link to itself".into());
+        }
+        if self.links.iter().any(|l| l.tag == h.node_tag || l.name.as_str().to_lowercase() == name) {
+            return Err(format!("a link to {:?} is already up", h.name.as_str()));
+        }
+        Ok(())
+    }
+
+    fn link_up(&mut self, conn: ConnId, h: Handshake) {
+        if h.digest != self.identity.digest {
+            self.stats.digest_mismatches += 1;
+            tracing::error!(
+                peer = %h.name,
+                ours = format!("{:016x}", self.identity.digest),
+                theirs = format!("{:016x}", h.digest),
+                "CONFIG MISMATCH: peer runs a different msgc_server config; the link comes up anyway"
+            );
+        }
+        tracing::info!(peer = %h.name, tag = format!("{:08x}", h.node_tag.0), "link up");
+        self.stats.links_up += 1;
+        let c = &mut self.conns[conn];
+        c.state = State::Peer;
+        c.name = h.name.clone();
+        c.peer = Some(Box::new(PeerConn { tag: h.node_tag, name: h.name.clone(), recv: HashMap::new() }));
+        let info = LinkInfo { tag: h.node_tag, name: h.name, boot: h.id.0, shard: self.id, conn };
+        self.to_all_shards(ShardMsg::LinkUp(info));
+    }
+
+    /// Every shard learns of a new link: routing, ordering, then this shard's state sync.
+    pub(super) fn handle_link_up(&mut self, info: LinkInfo) {
+        let tag = info.tag;
+        self.links.retain(|l| l.tag != tag);
+        self.links.push(info);
+        self.reconcile_membership();
+        // Our sessions' memberships, then the view ids of the groups we own.
+        let mut sync = BytesMut::new();
+        let mut count = 0;
+        for (_, c) in self.conns.iter() {
+            if c.state != State::Client {
+                continue;
+            }
+            for g in &c.joined {
+                let member = Member { session: c.session, name: c.name.clone() };
+                Frame::PeerJoin(PeerJoin { cause: Cause::Network, group: g.clone(), member })
+                    .encode(&mut sync);
+                count += 1;
+            }
+        }
+        let mut views = Vec::new();
+        for g in self.groups.owned_names() {
+            if let Some(o) = self.groups.get(g.as_bytes()).and_then(|x| x.owned.as_ref()) {
+                views.push((g, o.view_id));
+            }
+        }
+        Frame::PeerState(PeerState { views }).encode(&mut sync);
+        self.send_to_link(tag, sync.freeze(), count + 1);
+    }
+
+    /// Every shard learns that a link is gone.
+    pub(super) fn handle_link_down(&mut self, tag: NodeTag) {
+        self.links.retain(|l| l.tag != tag);
+        self.reconcile_membership();
+    }
+
+    /// The link's connection closed (on the shard that owns it): receivers of what it
+    /// carried learn what they may have missed, and every shard learns it is down.
+    pub(super) fn link_lost(&mut self, p: PeerConn) {
+        tracing::warn!(peer = %p.name, "link down");
+        self.stats.links_down += 1;
+        for (group, senders) in p.recv {
+            for (sender, last) in senders {
+                let gap = Gap {
+                    reason: GapReason::LinkLost,
+                    group: group.clone(),
+                    sender,
+                    first: last + 1,
+                    last: u64::MAX,
+                };
+                self.stats.gaps += 1;
+                self.to_all_shards(ShardMsg::Gap { group: group.clone(), frame: Frame::Gap(gap).to_bytes() });
+            }
+        }
+        self.to_all_shards(ShardMsg::LinkDown { tag: p.tag });
+    }
+
+    /// A frame other than MCAST from a linked server.
+    pub(super) fn handle_peer_frame(
+        &mut self,
+        conn: ConnId,
+        frame: Frame,
+        bytes: Bytes,
+        now: Instant,
+    ) -> Flow {
+        // invariant: only called for connections in state Peer, which have a PeerConn.
+        let tag = self.conns[conn].peer.as_ref().map(|p| p.tag).expect("peer link");
+        match frame {
+            Frame::View(v) => {
+                let leaver = (v.cause == Cause::Leave).then_some(v.subject);
+                let members = members_of(&v);
+                let msg =
+                    ShardMsg::View { group: v.group, frame: bytes, view_id: v.view_id, members, leaver };
+                self.to_all_shards(msg);
+            }
+            Frame::PeerJoin(j) => {
+                let msg = ShardMsg::Join {
+                    group: j.group.clone(),
+                    member: j.member,
+                    cause: j.cause,
+                    via: Some(tag),
+                };
+                self.to_owner(&j.group, msg);
+            }
+            Frame::PeerLeave(l) => {
+                let msg = ShardMsg::Leave {
+                    group: l.group.clone(),
+                    session: l.session,
+                    cause: l.cause,
+                    via: Some(tag),
+                };
+                self.to_owner(&l.group, msg);
+            }
+            Frame::PeerState(st) => {
+                for (group, view_id) in st.views {
+                    self.to_owner(&group.clone(), ShardMsg::ViewId { group, view_id });
+                }
+                self.to_all_shards(ShardMsg::SyncDone { tag });
+            }
+            other => {
+                let msg = format!("{} is not accepted from a peer", other.name());
+                return self.fatal(conn, ErrorCode::Unexpected, msg, now);
+            }
+        }
+        Flow::Read
+    }
+
+    /// Records the newest sequence number per sender in a run received from a link.
+    pub(super) fn note_peer_run(&mut self, conn: ConnId, run: &Bytes, group: Option<&GroupName>) {
+        let Some(group) = group else { return };
+        let Some(p) = self.conns.get_mut(conn).and_then(|c| c.peer.as_mut()) else { return };
+        let senders = p.recv.entry(group.clone()).or_default();
+        let mut at = 0;
+        let mut current: Option<(SessionId, u64)> = None;
+        while at + 4 <= run.len() {
+            let size = u32::from_be_bytes([run[at], run[at + 1], run[at + 2], run[at + 3]]) as usize + 4;
+            let Some(frame) = run.get(at..at + size) else { break };
+            if let Ok(h) = McastHeader::parse(frame) {
+                if let Some((s, _)) = current {
+                    if s != h.sender {
+                        if let Some((s, seq)) = current.take() {
+                            senders.insert(s, seq);
+                        }
+                    }
+                }
+                current = Some((h.sender, h.seq));
+            }
+            at += size;
+        }
+        if let Some((s, seq)) = current {
+            senders.insert(s, seq);
+        }
+    }
+
+    /// Queues frames on the link to server `tag`, wherever its shard is.
+    pub(super) fn send_to_link(&mut self, tag: NodeTag, frames: Bytes, count: u32) {
+        let Some(link) = self.links.iter().find(|l| l.tag == tag) else { return };
+        let (shard, conn) = (link.shard, link.conn);
+        if shard == self.id {
+            self.handle_shard_msg(ShardMsg::Forward { tag, conn, frames, count });
+        } else {
+            self.outgoing[shard as usize].push(ShardMsg::Forward { tag, conn, frames, count });
+        }
+    }
+}
