@@ -105,7 +105,7 @@ fn a_receiver_that_never_reads_is_killed_and_others_get_everything() {
     let limits = Limits {
         max_backlog: 200,
         tcpbuf_size: 16384,
-        stall_timeout: Duration::from_secs(1),
+        stall_timeout: Duration::from_secs(3),
         ..Limits::default()
     };
     let server = start_server(2, limits);
