@@ -24,6 +24,10 @@ pub struct Limits {
     pub stall_timeout: Duration,
     /// `tcpbuf_size`: bytes per read and most bytes per vectored write.
     pub tcpbuf_size: usize,
+    /// `connect_timeout`: how long dialing a peer may take.
+    pub connect_timeout: Duration,
+    /// `reconnect_interval`: wait before redialing a lost peer link (± 20 % jitter).
+    pub reconnect_interval: Duration,
 }
 
 impl Default for Limits {
@@ -37,6 +41,8 @@ impl Default for Limits {
             keepalive_interval: Duration::from_secs(5),
             stall_timeout: Duration::from_secs(5),
             tcpbuf_size: 131072,
+            connect_timeout: Duration::from_secs(60),
+            reconnect_interval: Duration::from_secs(5),
         }
     }
 }

@@ -36,6 +36,29 @@ impl ShardCore {
         self.peer_names = names.into_iter().map(|n| n.to_lowercase()).collect();
     }
 
+    /// This server's node name.
+    pub fn node_name(&self) -> &str {
+        self.identity.node_name.as_str()
+    }
+
+    /// Closes this shard's links to servers whose names are not in `keep` (a peer was
+    /// removed from the table).
+    pub fn close_links_except(&mut self, keep: &[String]) {
+        let doomed: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| {
+                c.peer.as_ref().is_some_and(|p| !keep.iter().any(|k| k.eq_ignore_ascii_case(p.name.as_str())))
+            })
+            .map(|(id, _)| id)
+            .collect();
+        for conn in doomed {
+            tracing::info!(peer = %self.conns[conn].name, "peer removed from the table: closing its link");
+            self.begin_close(conn, Cause::Disconnect, None);
+            self.cut.push(conn);
+        }
+    }
+
     /// Links that are up, on any shard of this server.
     pub fn links(&self) -> &[LinkInfo] {
         &self.links

@@ -108,7 +108,7 @@ pub struct ShardCore {
     next_serial: u32,
     pub(super) outgoing: Vec<Vec<ShardMsg>>,
     wakeups: Vec<ConnId>,
-    cut: Vec<ConnId>,
+    pub(super) cut: Vec<ConnId>,
     /// Connections over the high-water mark after the current fan-out (scratch).
     crossed: Vec<ConnId>,
     queued_bytes: usize,

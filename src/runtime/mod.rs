@@ -6,9 +6,11 @@
 
 mod accept;
 mod conn;
+mod links;
 mod shard;
 mod uring;
 
+pub use links::{dials, PeerSpec};
 pub use uring::check_io_uring;
 
 use std::net::SocketAddr;
@@ -34,6 +36,8 @@ pub struct ServerOptions {
     pub node_name: String,
     /// Digest of the `msgc_server` config, sent in WELCOME.
     pub digest: u64,
+    /// The `peers` table (this server included or not); links form to the others.
+    pub peers: Vec<PeerSpec>,
 }
 
 impl Default for ServerOptions {
@@ -45,6 +49,7 @@ impl Default for ServerOptions {
             limits: Limits::default(),
             node_name: local_hostname(),
             digest: 0,
+            peers: Vec::new(),
         }
     }
 }
@@ -52,6 +57,7 @@ impl Default for ServerOptions {
 /// What the shards are told from outside.
 pub(crate) enum Control {
     Reload(Limits),
+    Peers(Vec<PeerSpec>),
     Shutdown,
 }
 
@@ -128,6 +134,11 @@ impl ServerHandle {
             .spawn(move || accept::run(listeners, shard_tx, tcpbuf, stop_rx))
             .map_err(StartError::Thread)?;
         handles.push(acceptor);
+        if !opts.peers.is_empty() {
+            for tx in &senders {
+                let _ = tx.send(shard::Inbound::Control(Control::Peers(opts.peers.clone())));
+            }
+        }
         tracing::info!(node = %identity.node_name, tag = format!("{:08x}", identity.node_tag.0), ?addrs, threads, "msgc-server listening");
         Ok(ServerHandle {
             addrs,
@@ -153,6 +164,13 @@ impl ServerHandle {
     pub fn reload(&self, limits: Limits) {
         for tx in &self.control {
             let _ = tx.send(shard::Inbound::Control(Control::Reload(limits.clone())));
+        }
+    }
+
+    /// Replaces the peers table: links to new peers form, links to removed ones close.
+    pub fn set_peers(&self, peers: Vec<PeerSpec>) {
+        for tx in &self.control {
+            let _ = tx.send(shard::Inbound::Control(Control::Peers(peers.clone())));
         }
     }
 

@@ -15,8 +15,8 @@ use tokio_uring::net::TcpStream;
 
 use crate::core::{ConnId, Limits, ServerIdentity, ShardCore, ShardMsg, Stats};
 
-use super::conn;
 use super::Control;
+use super::{conn, links};
 
 /// How long a stopping shard waits for its connections to flush their goodbyes.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -45,11 +45,14 @@ pub struct ShardSetup {
 pub struct ConnIo {
     pub stream: Rc<TcpStream>,
     pub wake: Rc<Notify>,
+    /// Notified when the connection is gone (a dialer waits on it to redial).
+    pub gone: Option<Rc<Notify>>,
 }
 
 /// Per-shard runtime state, shared by this shard's tasks (single thread, `Rc`).
 pub struct ShardRt {
     pub id: u16,
+    pub nshards: u16,
     pub core: RefCell<ShardCore>,
     pub io: RefCell<Vec<Option<ConnIo>>>,
     /// Paused readers wait here for the core to allow reading again.
@@ -94,8 +97,9 @@ impl ShardRt {
     pub fn task_done(&self, id: ConnId) {
         let freed = self.core.borrow_mut().handle_task_done(id, Instant::now());
         if freed {
-            if let Some(slot) = self.io.borrow_mut().get_mut(id) {
-                *slot = None;
+            let io = self.io.borrow_mut().get_mut(id).and_then(|slot| slot.take());
+            if let Some(gone) = io.and_then(|c| c.gone) {
+                gone.notify_one();
             }
         }
         self.flush();
@@ -136,6 +140,7 @@ async fn serve(setup: ShardSetup) {
     let ShardSetup { id, nshards, identity, limits, peers, mut inbox, stats, .. } = setup;
     let shard = Rc::new(ShardRt {
         id,
+        nshards,
         core: RefCell::new(ShardCore::new(id, nshards, identity, limits)),
         io: RefCell::new(Vec::new()),
         resume: Notify::new(),
@@ -143,18 +148,24 @@ async fn serve(setup: ShardSetup) {
         scratch: RefCell::new(Vec::new()),
     });
     let timer = tokio_uring::spawn(tick(shard.clone(), stats.clone()));
+    let node_name = shard.core.borrow().node_name().to_string();
+    let mut dialers = links::Dialers::default();
     while let Some(msg) = inbox.recv().await {
         match msg {
             Inbound::Shard(batch) => {
                 shard.core.borrow_mut().handle_shard_msgs(batch, Instant::now());
                 shard.flush();
             }
-            Inbound::Conn(std) => accept(&shard, std),
+            Inbound::Conn(std) => adopt(&shard, std, None),
             Inbound::Control(Control::Reload(limits)) => {
                 tracing::info!(shard = id, "applying reloaded limits");
                 shard.core.borrow_mut().set_limits(limits);
             }
+            Inbound::Control(Control::Peers(peers)) => {
+                links::apply_peers(&shard, &mut dialers, &node_name, &peers)
+            }
             Inbound::Control(Control::Shutdown) => {
+                links::stop_all(&mut dialers);
                 shard.core.borrow_mut().handle_shutdown(Instant::now());
                 shard.flush();
                 break;
@@ -174,19 +185,31 @@ async fn serve(setup: ShardSetup) {
     publish_stats(&shard, &stats);
 }
 
-fn accept(shard: &Rc<ShardRt>, std: std::net::TcpStream) {
+/// Takes ownership of a connected socket: an accepted one, or one dialed to peer `dialed`
+/// (whose `gone` is notified when the connection ends). Starts its reader and writer.
+pub fn adopt(shard: &Rc<ShardRt>, std: std::net::TcpStream, dialed: Option<(&str, Rc<Notify>)>) {
+    let tcpbuf = shard.core.borrow().limits().tcpbuf_size;
+    let sock = socket2::SockRef::from(&std);
+    let _ = sock.set_nodelay(true);
+    let _ = sock.set_send_buffer_size(tcpbuf);
+    let _ = sock.set_recv_buffer_size(tcpbuf);
     let stream = Rc::new(TcpStream::from_std(std));
-    let id = shard.core.borrow_mut().handle_accept(Instant::now());
+    let now = Instant::now();
+    let (id, gone) = match dialed {
+        Some((peer, gone)) => (shard.core.borrow_mut().handle_dial(peer, now), Some(gone)),
+        None => (shard.core.borrow_mut().handle_accept(now), None),
+    };
     let wake = Rc::new(Notify::new());
     {
         let mut io = shard.io.borrow_mut();
         if io.len() <= id {
             io.resize_with(id + 1, || None);
         }
-        io[id] = Some(ConnIo { stream: stream.clone(), wake: wake.clone() });
+        io[id] = Some(ConnIo { stream: stream.clone(), wake: wake.clone(), gone });
     }
     tokio_uring::spawn(conn::reader(shard.clone(), id, stream.clone()));
     tokio_uring::spawn(conn::writer(shard.clone(), id, stream, wake));
+    shard.flush();
 }
 
 /// Drives the core's timers and publishes counters.

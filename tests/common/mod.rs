@@ -14,6 +14,11 @@ use msgc::runtime::{ServerHandle, ServerOptions};
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
 pub fn start_server(threads: usize, limits: Limits) -> ServerHandle {
+    start_node("test-node", threads, limits)
+}
+
+/// A server named `name` on 127.0.0.1 with a free port and no peers yet.
+pub fn start_node(name: &str, threads: usize, limits: Limits) -> ServerHandle {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
@@ -23,8 +28,9 @@ pub fn start_server(threads: usize, limits: Limits) -> ServerHandle {
         threads,
         pin_threads: false,
         limits,
-        node_name: "test-node".into(),
+        node_name: name.into(),
         digest: 0,
+        peers: Vec::new(),
     };
     ServerHandle::start(opts).expect("server starts")
 }

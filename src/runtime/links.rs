@@ -1,0 +1,145 @@
+//! Dialing peer servers. For each peer this server is to dial (the smaller node name dials,
+//! so each pair has one link), a task on one shard connects, hands the socket to the core,
+//! and after the link is lost redials once `reconnect_interval` (with jitter) has passed.
+//!
+//! Connecting uses plain tokio sockets (a connect may safely be dropped on timeout); the
+//! connected socket then moves to tokio-uring like any accepted one.
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+use super::shard::ShardRt;
+
+/// A server in the `peers` table: its node name and `host:port` to dial.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerSpec {
+    pub name: String,
+    pub addr: String,
+}
+
+/// The dialers running on one shard, by lower-cased peer name.
+#[derive(Default)]
+pub struct Dialers {
+    running: HashMap<String, (String, Rc<Cell<bool>>)>,
+}
+
+/// Whether this server dials `other` (else it waits for `other` to dial it).
+pub fn dials(me: &str, other: &str) -> bool {
+    me.to_lowercase() < other.to_lowercase()
+}
+
+/// Applies a (new) peers table on one shard: allowed names, dialers started and stopped,
+/// links to removed peers closed.
+pub fn apply_peers(shard: &Rc<ShardRt>, dialers: &mut Dialers, me: &str, peers: &[PeerSpec]) {
+    let names: Vec<String> = peers.iter().map(|p| p.name.clone()).collect();
+    {
+        let mut core = shard.core.borrow_mut();
+        core.set_peers(names.iter().cloned());
+        core.close_links_except(&names);
+    }
+    shard.flush();
+    let nshards = shard.nshards as usize;
+    let mut wanted: HashMap<String, String> = HashMap::new();
+    for (i, p) in peers.iter().enumerate() {
+        if i % nshards == shard.id as usize && !p.name.eq_ignore_ascii_case(me) && dials(me, &p.name) {
+            wanted.insert(p.name.to_lowercase(), p.addr.clone());
+        }
+    }
+    dialers.running.retain(|name, (addr, stop)| {
+        let keep = wanted.get(name) == Some(addr);
+        if !keep {
+            stop.set(true);
+        }
+        keep
+    });
+    for p in peers {
+        let key = p.name.to_lowercase();
+        if wanted.contains_key(&key) && !dialers.running.contains_key(&key) {
+            let stop = Rc::new(Cell::new(false));
+            dialers.running.insert(key, (p.addr.clone(), stop.clone()));
+            tokio_uring::spawn(dial_loop(shard.clone(), p.name.clone(), p.addr.clone(), stop));
+        }
+    }
+}
+
+/// Stops every dialer of a shard (shutdown).
+pub fn stop_all(dialers: &mut Dialers) {
+    for (_, (_, stop)) in dialers.running.drain() {
+        stop.set(true);
+    }
+}
+
+async fn dial_loop(shard: Rc<ShardRt>, name: String, addr: String, stop: Rc<Cell<bool>>) {
+    let mut failures = 0u32;
+    while !stop.get() {
+        let limits = shard.core.borrow().limits().clone();
+        match tokio::time::timeout(limits.connect_timeout, tokio::net::TcpStream::connect(&addr)).await {
+            Ok(Ok(stream)) => {
+                failures = 0;
+                match stream.into_std() {
+                    Ok(std) => {
+                        let gone = Rc::new(Notify::new());
+                        super::shard::adopt(&shard, std, Some((&name, gone.clone())));
+                        // The link is up or handshaking; wait until its connection is gone.
+                        gone.notified().await;
+                    }
+                    Err(e) => tracing::warn!(peer = %name, "cannot use connected socket: {e}"),
+                }
+            }
+            Ok(Err(e)) => {
+                failures += 1;
+                if failures == 1 {
+                    tracing::warn!(peer = %name, %addr, "cannot connect: {e}; retrying every {:?}", limits.reconnect_interval);
+                }
+            }
+            Err(_) => {
+                failures += 1;
+                tracing::warn!(peer = %name, %addr, "connect timed out after {:?}", limits.connect_timeout);
+            }
+        }
+        if stop.get() {
+            break;
+        }
+        tokio::time::sleep(jittered(limits.reconnect_interval, &name, failures)).await;
+    }
+}
+
+/// `interval` ± 20 %, different for each peer and attempt, so a restarted cluster does not
+/// redial in lockstep.
+fn jittered(interval: Duration, name: &str, attempt: u32) -> Duration {
+    use std::hash::{BuildHasher, Hash, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    (name, attempt, Instant::now()).hash(&mut h);
+    let unit = (h.finish() % 10_000) as f64 / 10_000.0; // 0..1
+    interval.mul_f64(0.8 + 0.4 * unit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exactly_one_side_dials() {
+        let names = ["node1", "Node2", "manager", "relay-a.example.com"];
+        for a in names {
+            for b in names {
+                if a != b {
+                    assert_ne!(dials(a, b), dials(b, a), "{a} {b}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn jitter_stays_within_twenty_percent() {
+        let base = Duration::from_secs(5);
+        for i in 0..200 {
+            let d = jittered(base, "n", i);
+            assert!(d >= base.mul_f64(0.8) && d <= base.mul_f64(1.2), "{d:?}");
+        }
+    }
+}
