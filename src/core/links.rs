@@ -277,10 +277,12 @@ impl ShardCore {
     pub(super) fn send_to_link(&mut self, tag: NodeTag, frames: Bytes, count: u32) {
         let Some(link) = self.links.iter().find(|l| l.tag == tag) else { return };
         let (shard, conn) = (link.shard, link.conn);
+        let from = self.id;
         if shard == self.id {
-            self.handle_shard_msg(ShardMsg::Forward { tag, conn, frames, count });
+            self.handle_shard_msg(ShardMsg::Forward { from, tag, conn, frames, count });
         } else {
-            self.outgoing[shard as usize].push(ShardMsg::Forward { tag, conn, frames, count });
+            self.in_flight[shard as usize] += frames.len();
+            self.outgoing[shard as usize].push(ShardMsg::Forward { from, tag, conn, frames, count });
         }
     }
 }

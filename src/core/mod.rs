@@ -43,16 +43,23 @@ pub struct LinkInfo {
 pub enum ShardMsg {
     /// A run of `count` MCAST frames to `group`, to be fanned out to local members.
     Deliver {
+        from: u16,
         group: GroupName,
         frames: Bytes,
         count: u32,
     },
     /// To the shard owning the link to `tag`: queue these frames on it.
     Forward {
+        from: u16,
         tag: NodeTag,
         conn: ConnId,
         frames: Bytes,
         count: u32,
+    },
+    /// Back to a shard that sent Deliver/Forward: this many of its bytes were handled.
+    Credit {
+        from: u16,
+        bytes: usize,
     },
     /// To the group's owner shard: a member joins (or, `Network`, is reported by a sync).
     /// `via` is the server it came from over a link.

@@ -117,6 +117,10 @@ pub struct ShardCore {
     over: bool,
     over_since: Option<Instant>,
     remote_over: Vec<bool>,
+    /// Bytes of traffic sent to each shard and not yet credited back: publishers pause when
+    /// another shard falls behind, before its queues can overshoot their limits.
+    pub(super) in_flight: Vec<usize>,
+    credit_due: Vec<usize>,
     resume: bool,
     pub stats: Stats,
 }
@@ -144,6 +148,8 @@ impl ShardCore {
             over: false,
             over_since: None,
             remote_over: vec![false; nshards as usize],
+            in_flight: vec![0; nshards as usize],
+            credit_due: vec![0; nshards as usize],
             resume: false,
             stats: Stats::default(),
         }
@@ -171,7 +177,8 @@ impl ShardCore {
     /// Whether readers of this shard should stop reading (memory or a slow receiver, here
     /// or on another shard).
     pub fn reading_paused(&self) -> bool {
-        self.over || self.remote_over.iter().any(|&o| o)
+        let limit = self.flight_limit();
+        self.over || self.remote_over.iter().any(|&o| o) || self.in_flight.iter().any(|&b| b > limit)
     }
 
     /// True once after reading became allowed again: the runtime wakes its paused readers.
@@ -386,11 +393,9 @@ impl ShardCore {
     fn route_shards(&mut self, group: GroupName, run: Bytes, count: u32) {
         let Some(g) = self.groups.get(group.as_bytes()) else { return };
         for &s in &g.remote_shards {
-            self.outgoing[s as usize].push(ShardMsg::Deliver {
-                group: group.clone(),
-                frames: run.clone(),
-                count,
-            });
+            self.in_flight[s as usize] += run.len();
+            let msg = ShardMsg::Deliver { from: self.id, group: group.clone(), frames: run.clone(), count };
+            self.outgoing[s as usize].push(msg);
         }
     }
 
@@ -466,6 +471,7 @@ impl ShardCore {
             let why = format!("{queued} messages queued, over max_backlog {}", self.limits.max_backlog);
             self.kill_stuck(conn, why);
         } else if !c.hot && queued > self.limits.high_water() {
+            tracing::trace!(shard = self.id, conn, queued, "over high water");
             c.hot = true;
             self.hot_conns += 1;
         }
@@ -683,13 +689,47 @@ impl ShardCore {
         for msg in msgs {
             self.handle_shard_msg(msg);
         }
+        // Return credit for the traffic just handled, one message per sending shard.
+        for from in 0..self.nshards {
+            let bytes = std::mem::take(&mut self.credit_due[from as usize]);
+            if bytes > 0 {
+                self.outgoing[from as usize].push(ShardMsg::Credit { from: self.id, bytes });
+            }
+        }
         self.update_pressure();
+    }
+
+    /// Bytes another shard may have in flight to this one before its publishers pause.
+    fn flight_limit(&self) -> usize {
+        2 * self.limits.tcpbuf_size
+    }
+
+    /// Counts traffic received from another shard, to be credited back.
+    fn owe_credit(&mut self, from: u16, bytes: usize) {
+        if from != self.id {
+            if let Some(due) = self.credit_due.get_mut(from as usize) {
+                *due += bytes;
+            }
+        }
     }
 
     pub(super) fn handle_shard_msg(&mut self, msg: ShardMsg) {
         match msg {
-            ShardMsg::Deliver { group, frames, count } => self.route_local(group.as_bytes(), &frames, count),
-            ShardMsg::Forward { tag, conn, frames, count } => {
+            ShardMsg::Deliver { from, group, frames, count } => {
+                self.owe_credit(from, frames.len());
+                self.route_local(group.as_bytes(), &frames, count)
+            }
+            ShardMsg::Credit { from, bytes } => {
+                let was = self.reading_paused();
+                if let Some(f) = self.in_flight.get_mut(from as usize) {
+                    *f = f.saturating_sub(bytes);
+                }
+                if was && !self.reading_paused() {
+                    self.resume = true;
+                }
+            }
+            ShardMsg::Forward { from, tag, conn, frames, count } => {
+                self.owe_credit(from, frames.len());
                 let ours = self.conns.get(conn).and_then(|c| c.peer.as_ref()).is_some_and(|p| p.tag == tag);
                 if ours {
                     self.send_frames(conn, frames, count);
@@ -711,6 +751,7 @@ impl ShardCore {
                 }
             }
             ShardMsg::Pressure { from, over } => {
+                tracing::trace!(shard = self.id, from, over, "pressure");
                 let was = self.reading_paused();
                 if let Some(slot) = self.remote_over.get_mut(from as usize) {
                     *slot = over;

@@ -4,7 +4,7 @@
 //! Shares nothing with other shards: they exchange `Inbound` messages over channels. Every
 //! core call is followed by [`ShardRt::flush`], which carries out what the core asked for.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -59,12 +59,59 @@ pub struct ShardRt {
     pub resume: Notify,
     peers: Vec<UnboundedSender<Inbound>>,
     scratch: RefCell<Vec<ConnId>>,
+    inbox: RefCell<UnboundedReceiver<Inbound>>,
+    dialers: RefCell<links::Dialers>,
+    node_name: String,
+    stopping: Cell<bool>,
+    draining: Cell<bool>,
 }
 
 impl ShardRt {
+    /// Carries out what the core asked for, then handles whatever other shards sent
+    /// meanwhile.
+    ///
+    /// Draining the inbox here, from whichever task is running, matters: tokio's
+    /// current-thread scheduler looks at wakeups from other threads only every few dozen
+    /// task polls, so a busy shard would otherwise see other shards' deliveries and
+    /// pressure signals late, and its queues would overshoot their limits.
+    pub fn flush(self: &Rc<Self>) {
+        self.do_outputs();
+        if self.draining.replace(true) {
+            return;
+        }
+        loop {
+            let next = self.inbox.try_borrow_mut().ok().and_then(|mut rx| rx.try_recv().ok());
+            let Some(msg) = next else { break };
+            self.handle_inbound(msg);
+            self.do_outputs();
+        }
+        self.draining.set(false);
+    }
+
+    fn handle_inbound(self: &Rc<Self>, msg: Inbound) {
+        match msg {
+            Inbound::Shard(batch) => self.core.borrow_mut().handle_shard_msgs(batch, Instant::now()),
+            Inbound::Conn(std) if !self.stopping.get() => adopt(self, std, None),
+            Inbound::Conn(_) => {}
+            Inbound::Control(Control::Reload(limits)) => {
+                tracing::info!(shard = self.id, "applying reloaded limits");
+                self.core.borrow_mut().set_limits(limits);
+            }
+            Inbound::Control(Control::Peers(peers)) => {
+                let mut dialers = self.dialers.borrow_mut();
+                links::apply_peers(self, &mut dialers, &self.node_name, &peers);
+            }
+            Inbound::Control(Control::Shutdown) => {
+                links::stop_all(&mut self.dialers.borrow_mut());
+                self.core.borrow_mut().handle_shutdown(Instant::now());
+                self.stopping.set(true);
+            }
+        }
+    }
+
     /// Carries out what the core asked for: wake writers, cut sockets, send batches to
     /// other shards, release paused readers.
-    pub fn flush(&self) {
+    fn do_outputs(&self) {
         let mut core = self.core.borrow_mut();
         let mut ids = self.scratch.borrow_mut();
         core.take_wakeups(&mut ids);
@@ -94,7 +141,7 @@ impl ShardRt {
     }
 
     /// A reader or writer of `id` ended; the last one frees the socket slot.
-    pub fn task_done(&self, id: ConnId) {
+    pub fn task_done(self: &Rc<Self>, id: ConnId) {
         let freed = self.core.borrow_mut().handle_task_done(id, Instant::now());
         if freed {
             let io = self.io.borrow_mut().get_mut(id).and_then(|slot| slot.take());
@@ -137,7 +184,8 @@ pub fn run(setup: ShardSetup) {
 }
 
 async fn serve(setup: ShardSetup) {
-    let ShardSetup { id, nshards, identity, limits, peers, mut inbox, stats, .. } = setup;
+    let ShardSetup { id, nshards, identity, limits, peers, inbox, stats, .. } = setup;
+    let node_name = identity.node_name.as_str().to_string();
     let shard = Rc::new(ShardRt {
         id,
         nshards,
@@ -146,31 +194,19 @@ async fn serve(setup: ShardSetup) {
         resume: Notify::new(),
         peers,
         scratch: RefCell::new(Vec::new()),
+        inbox: RefCell::new(inbox),
+        dialers: RefCell::new(links::Dialers::default()),
+        node_name,
+        stopping: Cell::new(false),
+        draining: Cell::new(false),
     });
     let timer = tokio_uring::spawn(tick(shard.clone(), stats.clone()));
-    let node_name = shard.core.borrow().node_name().to_string();
-    let mut dialers = links::Dialers::default();
-    while let Some(msg) = inbox.recv().await {
-        match msg {
-            Inbound::Shard(batch) => {
-                shard.core.borrow_mut().handle_shard_msgs(batch, Instant::now());
-                shard.flush();
-            }
-            Inbound::Conn(std) => adopt(&shard, std, None),
-            Inbound::Control(Control::Reload(limits)) => {
-                tracing::info!(shard = id, "applying reloaded limits");
-                shard.core.borrow_mut().set_limits(limits);
-            }
-            Inbound::Control(Control::Peers(peers)) => {
-                links::apply_peers(&shard, &mut dialers, &node_name, &peers)
-            }
-            Inbound::Control(Control::Shutdown) => {
-                links::stop_all(&mut dialers);
-                shard.core.borrow_mut().handle_shutdown(Instant::now());
-                shard.flush();
-                break;
-            }
-        }
+    // When the shard is idle, this task is what notices messages from other shards.
+    while !shard.stopping.get() {
+        let next = std::future::poll_fn(|cx| shard.inbox.borrow_mut().poll_recv(cx)).await;
+        let Some(msg) = next else { break };
+        shard.handle_inbound(msg);
+        shard.flush();
     }
     // Let writers flush their ShuttingDown frames, bounded in time.
     let deadline = Instant::now() + SHUTDOWN_GRACE;
