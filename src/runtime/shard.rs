@@ -63,6 +63,8 @@ pub struct ShardRt {
     dialers: RefCell<links::Dialers>,
     node_name: String,
     stopping: Cell<bool>,
+    /// Wakes the main loop when a task other than it handled the shutdown message.
+    stopped: Notify,
     draining: Cell<bool>,
 }
 
@@ -105,6 +107,7 @@ impl ShardRt {
                 links::stop_all(&mut self.dialers.borrow_mut());
                 self.core.borrow_mut().handle_shutdown(Instant::now());
                 self.stopping.set(true);
+                self.stopped.notify_one();
             }
         }
     }
@@ -198,14 +201,21 @@ async fn serve(setup: ShardSetup) {
         dialers: RefCell::new(links::Dialers::default()),
         node_name,
         stopping: Cell::new(false),
+        stopped: Notify::new(),
         draining: Cell::new(false),
     });
     let timer = tokio_uring::spawn(tick(shard.clone(), stats.clone()));
     // When the shard is idle, this task is what notices messages from other shards.
     while !shard.stopping.get() {
-        let next = std::future::poll_fn(|cx| shard.inbox.borrow_mut().poll_recv(cx)).await;
+        let next = tokio::select! {
+            msg = std::future::poll_fn(|cx| shard.inbox.borrow_mut().poll_recv(cx)) => msg,
+            () = shard.stopped.notified() => break,
+        };
         let Some(msg) = next else { break };
+        // Handled as the drain loop would, so nothing re-enters it meanwhile.
+        shard.draining.set(true);
         shard.handle_inbound(msg);
+        shard.draining.set(false);
         shard.flush();
     }
     // Let writers flush their ShuttingDown frames, bounded in time.
