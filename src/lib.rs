@@ -1,5 +1,6 @@
 //! msgc: a group-communication relay for clusters.
 pub mod config;
 pub mod core;
+pub mod mesh;
 pub mod proto;
 pub mod runtime;
