@@ -36,10 +36,8 @@ impl PeerDiff {
 /// Compares the running table with a reloaded one (see [`PeerDiff`]). Host names compare
 /// without case and IP addresses by value (`::1` equals `0:0:0:0:0:0:0:1`).
 pub fn diff(old: &PeerTable, new: &PeerTable) -> PeerDiff {
-    let new_by_name: HashMap<&NodeName, PeerId> = new
-        .ids()
-        .filter_map(|id| new.name(id).map(|n| (n, id)))
-        .collect();
+    let new_by_name: HashMap<&NodeName, PeerId> =
+        new.ids().filter_map(|id| new.name(id).map(|n| (n, id))).collect();
     let mut out = PeerDiff::default();
     let mut seen = vec![false; new.len()];
     for o in old.ids() {
@@ -64,17 +62,13 @@ mod tests {
     use super::*;
 
     fn table(port: u16, peers: &[(&str, &str)]) -> PeerTable {
-        let owned: Vec<(String, String)> = peers
-            .iter()
-            .map(|(n, a)| (n.to_string(), a.to_string()))
-            .collect();
+        let owned: Vec<(String, String)> =
+            peers.iter().map(|(n, a)| (n.to_string(), a.to_string())).collect();
         PeerTable::new(&owned, port).unwrap()
     }
 
     fn names(t: &PeerTable, ids: &[PeerId]) -> Vec<String> {
-        ids.iter()
-            .map(|&i| t.name(i).unwrap().to_string())
-            .collect()
+        ids.iter().map(|&i| t.name(i).unwrap().to_string()).collect()
     }
 
     #[test]
@@ -89,13 +83,7 @@ mod tests {
     fn added_removed_changed_and_moved() {
         let old = table(
             4809,
-            &[
-                ("a", "10.0.0.1"),
-                ("b", "10.0.0.2"),
-                ("c", "10.0.0.3"),
-                ("d", "Host-D.example"),
-                ("e", "::1"),
-            ],
+            &[("a", "10.0.0.1"), ("b", "10.0.0.2"), ("c", "10.0.0.3"), ("d", "Host-D.example"), ("e", "::1")],
         );
         let new = table(
             4809,

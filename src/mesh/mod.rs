@@ -1,73 +1,43 @@
 //! The mesh between servers, sans-io: the peer table built from the config's `peers`, which
-//! entry is this server, who dials whom, which link survives when a pair has two, what a
-//! config reload changes, and the state machine of each peer link.
+//! entry is this server, who dials whom, what a config reload changes, and reconnect backoff.
 //!
-//! Owns every decision about peer links. Never does I/O: no sockets, no threads, no name
-//! resolution, no reading of the host name or interfaces, no clock reads (`now` is always an
-//! argument) and no randomness (reconnect jitter derives from a seed passed in). The runtime
-//! gathers the facts ([`SelfHint`]), dials and accepts, reads and writes, and feeds the
-//! results in through `handle_*` calls; it carries out the [`LinkAction`]s it gets back and
-//! sleeps until [`Link::poll_timeout`].
+//! Owns every decision about which links exist. Never does I/O: no sockets, no threads, no
+//! name resolution, no reading of the host name or interfaces, no clock reads and no
+//! randomness. The runtime gathers the facts ([`SelfHint`]) and dials; the shard core runs
+//! each link's handshake, keepalives and traffic.
 
+mod backoff;
 mod dial;
 mod diff;
-mod link;
 mod name;
 mod peers;
 
-pub use dial::{resolve_duplicate, should_dial, DupLink, Keep, Origin};
+pub use backoff::backoff_delay;
+pub use dial::should_dial;
 pub use diff::{diff, PeerDiff};
-pub use link::{
-    backoff_delay, CloseReason, Link, LinkAction, LinkState, LinkStats, LinkTiming, LinkUp,
-    MAX_TIMING, MIN_RECONNECT,
-};
 pub use name::NodeName;
 pub use peers::{PeerAddr, PeerId, PeerTable, SelfHint};
 
-use crate::proto::Role;
-
-/// Whose fault a [`MeshError`] is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Fault {
-    /// The config (`peers`, `port`, `--node`), on this server or on the remote one: an
-    /// operator must fix it; retrying will not help.
-    Config,
-    /// The remote server broke the protocol; the link is closed and redialled.
-    Remote,
-}
-
-/// Errors of the mesh layer. [`MeshError::fault`] says who must act.
+/// Errors of the mesh layer: all are configuration errors an operator must fix.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MeshError {
     #[error("peer name `{name}` is not usable: {reason}")]
     BadNodeName { name: String, reason: &'static str },
     #[error("address `{addr}` of peer `{node}` is not usable: {reason}")]
-    BadAddress {
-        node: String,
-        addr: String,
-        reason: &'static str,
-    },
+    BadAddress { node: String, addr: String, reason: &'static str },
     #[error(
         "`peers` lists the same server twice, as `{first}` and as `{second}` \
          (node names are compared without regard to case)"
     )]
     DuplicateName { first: String, second: String },
     #[error("peers `{first}` and `{second}` have the same address ({addr})")]
-    DuplicateAddress {
-        addr: String,
-        first: String,
-        second: String,
-    },
+    DuplicateAddress { addr: String, first: String, second: String },
     #[error("`peers` has {count} entries; at most 65535 are supported")]
     TooManyPeers { count: usize },
     /// No entry of `peers` is this server. `candidates` are the entries as `name = address`;
     /// `looked_for` the host names and addresses tried (empty when `--node` was given).
     #[error("{}", no_self(.node, .looked_for, .candidates))]
-    NoSelf {
-        node: Option<String>,
-        looked_for: Vec<String>,
-        candidates: Vec<String>,
-    },
+    NoSelf { node: Option<String>, looked_for: Vec<String>, candidates: Vec<String> },
     /// Several entries of `peers` match this server (`name = address` each).
     #[error(
         "this server matches several entries of `peers`: {}; start it with --node NAME to \
@@ -75,33 +45,6 @@ pub enum MeshError {
         .matches.join(", ")
     )]
     AmbiguousSelf { matches: Vec<String> },
-    /// The server reached as `expected` announced another name in its handshake.
-    #[error(
-        "peer `{expected}` answered as `{got}`: its address in `peers` leads to another \
-         server, or that server's config gives it another name"
-    )]
-    WrongPeer { expected: String, got: String },
-    #[error("peer `{peer}` announced the role {role:?} in its handshake instead of Peer")]
-    NotAPeer { peer: String, role: Role },
-    #[error("peer `{peer}` sent a handshake while the link was {state}")]
-    UnexpectedHandshake { peer: String, state: &'static str },
-}
-
-impl MeshError {
-    /// Whose fault this error is.
-    pub fn fault(&self) -> Fault {
-        match self {
-            MeshError::BadNodeName { .. }
-            | MeshError::BadAddress { .. }
-            | MeshError::DuplicateName { .. }
-            | MeshError::DuplicateAddress { .. }
-            | MeshError::TooManyPeers { .. }
-            | MeshError::NoSelf { .. }
-            | MeshError::AmbiguousSelf { .. }
-            | MeshError::WrongPeer { .. } => Fault::Config,
-            MeshError::NotAPeer { .. } | MeshError::UnexpectedHandshake { .. } => Fault::Remote,
-        }
-    }
 }
 
 fn no_self(node: &Option<String>, looked_for: &[String], candidates: &[String]) -> String {

@@ -24,10 +24,7 @@ pub struct NodeName(String);
 impl NodeName {
     /// Parses a node name as written in `peers` or given with `--node`.
     pub fn new(name: &str) -> Result<NodeName, MeshError> {
-        let bad = |reason| MeshError::BadNodeName {
-            name: name.escape_debug().to_string(),
-            reason,
-        };
+        let bad = |reason| MeshError::BadNodeName { name: name.escape_debug().to_string(), reason };
         if name.is_empty() {
             return Err(bad("it is empty"));
         }
@@ -98,9 +95,7 @@ impl fmt::Display for NodeName {
 
 /// Byte-wise order of the ASCII-lowercased strings (a total order both ends compute alike).
 pub(crate) fn cmp_ignore_ascii_case(a: &str, b: &str) -> Ordering {
-    a.bytes()
-        .map(|c| c.to_ascii_lowercase())
-        .cmp(b.bytes().map(|c| c.to_ascii_lowercase()))
+    a.bytes().map(|c| c.to_ascii_lowercase()).cmp(b.bytes().map(|c| c.to_ascii_lowercase()))
 }
 
 /// How strongly a name from `peers` matches a host name of this machine.
@@ -132,9 +127,7 @@ pub(crate) fn host_match(written: &str, hostname: &str) -> Option<HostMatch> {
     }
     let short_of = |short: &str, long: &str| {
         !short.contains('.')
-            && long
-                .split_once('.')
-                .is_some_and(|(first, _)| first.eq_ignore_ascii_case(short))
+            && long.split_once('.').is_some_and(|(first, _)| first.eq_ignore_ascii_case(short))
     };
     if short_of(a, b) || short_of(b, a) {
         Some(HostMatch::Short)
@@ -157,10 +150,7 @@ mod tests {
         let long = "a-rather-long-node-name.mail.example.com";
         assert_eq!(NodeName::new(long).unwrap().as_str(), long);
         assert!(NodeName::new(&"n".repeat(255)).is_ok());
-        assert_eq!(
-            NodeName::new("knödel").unwrap().to_wire().as_str(),
-            "knödel"
-        );
+        assert_eq!(NodeName::new("knödel").unwrap().to_wire().as_str(), "knödel");
     }
 
     #[test]
@@ -174,10 +164,7 @@ mod tests {
         assert_eq!(set.len(), 1);
         let x = NodeName::new("Alpha").unwrap();
         let y = NodeName::new("beta").unwrap();
-        assert!(
-            x < y,
-            "case must not decide the order ('A' < 'b' but also 'a' < 'b')"
-        );
+        assert!(x < y, "case must not decide the order ('A' < 'b' but also 'a' < 'b')");
         assert!(NodeName::new("B").unwrap() > NodeName::new("a").unwrap());
     }
 
@@ -185,10 +172,7 @@ mod tests {
     fn host_matching() {
         use HostMatch::*;
         assert_eq!(host_match("node1", "node1"), Some(Exact));
-        assert_eq!(
-            host_match("NODE1.example.com.", "node1.Example.com"),
-            Some(Exact)
-        );
+        assert_eq!(host_match("NODE1.example.com.", "node1.Example.com"), Some(Exact));
         assert_eq!(host_match("node1", "node1.example.com"), Some(Short));
         assert_eq!(host_match("node1.example.com", "node1"), Some(Short));
         assert_eq!(host_match("node1.a.com", "node1.b.com"), None);

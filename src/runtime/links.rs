@@ -8,11 +8,11 @@
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
 use super::shard::ShardRt;
+use crate::mesh::{backoff_delay, should_dial, NodeName};
 
 /// A server in the `peers` table: its node name and `host:port` to dial.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,9 +27,13 @@ pub struct Dialers {
     running: HashMap<String, (String, Rc<Cell<bool>>)>,
 }
 
-/// Whether this server dials `other` (else it waits for `other` to dial it).
-pub fn dials(me: &str, other: &str) -> bool {
-    me.to_lowercase() < other.to_lowercase()
+/// Whether this server dials `other` (else it waits for `other` to dial it); see
+/// [`crate::mesh::should_dial`].
+fn dials(me: &str, other: &str) -> bool {
+    match (NodeName::new(me), NodeName::new(other)) {
+        (Ok(me), Ok(other)) => should_dial(&me, &other),
+        _ => false,
+    }
 }
 
 /// Applies a (new) peers table on one shard: allowed names, dialers started and stopped,
@@ -75,6 +79,14 @@ pub fn stop_all(dialers: &mut Dialers) {
 
 async fn dial_loop(shard: Rc<ShardRt>, name: String, addr: String, stop: Rc<Cell<bool>>) {
     let mut failures = 0u32;
+    let mut attempt = 0u64;
+    // A per-link seed, so that links of a restarted cluster do not redial in lockstep.
+    let seed = {
+        use std::hash::{BuildHasher, Hash, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        name.hash(&mut h);
+        h.finish()
+    };
     while !stop.get() {
         let limits = shard.core.borrow().limits().clone();
         match tokio::time::timeout(limits.connect_timeout, tokio::net::TcpStream::connect(&addr)).await {
@@ -104,18 +116,9 @@ async fn dial_loop(shard: Rc<ShardRt>, name: String, addr: String, stop: Rc<Cell
         if stop.get() {
             break;
         }
-        tokio::time::sleep(jittered(limits.reconnect_interval, &name, failures)).await;
+        attempt += 1;
+        tokio::time::sleep(backoff_delay(limits.reconnect_interval, seed, attempt)).await;
     }
-}
-
-/// `interval` ± 20 %, different for each peer and attempt, so a restarted cluster does not
-/// redial in lockstep.
-fn jittered(interval: Duration, name: &str, attempt: u32) -> Duration {
-    use std::hash::{BuildHasher, Hash, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    (name, attempt, Instant::now()).hash(&mut h);
-    let unit = (h.finish() % 10_000) as f64 / 10_000.0; // 0..1
-    interval.mul_f64(0.8 + 0.4 * unit)
 }
 
 #[cfg(test)]
@@ -131,15 +134,6 @@ mod tests {
                     assert_ne!(dials(a, b), dials(b, a), "{a} {b}");
                 }
             }
-        }
-    }
-
-    #[test]
-    fn jitter_stays_within_twenty_percent() {
-        let base = Duration::from_secs(5);
-        for i in 0..200 {
-            let d = jittered(base, "n", i);
-            assert!(d >= base.mul_f64(0.8) && d <= base.mul_f64(1.2), "{d:?}");
         }
     }
 }

@@ -10,7 +10,7 @@ mod links;
 mod shard;
 mod uring;
 
-pub use links::{dials, PeerSpec};
+pub use links::PeerSpec;
 pub use uring::check_io_uring;
 
 use std::net::SocketAddr;
