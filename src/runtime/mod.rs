@@ -6,10 +6,12 @@
 
 mod accept;
 mod conn;
+mod host;
 mod links;
 mod shard;
 mod uring;
 
+pub use host::{hostnames, local_addrs, local_hostname};
 pub use links::PeerSpec;
 pub use uring::check_io_uring;
 
@@ -228,16 +230,4 @@ fn truncate_name(name: &str) -> &str {
         end -= 1;
     }
     &name[..end]
-}
-
-/// The host's name (`gethostname`), or "localhost" if it cannot be read.
-pub fn local_hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: the buffer is valid for its whole length; gethostname NUL-terminates on success.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc != 0 {
-        return "localhost".into();
-    }
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end]).into_owned()
 }
