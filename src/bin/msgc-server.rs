@@ -1,26 +1,261 @@
-//! msgc-server (temporary minimal CLI until config lands).
-use clap::Parser;
-use msgc::runtime::{ServerHandle, ServerOptions};
+//! msgc-server: the relay. With no arguments it serves on 0.0.0.0:4809 with the vendor's
+//! defaults; with `--config FILE` it reads the vendor's `msgc_server.conf` (or an
+//! `ecelerity-cluster.conf` that includes it) unchanged.
+//!
+//! SIGINT/SIGTERM stop it gracefully; SIGHUP rereads the config file and applies every
+//! option without a restart (a bad file is logged and the running config kept).
 
-#[derive(Parser)]
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use msgc::config::{Config, ServerConfig};
+use msgc::core::Limits;
+use msgc::mesh::{PeerTable, SelfHint};
+use msgc::runtime::{self, PeerSpec, ServerHandle, ServerOptions};
+use tracing_subscriber::{reload, EnvFilter};
+
+#[derive(Parser, Debug)]
+#[command(name = "msgc-server", version, about = "msgc group-communication relay")]
 struct Args {
-    #[arg(long)]
-    listen: Option<std::net::SocketAddr>,
-    #[arg(long, default_value_t = 0)]
-    threads: usize,
+    /// Config file in the vendor's syntax (msgc_server, msgc_client and msgcserver_listener
+    /// scopes; other scopes are skipped).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Validate FILE, print a summary, and exit (non-zero with the error if it is invalid).
+    #[arg(long, value_name = "FILE", conflicts_with = "config")]
+    check_config: Option<PathBuf>,
+    /// Listen on ADDR (repeatable); overrides the config's listen scopes and port.
+    #[arg(long, value_name = "ADDR")]
+    listen: Vec<SocketAddr>,
+    /// Shard threads, one per core by default (0 = all cores); overrides the config.
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+    /// Which `peers` entry this server is (default: found by host name or address).
+    #[arg(long, value_name = "NAME")]
+    node: Option<String>,
 }
 
-fn main() {
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
+type LogHandle = reload::Handle<EnvFilter, tracing_subscriber::Registry>;
+
+fn main() -> ExitCode {
     let args = Args::parse();
-    let mut opts = ServerOptions::default();
-    if let Some(l) = args.listen {
-        opts.listen = vec![l];
+    if let Some(path) = &args.check_config {
+        return check_config(path, &args);
     }
-    opts.threads = args.threads;
-    let server = ServerHandle::start(opts).expect("start");
-    println!("listening on {:?}", server.local_addrs());
-    loop {
-        std::thread::park();
+    let config = match &args.config {
+        Some(path) => match Config::load(path) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("msgc-server: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => Config::default(),
+    };
+    let log = init_logging(&config.server);
+    let opts = match options(&config, &args) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("msgc-server: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let server = match ServerHandle::start(opts) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("msgc-server: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let addrs: Vec<String> = server.local_addrs().iter().map(|a| a.to_string()).collect();
+    // Always shown (the default debug_level, ERROR, hides info logs): where to connect.
+    println!("msgc-server: listening on {}", addrs.join(" "));
+    serve(server, config, &args, &log);
+    ExitCode::SUCCESS
+}
+
+/// Waits for signals: SIGHUP reloads, SIGINT/SIGTERM stop.
+fn serve(server: ServerHandle, mut config: Config, args: &Args, log: &LogHandle) {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("cannot wait for signals ({e}); stopping");
+            return server.shutdown();
+        }
+    };
+    rt.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut hup), Ok(mut term), Ok(mut int)) =
+            (signal(SignalKind::hangup()), signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+        else {
+            tracing::error!("cannot install signal handlers; stopping");
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = hup.recv() => reload(&server, &mut config, args, log),
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+            }
+        }
+        tracing::info!("stopping: telling clients and flushing");
+    });
+    server.shutdown();
+}
+
+/// Rereads the config file and applies it; a bad file keeps the running config.
+fn reload(server: &ServerHandle, config: &mut Config, args: &Args, log: &LogHandle) {
+    let Some(path) = &args.config else {
+        tracing::info!("SIGHUP: no --config file to reload; nothing to do");
+        return;
+    };
+    let new = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("reload failed, keeping the running config: {e}");
+            return;
+        }
+    };
+    let opts = match options(&new, args) {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::error!("reload failed, keeping the running config: {e}");
+            return;
+        }
+    };
+    if opts.listen != options(config, args).map(|o| o.listen).unwrap_or_default() {
+        tracing::warn!("reload: listen addresses changed; they take effect at the next restart");
     }
+    if std::env::var_os("RUST_LOG").is_none() {
+        let _ = log.reload(EnvFilter::new(log_filter(&new.server)));
+    }
+    server.reload(opts.limits);
+    server.set_peers(opts.peers);
+    tracing::info!(file = %path.display(), "config reloaded");
+    *config = new;
+}
+
+fn check_config(path: &Path, args: &Args) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let s = &config.server;
+    println!("{}: OK", path.display());
+    println!(
+        "  msgc_server: port {}, tcpbuf_size {}, max_backlog {}, messages_per_iter {}, \
+         idle_timeout {:?}, keepalive_interval {:?}, connect_timeout {:?}, reconnect_interval {:?}, \
+         debug_level {:?}, digest {:016x}",
+        s.port,
+        s.tcpbuf_size,
+        s.max_backlog,
+        s.messages_per_iter,
+        s.idle_timeout,
+        s.keepalive_interval,
+        s.connect_timeout,
+        s.reconnect_interval,
+        s.debug_level,
+        s.digest()
+    );
+    for p in &s.peers {
+        println!("  peer {} = {}", p.name, p.addr);
+    }
+    println!("  msgc_client: server {:?}", config.client.server);
+    match options(&config, args) {
+        Ok(o) if !s.peers.is_empty() => println!("  this host is peer {:?}", o.node_name),
+        Ok(_) => {}
+        Err(e) => {
+            // Which entry is this host depends on where it runs: report, do not fail.
+            println!("  note: {e}");
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// The server's options from the config and the command line.
+fn options(config: &Config, args: &Args) -> Result<ServerOptions, String> {
+    let s = &config.server;
+    let listen = if !args.listen.is_empty() {
+        args.listen.clone()
+    } else if !config.listener.listen.is_empty() {
+        config.listener.socket_addrs(s.port).map_err(|e| e.to_string())?
+    } else {
+        vec![SocketAddr::from(([0, 0, 0, 0], s.port))]
+    };
+    let (node_name, peers) = identify(s, args, &listen)?;
+    Ok(ServerOptions {
+        listen,
+        threads: args.threads.unwrap_or(s.threads),
+        pin_threads: true,
+        limits: limits(s),
+        node_name,
+        digest: s.digest(),
+        peers,
+    })
+}
+
+/// Finds this server in `peers` and lists every peer's `host:port`.
+fn identify(s: &ServerConfig, args: &Args, listen: &[SocketAddr]) -> Result<(String, Vec<PeerSpec>), String> {
+    if s.peers.is_empty() {
+        return Ok((args.node.clone().unwrap_or_else(runtime::local_hostname), Vec::new()));
+    }
+    let entries: Vec<(String, String)> = s.peers.iter().map(|p| (p.name.clone(), p.addr.clone())).collect();
+    let table = PeerTable::new(&entries, s.port).map_err(|e| e.to_string())?;
+    let hint = SelfHint {
+        node: args.node.clone(),
+        hostnames: runtime::hostnames(),
+        local_addrs: runtime::local_addrs(),
+        listen_port: listen.first().map(|a| a.port()),
+    };
+    let me = table.identify_self(&hint).map_err(|e| e.to_string())?;
+    let name = table.name(me).map(|n| n.as_str().to_string()).unwrap_or_default();
+    let peers = table
+        .ids()
+        .filter_map(|id| {
+            let name = table.name(id)?.as_str().to_string();
+            Some(PeerSpec { name, addr: table.resolve_addr(id)?.to_string() })
+        })
+        .collect();
+    Ok((name, peers))
+}
+
+/// What the core enforces, from the `msgc_server` options.
+fn limits(s: &ServerConfig) -> Limits {
+    Limits {
+        max_backlog: s.max_backlog,
+        messages_per_iter: s.messages_per_iter,
+        max_frame: s.max_frame_size,
+        memory_budget: s.memory_budget,
+        idle_timeout: s.idle_timeout,
+        keepalive_interval: s.keepalive_interval,
+        stall_timeout: s.keepalive_interval.max(Duration::from_secs(1)),
+        tcpbuf_size: s.tcpbuf_size,
+        connect_timeout: s.connect_timeout,
+        reconnect_interval: s.reconnect_interval,
+    }
+}
+
+fn log_filter(s: &ServerConfig) -> String {
+    format!("msgc={}", s.debug_level.as_tracing_filter())
+}
+
+/// `RUST_LOG` if set, else the config's `debug_level`; reloadable on SIGHUP.
+fn init_logging(s: &ServerConfig) -> LogHandle {
+    use tracing_subscriber::prelude::*;
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| EnvFilter::try_new(v).ok())
+        .unwrap_or_else(|| EnvFilter::new(log_filter(s)));
+    let (filter, handle) = reload::Layer::new(filter);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .init();
+    handle
 }

@@ -1,1 +1,257 @@
-//! config
+//! Configuration: the vendor's config syntax read unchanged (`msgc_server.conf`,
+//! `ecelerity-cluster.conf` and the files they include) and the typed options of the
+//! `msgc_server`, `msgc_client` and `msgcserver_listener` scopes, with the vendor's defaults.
+//!
+//! Owns parsing and validation. Never panics on any input; every error carries
+//! `file:line:col`. Never starts anything: the runtime and the client apply the options.
+
+mod lexer;
+mod parser;
+mod schema;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+/// The whole configuration.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub client: ClientConfig,
+    pub listener: ListenerConfig,
+}
+
+/// The `msgc_server` scope. Every option can change at runtime (SIGHUP).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServerConfig {
+    /// `connect_timeout`: seconds a dial to a peer may take. Default 60.
+    pub connect_timeout: Duration,
+    /// `debug_level`: log level. Default ERROR.
+    pub debug_level: DebugLevel,
+    /// `idle_timeout`: seconds without receiving before a connection is closed. Default 30.
+    pub idle_timeout: Duration,
+    /// `keepalive_interval`: seconds of send silence before a NOOP goes out. Default 5.
+    pub keepalive_interval: Duration,
+    /// `max_backlog`: queued messages after which a connection is killed as stuck. Default 5000.
+    pub max_backlog: usize,
+    /// `messages_per_iter`: runs of frames handled per connection per turn. Default 20.
+    pub messages_per_iter: usize,
+    /// `peers`: the servers of the mesh, `[ name = "address" ]`, in file order. Default empty.
+    pub peers: Vec<Peer>,
+    /// `port`: the port servers listen on and peers are dialed at. Default 4809.
+    pub port: u16,
+    /// `reconnect_interval`: seconds before redialing a lost peer. Default 5.
+    pub reconnect_interval: Duration,
+    /// `tcpbuf_size`: bytes per read and per vectored write, and the socket buffers. Default 131072.
+    pub tcpbuf_size: usize,
+    /// `max_frame_size` (msgc): largest frame accepted, 4 KiB..=64 MiB. Default 1 MiB.
+    pub max_frame_size: usize,
+    /// `memory_budget` (msgc): queued bytes per shard before publishers pause. Default 64 MiB.
+    pub memory_budget: usize,
+    /// `threads` (msgc): shard threads, 0 = one per core. Default 0.
+    pub threads: usize,
+}
+
+/// One entry of `peers`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    pub name: String,
+    /// As written: `"192.168.0.10"`, `"node1.example.com"`, `"10.0.0.1:4810"`, `"[::1]:4809"`.
+    pub addr: String,
+}
+
+/// The `msgc_client` scope.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClientConfig {
+    /// `bind_address`: local address for the connection to the server. No default.
+    pub bind_address: Option<IpAddr>,
+    pub connect_timeout: Duration,
+    pub debug_level: DebugLevel,
+    pub idle_timeout: Duration,
+    pub keepalive_interval: Duration,
+    pub max_backlog: usize,
+    pub messages_per_iter: usize,
+    pub reconnect_interval: Duration,
+    pub tcpbuf_size: usize,
+    pub max_frame_size: usize,
+    /// `server`: servers tried in order. Default `( "127.0.0.1:4809" )`.
+    pub server: Vec<String>,
+}
+
+/// The `msgcserver_listener` scope: its `listen "ADDR" { }` scopes, as written.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListenerConfig {
+    pub listen: Vec<String>,
+}
+
+/// Log levels of the vendor's `debug_level`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum DebugLevel {
+    Debug,
+    Info,
+    Notice,
+    Warning,
+    Error,
+    Critical,
+    Alert,
+    Emergency,
+}
+
+impl DebugLevel {
+    /// Parses a level name, case-insensitively (`WARN` and `ALL`/`NONE` are accepted too).
+    pub fn parse(s: &str) -> Option<DebugLevel> {
+        Some(match s.to_ascii_uppercase().as_str() {
+            "DEBUG" | "ALL" => DebugLevel::Debug,
+            "INFO" => DebugLevel::Info,
+            "NOTICE" => DebugLevel::Notice,
+            "WARNING" | "WARN" => DebugLevel::Warning,
+            "ERROR" => DebugLevel::Error,
+            "CRITICAL" => DebugLevel::Critical,
+            "ALERT" => DebugLevel::Alert,
+            "EMERGENCY" | "NONE" => DebugLevel::Emergency,
+            _ => return None,
+        })
+    }
+
+    /// The `tracing` filter level this maps to.
+    pub fn as_tracing_filter(&self) -> &'static str {
+        match self {
+            DebugLevel::Debug => "debug",
+            DebugLevel::Info | DebugLevel::Notice => "info",
+            DebugLevel::Warning => "warn",
+            _ => "error",
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> ServerConfig {
+        ServerConfig {
+            connect_timeout: Duration::from_secs(60),
+            debug_level: DebugLevel::Error,
+            idle_timeout: Duration::from_secs(30),
+            keepalive_interval: Duration::from_secs(5),
+            max_backlog: 5000,
+            messages_per_iter: 20,
+            peers: Vec::new(),
+            port: 4809,
+            reconnect_interval: Duration::from_secs(5),
+            tcpbuf_size: 131072,
+            max_frame_size: crate::proto::DEFAULT_MAX_FRAME,
+            memory_budget: 64 << 20,
+            threads: 0,
+        }
+    }
+}
+
+impl Default for ClientConfig {
+    fn default() -> ClientConfig {
+        let s = ServerConfig::default();
+        ClientConfig {
+            bind_address: None,
+            connect_timeout: s.connect_timeout,
+            debug_level: s.debug_level,
+            idle_timeout: s.idle_timeout,
+            keepalive_interval: s.keepalive_interval,
+            max_backlog: s.max_backlog,
+            messages_per_iter: s.messages_per_iter,
+            reconnect_interval: s.reconnect_interval,
+            tcpbuf_size: s.tcpbuf_size,
+            max_frame_size: s.max_frame_size,
+            server: vec!["127.0.0.1:4809".into()],
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path` and the files it includes (relative to the including file's folder).
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        schema::load(path)
+    }
+
+    /// Parses config text; includes are resolved relative to the current directory.
+    pub fn parse_str(text: &str, file_name: &str) -> Result<Config, ConfigError> {
+        schema::parse_str(text, file_name)
+    }
+}
+
+impl ServerConfig {
+    /// A digest of the normalized options (FNV-1a 64), equal on servers whose `msgc_server`
+    /// scopes mean the same; peers compare it to detect config drift.
+    pub fn digest(&self) -> u64 {
+        let mut peers: Vec<(String, &str)> =
+            self.peers.iter().map(|p| (p.name.to_lowercase(), p.addr.as_str())).collect();
+        peers.sort();
+        let text = format!(
+            "{:?}|{:?}|{:?}|{:?}|{}|{}|{:?}|{}|{:?}|{}|{}|{}|{}",
+            self.connect_timeout,
+            self.debug_level,
+            self.idle_timeout,
+            self.keepalive_interval,
+            self.max_backlog,
+            self.messages_per_iter,
+            peers,
+            self.port,
+            self.reconnect_interval,
+            self.tcpbuf_size,
+            self.max_frame_size,
+            self.memory_budget,
+            self.threads
+        );
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in text.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        h
+    }
+}
+
+impl ListenerConfig {
+    /// The listen addresses: `":4809"` and `"*:4809"` mean all IPv4 interfaces, a bare port
+    /// too; `"[::]:4809"`, `"10.0.0.1:4809"` as written. With no listen scope: `0.0.0.0:port`.
+    pub fn socket_addrs(&self, default_port: u16) -> Result<Vec<SocketAddr>, ConfigError> {
+        if self.listen.is_empty() {
+            return Ok(vec![SocketAddr::from(([0, 0, 0, 0], default_port))]);
+        }
+        self.listen.iter().map(|l| schema::listen_addr(l).map_err(ConfigError::plain)).collect()
+    }
+}
+
+/// A config error; `Display` is `file:line:col: message` when the place is known.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{}", self.render())]
+pub struct ConfigError {
+    file: String,
+    line: u32,
+    col: u32,
+    message: String,
+}
+
+impl ConfigError {
+    pub(crate) fn at(file: &str, line: u32, col: u32, message: impl Into<String>) -> ConfigError {
+        ConfigError { file: file.to_string(), line, col, message: message.into() }
+    }
+    pub(crate) fn plain(message: impl Into<String>) -> ConfigError {
+        ConfigError { file: String::new(), line: 0, col: 0, message: message.into() }
+    }
+    pub fn file(&self) -> &str {
+        &self.file
+    }
+    pub fn line(&self) -> u32 {
+        self.line
+    }
+    pub fn col(&self) -> u32 {
+        self.col
+    }
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+    fn render(&self) -> String {
+        match (self.file.is_empty(), self.line) {
+            (true, _) => self.message.clone(),
+            (false, 0) => format!("{}: {}", self.file, self.message),
+            (false, _) => format!("{}:{}:{}: {}", self.file, self.line, self.col, self.message),
+        }
+    }
+}

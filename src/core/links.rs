@@ -136,7 +136,7 @@ impl ShardCore {
         c.name = h.name.clone();
         c.peer = Some(Box::new(PeerConn { tag: h.node_tag, name: h.name.clone(), recv: HashMap::new() }));
         let info = LinkInfo { tag: h.node_tag, name: h.name, boot: h.id.0, shard: self.id, conn };
-        self.to_all_shards(ShardMsg::LinkUp(info));
+        self.broadcast(ShardMsg::LinkUp(info));
     }
 
     /// Every shard learns of a new link: routing, ordering, then this shard's state sync.
@@ -190,10 +190,10 @@ impl ShardCore {
                     last: u64::MAX,
                 };
                 self.stats.gaps += 1;
-                self.to_all_shards(ShardMsg::Gap { group: group.clone(), frame: Frame::Gap(gap).to_bytes() });
+                self.broadcast(ShardMsg::Gap { group: group.clone(), frame: Frame::Gap(gap).to_bytes() });
             }
         }
-        self.to_all_shards(ShardMsg::LinkDown { tag: p.tag });
+        self.broadcast(ShardMsg::LinkDown { tag: p.tag });
     }
 
     /// A frame other than MCAST from a linked server.
@@ -212,7 +212,7 @@ impl ShardCore {
                 let members = members_of(&v);
                 let msg =
                     ShardMsg::View { group: v.group, frame: bytes, view_id: v.view_id, members, leaver };
-                self.to_all_shards(msg);
+                self.broadcast(msg);
             }
             Frame::PeerJoin(j) => {
                 let msg = ShardMsg::Join {
@@ -221,7 +221,7 @@ impl ShardCore {
                     cause: j.cause,
                     via: Some(tag),
                 };
-                self.to_owner(&j.group, msg);
+                self.send_to_owner(&j.group, msg);
             }
             Frame::PeerLeave(l) => {
                 let msg = ShardMsg::Leave {
@@ -230,13 +230,13 @@ impl ShardCore {
                     cause: l.cause,
                     via: Some(tag),
                 };
-                self.to_owner(&l.group, msg);
+                self.send_to_owner(&l.group, msg);
             }
             Frame::PeerState(st) => {
                 for (group, view_id) in st.views {
-                    self.to_owner(&group.clone(), ShardMsg::ViewId { group, view_id });
+                    self.send_to_owner(&group.clone(), ShardMsg::ViewId { group, view_id });
                 }
-                self.to_all_shards(ShardMsg::SyncDone { tag });
+                self.broadcast(ShardMsg::SyncDone { tag });
             }
             other => {
                 let msg = format!("{} is not accepted from a peer", other.name());

@@ -518,7 +518,10 @@ impl ShardCore {
                     return Flow::Read;
                 }
                 let member = proto::Member { session: c.session, name: c.name.clone() };
-                self.to_owner(&g, ShardMsg::Join { group: g.clone(), member, cause: Cause::Join, via: None });
+                self.send_to_owner(
+                    &g,
+                    ShardMsg::Join { group: g.clone(), member, cause: Cause::Join, via: None },
+                );
                 Flow::Read
             }
             (State::Client, Frame::Leave(g)) => {
@@ -529,7 +532,7 @@ impl ShardCore {
                     return Flow::Read;
                 }
                 let session = c.session;
-                self.to_owner(
+                self.send_to_owner(
                     &g,
                     ShardMsg::Leave { group: g.clone(), session, cause: Cause::Leave, via: None },
                 );
@@ -618,7 +621,7 @@ impl ShardCore {
             State::Client => {
                 self.sessions.remove(&session);
                 for g in groups {
-                    self.to_owner(&g, ShardMsg::Leave { group: g.clone(), session, cause, via: None });
+                    self.send_to_owner(&g, ShardMsg::Leave { group: g.clone(), session, cause, via: None });
                 }
             }
             State::Peer => {
@@ -764,7 +767,7 @@ impl ShardCore {
     }
 
     /// Handles `msg` here if `shard` is this one, else queues it for that shard.
-    pub(super) fn to_shard(&mut self, shard: u16, msg: ShardMsg) {
+    pub(super) fn send_to_shard(&mut self, shard: u16, msg: ShardMsg) {
         if shard == self.id {
             self.handle_shard_msg(msg);
         } else {
@@ -773,7 +776,7 @@ impl ShardCore {
     }
 
     /// Sends `msg` to every shard of this server, this one included.
-    pub(super) fn to_all_shards(&mut self, msg: ShardMsg) {
+    pub(super) fn broadcast(&mut self, msg: ShardMsg) {
         for s in 0..self.nshards {
             if s != self.id {
                 self.outgoing[s as usize].push(msg.clone());

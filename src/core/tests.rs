@@ -355,10 +355,9 @@ proptest! {
                 }
                 _ => {}
             }
-            for c in 0..clients.len() {
+            for (c, log) in received.iter_mut().enumerate() {
                 if h.clients[c].open {
-                    let got = drain(&mut h, c);
-                    received[c].extend(got);
+                    log.extend(drain(&mut h, c));
                 }
             }
         }

@@ -16,9 +16,9 @@ use super::{ShardCore, ShardMsg};
 
 impl ShardCore {
     /// Sends a membership message to the owner shard of `group`.
-    pub(super) fn to_owner(&mut self, group: &GroupName, msg: ShardMsg) {
+    pub(super) fn send_to_owner(&mut self, group: &GroupName, msg: ShardMsg) {
         let owner = owner_of(group.as_bytes(), self.nshards);
-        self.to_shard(owner, msg);
+        self.send_to_shard(owner, msg);
     }
 
     /// The server that orders membership, if it is not this one.
@@ -111,7 +111,7 @@ impl ShardCore {
         let frame = Frame::View(view).to_bytes();
         self.stats.views += 1;
         let leaver = (cause == Cause::Leave).then_some(subject);
-        self.to_all_shards(ShardMsg::View { group, frame: frame.clone(), view_id, members, leaver });
+        self.broadcast(ShardMsg::View { group, frame: frame.clone(), view_id, members, leaver });
         let tags: Vec<NodeTag> = self.links.iter().map(|l| l.tag).collect();
         for tag in tags {
             self.send_to_link(tag, frame.clone(), 1);

@@ -82,10 +82,8 @@ async fn dial_loop(shard: Rc<ShardRt>, name: String, addr: String, stop: Rc<Cell
     let mut attempt = 0u64;
     // A per-link seed, so that links of a restarted cluster do not redial in lockstep.
     let seed = {
-        use std::hash::{BuildHasher, Hash, Hasher};
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        name.hash(&mut h);
-        h.finish()
+        use std::hash::BuildHasher;
+        std::collections::hash_map::RandomState::new().hash_one(&name)
     };
     while !stop.get() {
         let limits = shard.core.borrow().limits().clone();

@@ -1,0 +1,402 @@
+//! From the syntax tree to the typed `Config`: which scopes and options msgc reads, their
+//! types, ranges and defaults, includes, and errors that point at the offending text.
+//!
+//! Never panics on any input; never reads anything but the config files named.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::parser::{parse, Entry, Pos, Value};
+use super::{ClientConfig, Config, ConfigError, DebugLevel, Peer};
+
+const SERVER_OPTIONS: &[&str] = &[
+    "connect_timeout",
+    "debug_level",
+    "idle_timeout",
+    "keepalive_interval",
+    "max_backlog",
+    "messages_per_iter",
+    "peers",
+    "port",
+    "reconnect_interval",
+    "tcpbuf_size",
+    "max_frame_size",
+    "memory_budget",
+    "threads",
+];
+const CLIENT_OPTIONS: &[&str] = &[
+    "bind_address",
+    "connect_timeout",
+    "debug_level",
+    "idle_timeout",
+    "keepalive_interval",
+    "max_backlog",
+    "messages_per_iter",
+    "reconnect_interval",
+    "tcpbuf_size",
+    "max_frame_size",
+    "server",
+];
+/// Longest time option accepted (a year), so that durations cannot overflow.
+const MAX_SECONDS: f64 = 31_536_000.0;
+/// Deepest chain of includes.
+const MAX_INCLUDE_DEPTH: usize = 16;
+
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let mut entries = Vec::new();
+    read_file(path, &mut Vec::new(), &mut entries, None)?;
+    build(entries)
+}
+
+pub fn parse_str(text: &str, file: &str) -> Result<Config, ConfigError> {
+    let mut entries = Vec::new();
+    let mut stack = Vec::new();
+    expand(parse(text, file)?, Path::new("."), &mut stack, &mut entries)?;
+    build(entries)
+}
+
+fn read_file(
+    path: &Path,
+    stack: &mut Vec<PathBuf>,
+    out: &mut Vec<Entry>,
+    from: Option<&Pos>,
+) -> Result<(), ConfigError> {
+    let shown = path.display().to_string();
+    let io_err = |e: std::io::Error| match from {
+        Some(p) => ConfigError::at(&p.file, p.line, p.col, format!("cannot read included file {shown}: {e}")),
+        None => ConfigError::plain(format!("{shown}: cannot read config file: {e}")),
+    };
+    let canonical = path.canonicalize().map_err(io_err)?;
+    if stack.contains(&canonical) {
+        let p = from.cloned().unwrap_or(Pos { file: shown.clone(), line: 0, col: 0 });
+        return Err(ConfigError::at(
+            &p.file,
+            p.line,
+            p.col,
+            format!("include cycle: {shown} includes itself"),
+        ));
+    }
+    if stack.len() >= MAX_INCLUDE_DEPTH {
+        let p = from.cloned().unwrap_or(Pos { file: shown.clone(), line: 0, col: 0 });
+        return Err(ConfigError::at(&p.file, p.line, p.col, "includes nested too deeply"));
+    }
+    let text = std::fs::read_to_string(path).map_err(io_err)?;
+    stack.push(canonical);
+    let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+    let result = expand(parse(&text, &shown)?, &dir, stack, out);
+    stack.pop();
+    result
+}
+
+/// Replaces top-level includes by the entries of the files they name.
+fn expand(
+    entries: Vec<Entry>,
+    dir: &Path,
+    stack: &mut Vec<PathBuf>,
+    out: &mut Vec<Entry>,
+) -> Result<(), ConfigError> {
+    for e in entries {
+        match e {
+            Entry::Include { path, pos } => {
+                let p = Path::new(&path);
+                let full = if p.is_absolute() { p.to_path_buf() } else { dir.join(p) };
+                read_file(&full, stack, out, Some(&pos))?;
+            }
+            other => out.push(other),
+        }
+    }
+    Ok(())
+}
+
+fn err(pos: &Pos, msg: impl Into<String>) -> ConfigError {
+    ConfigError::at(&pos.file, pos.line, pos.col, msg)
+}
+
+fn build(entries: Vec<Entry>) -> Result<Config, ConfigError> {
+    let mut config = Config::default();
+    let mut server_opts: Vec<(String, Pos, Value)> = Vec::new();
+    let mut client_opts: Vec<(String, Pos, Value)> = Vec::new();
+    let mut listens: Vec<(String, Pos)> = Vec::new();
+    for e in entries {
+        match e {
+            Entry::Scope { name, body, pos, .. } => match name.to_ascii_lowercase().as_str() {
+                "msgc_server" => options_of(body, &name, &mut server_opts)?,
+                "msgc_client" => options_of(body, &name, &mut client_opts)?,
+                "msgcserver_listener" => listener(body, &mut listens)?,
+                _ => tracing::debug!("{}:{}: skipping scope {name} (not msgc's)", pos.file, pos.line),
+            },
+            Entry::Option { key, pos, .. } => {
+                tracing::debug!("{}:{}: skipping top-level option {key} (not msgc's)", pos.file, pos.line)
+            }
+            Entry::Include { .. } => {}
+        }
+    }
+    check_duplicates(&server_opts)?;
+    check_duplicates(&client_opts)?;
+    let mut port_pos = None;
+    for (key, pos, value) in &server_opts {
+        let s = &mut config.server;
+        match key.as_str() {
+            "connect_timeout" => s.connect_timeout = seconds(value)?,
+            "debug_level" => s.debug_level = level(value)?,
+            "idle_timeout" => s.idle_timeout = seconds(value)?,
+            "keepalive_interval" => s.keepalive_interval = seconds(value)?,
+            "max_backlog" => s.max_backlog = int(value, 1, usize::MAX as u64)? as usize,
+            "messages_per_iter" => s.messages_per_iter = int(value, 1, usize::MAX as u64)? as usize,
+            "peers" => s.peers = peers(value)?,
+            "port" => {
+                s.port = int(value, 1, 65535)? as u16;
+                port_pos = Some(pos.clone());
+            }
+            "reconnect_interval" => s.reconnect_interval = seconds(value)?,
+            "tcpbuf_size" => s.tcpbuf_size = int(value, 4096, 64 << 20)? as usize,
+            "max_frame_size" => s.max_frame_size = int(value, 4096, 64 << 20)? as usize,
+            "memory_budget" => s.memory_budget = int(value, 1 << 20, u64::MAX >> 1)? as usize,
+            "threads" => s.threads = int(value, 0, 1024)? as usize,
+            _ => return Err(unknown(key, pos, "msgc_server", SERVER_OPTIONS)),
+        }
+    }
+    for (key, pos, value) in &client_opts {
+        let c: &mut ClientConfig = &mut config.client;
+        match key.as_str() {
+            "bind_address" => c.bind_address = Some(ip(value)?),
+            "connect_timeout" => c.connect_timeout = seconds(value)?,
+            "debug_level" => c.debug_level = level(value)?,
+            "idle_timeout" => c.idle_timeout = seconds(value)?,
+            "keepalive_interval" => c.keepalive_interval = seconds(value)?,
+            "max_backlog" => c.max_backlog = int(value, 1, usize::MAX as u64)? as usize,
+            "messages_per_iter" => c.messages_per_iter = int(value, 1, usize::MAX as u64)? as usize,
+            "reconnect_interval" => c.reconnect_interval = seconds(value)?,
+            "tcpbuf_size" => c.tcpbuf_size = int(value, 4096, 64 << 20)? as usize,
+            "max_frame_size" => c.max_frame_size = int(value, 4096, 64 << 20)? as usize,
+            "server" => c.server = servers(value)?,
+            _ => return Err(unknown(key, pos, "msgc_client", CLIENT_OPTIONS)),
+        }
+    }
+    let mut ports = Vec::new();
+    for (addr, pos) in &listens {
+        let sa = listen_addr(addr).map_err(|m| err(pos, m))?;
+        ports.push(sa.port());
+        config.listener.listen.push(addr.clone());
+    }
+    if let (Some(pp), false) = (&port_pos, ports.is_empty()) {
+        if !ports.contains(&config.server.port) {
+            let (_, lp) = &listens[0];
+            return Err(err(
+                pp,
+                format!(
+                    "port {} matches no listen scope of msgcserver_listener (first at {}:{}: port {}); they must match",
+                    config.server.port, lp.file, lp.line, ports[0]
+                ),
+            ));
+        }
+    }
+    if port_pos.is_none() {
+        if let Some(&p) = ports.first() {
+            // The listener says where this relay listens; peers are dialed there too.
+            config.server.port = p;
+        }
+    }
+    Ok(config)
+}
+
+/// Collects the options of one of our scopes (lower-cased keys); nested scopes are errors.
+fn options_of(body: Vec<Entry>, scope: &str, out: &mut Vec<(String, Pos, Value)>) -> Result<(), ConfigError> {
+    for e in body {
+        match e {
+            Entry::Option { key, pos, value } => out.push((key.to_ascii_lowercase(), pos, value)),
+            Entry::Scope { name, pos, .. } => {
+                return Err(err(&pos, format!("unexpected scope {name} inside {scope}")))
+            }
+            Entry::Include { pos, .. } => {
+                return Err(err(&pos, format!("include is only allowed at top level, not inside {scope}")))
+            }
+        }
+    }
+    Ok(())
+}
+
+fn listener(body: Vec<Entry>, out: &mut Vec<(String, Pos)>) -> Result<(), ConfigError> {
+    for e in body {
+        match e {
+            Entry::Scope { name, arg, pos, .. } if name.eq_ignore_ascii_case("listen") => match arg {
+                Some(a) => out.push((a, pos)),
+                None => return Err(err(&pos, "listen needs an address, as in listen \":4809\" { }")),
+            },
+            // Other listener options are accepted by the product but mean nothing here.
+            Entry::Option { key, pos, .. } | Entry::Scope { name: key, pos, .. } => {
+                tracing::debug!("{}:{}: ignoring {key} in msgcserver_listener", pos.file, pos.line)
+            }
+            Entry::Include { pos, .. } => return Err(err(&pos, "include is only allowed at top level")),
+        }
+    }
+    Ok(())
+}
+
+fn check_duplicates(opts: &[(String, Pos, Value)]) -> Result<(), ConfigError> {
+    let mut seen: HashMap<&str, &Pos> = HashMap::new();
+    for (key, pos, _) in opts {
+        if let Some(first) = seen.insert(key, pos) {
+            return Err(err(
+                pos,
+                format!("duplicate option {key} (first set at {}:{})", first.file, first.line),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn unknown(key: &str, pos: &Pos, scope: &str, known: &[&str]) -> ConfigError {
+    // A close misspelling, else a known name the key is a part of (`keepalive`).
+    let nearest = known
+        .iter()
+        .min_by_key(|k| edit_distance(key, k))
+        .filter(|k| edit_distance(key, k) <= (key.len() / 3).max(2))
+        .or_else(|| known.iter().find(|k| key.len() >= 4 && (k.starts_with(key) || k.contains(key))));
+    match nearest {
+        Some(n) => err(pos, format!("unknown option {key} in {scope}; did you mean `{n}`?")),
+        None => err(pos, format!("unknown option {key} in {scope}; known options: {}", known.join(", "))),
+    }
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for j in 0..b.len() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != b[j])).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+fn scalar<'a>(v: &'a Value, what: &str) -> Result<&'a str, ConfigError> {
+    v.scalar().ok_or_else(|| err(v.pos(), format!("expected {what}, found an array or dictionary")))
+}
+
+fn seconds(v: &Value) -> Result<Duration, ConfigError> {
+    let s = scalar(v, "a number of seconds")?;
+    let n: f64 = s.parse().map_err(|_| err(v.pos(), format!("expected a number of seconds, found `{s}`")))?;
+    if !n.is_finite() || !(0.0..=MAX_SECONDS).contains(&n) {
+        return Err(err(v.pos(), format!("{s} is out of range: expected 0 to {MAX_SECONDS} seconds")));
+    }
+    Ok(Duration::from_secs_f64(n))
+}
+
+fn int(v: &Value, min: u64, max: u64) -> Result<u64, ConfigError> {
+    let s = scalar(v, "a whole number")?;
+    let n: i128 = s.parse().map_err(|_| err(v.pos(), format!("expected a whole number, found `{s}`")))?;
+    if n < i128::from(min) || n > i128::from(max) {
+        return Err(err(v.pos(), format!("{s} is out of range: expected {min} to {max}")));
+    }
+    Ok(n as u64)
+}
+
+fn level(v: &Value) -> Result<DebugLevel, ConfigError> {
+    let s = scalar(v, "a debug level")?;
+    DebugLevel::parse(s).ok_or_else(|| {
+        err(v.pos(), format!("unknown debug level `{s}`: expected DEBUG, INFO, NOTICE, WARNING, ERROR, CRITICAL, ALERT or EMERGENCY"))
+    })
+}
+
+fn ip(v: &Value) -> Result<IpAddr, ConfigError> {
+    let s = scalar(v, "an IP address")?;
+    s.parse().map_err(|_| err(v.pos(), format!("expected an IP address, found `{s}`")))
+}
+
+fn peers(v: &Value) -> Result<Vec<Peer>, ConfigError> {
+    let Value::Dict(items, _) = v else {
+        return Err(err(
+            v.pos(),
+            "expected a dictionary of peers, as in peers = [ node1 = \"192.168.0.10\" ]",
+        ));
+    };
+    let mut out: Vec<Peer> = Vec::new();
+    let mut seen: HashMap<String, &Pos> = HashMap::new();
+    for (name, pos, value) in items {
+        if let Some(first) = seen.insert(name.to_lowercase(), pos) {
+            return Err(err(
+                pos,
+                format!("duplicate peer {name} (first listed at {}:{})", first.file, first.line),
+            ));
+        }
+        let addr = scalar(value, "the peer's address as a string")?;
+        if addr.is_empty() {
+            return Err(err(value.pos(), format!("peer {name} has an empty address")));
+        }
+        out.push(Peer { name: name.clone(), addr: addr.to_string() });
+    }
+    Ok(out)
+}
+
+fn servers(v: &Value) -> Result<Vec<String>, ConfigError> {
+    let list: Vec<&Value> = match v {
+        Value::Array(items, _) => items.iter().collect(),
+        Value::Str(..) | Value::Word(..) => vec![v],
+        Value::Dict(..) => {
+            return Err(err(v.pos(), "expected an array of servers, as in server = ( \"127.0.0.1:4809\" )"))
+        }
+    };
+    if list.is_empty() {
+        return Err(err(v.pos(), "server lists no server"));
+    }
+    list.into_iter()
+        .map(|s| {
+            let a = scalar(s, "a server address")?;
+            match a.rsplit_once(':') {
+                Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {
+                    Ok(a.to_string())
+                }
+                _ => Err(err(s.pos(), format!("expected HOST:PORT, found `{a}`"))),
+            }
+        })
+        .collect()
+}
+
+/// A listen scope's address: `:4809`, `*:4809`, `4809`, `10.0.0.1:4809`, `[::]:4809`.
+pub fn listen_addr(s: &str) -> Result<SocketAddr, String> {
+    let bad = || format!("cannot listen on `{s}`: expected :PORT, *:PORT, IP:PORT or [IPv6]:PORT");
+    let any = |port: &str| -> Result<SocketAddr, String> {
+        match port.parse::<u16>() {
+            Ok(p) if p > 0 => Ok(SocketAddr::from(([0, 0, 0, 0], p))),
+            _ => Err(bad()),
+        }
+    };
+    if let Some(port) = s.strip_prefix("*:").or_else(|| s.strip_prefix(':')) {
+        return any(port);
+    }
+    if s.chars().all(|c| c.is_ascii_digit()) {
+        return any(s);
+    }
+    match s.parse::<SocketAddr>() {
+        Ok(a) if a.port() > 0 => Ok(a),
+        _ => Err(bad()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_names_are_suggested() {
+        assert_eq!(edit_distance("idle_timout", "idle_timeout"), 1);
+        let e = parse_str("msgc_server { idle_timout = 3 }", "f").unwrap_err().to_string();
+        assert_eq!(e, "f:1:15: unknown option idle_timout in msgc_server; did you mean `idle_timeout`?");
+    }
+
+    #[test]
+    fn listen_addresses() {
+        assert_eq!(listen_addr(":4809").unwrap(), "0.0.0.0:4809".parse().unwrap());
+        assert_eq!(listen_addr("*:4802").unwrap(), "0.0.0.0:4802".parse().unwrap());
+        assert_eq!(listen_addr("[::]:4809").unwrap(), "[::]:4809".parse().unwrap());
+        assert!(listen_addr(":0").is_err());
+        assert!(listen_addr("nonsense").is_err());
+    }
+}
