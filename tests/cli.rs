@@ -1,0 +1,114 @@
+//! msgc-server as a user runs it: a child process, its exit codes and messages, signals.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+mod common;
+use common::RawClient;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_msgc-server"))
+}
+
+fn temp_conf(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("msgc-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// Starts the server and reads the address it prints.
+fn spawn(args: &[&str]) -> (Child, SocketAddr) {
+    let mut child = bin().args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).expect("the server prints where it listens");
+    let addr =
+        line.trim().rsplit(' ').next().unwrap().parse().unwrap_or_else(|_| panic!("bad line {line:?}"));
+    (child, addr)
+}
+
+fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "server did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn signal(child: &Child, sig: i32) {
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(child.id() as i32, sig) };
+}
+
+#[test]
+fn check_config_accepts_good_and_rejects_bad_files_with_a_place() {
+    let good = temp_conf("good.conf", "msgc_server { max_backlog = 100 }\n");
+    let out = bin().arg("--check-config").arg(&good).output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("OK"));
+
+    let bad = temp_conf("bad.conf", "msgc_server {\n  max_backlog = lots\n}\n");
+    let out = bin().arg("--check-config").arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.conf:2:17:") && err.contains("expected a whole number"), "{err}");
+
+    // The same file given to --config: the server refuses to start.
+    let out = bin().arg("--config").arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad.conf:2:17:"));
+}
+
+#[test]
+fn bad_command_lines_are_rejected() {
+    for args in [&["--threads", "many"][..], &["--listen", "nowhere"], &["--bogus"]] {
+        let out = bin().args(args).output().unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        assert!(!out.stderr.is_empty());
+    }
+    let out = bin().args(["--config", "/nonexistent/msgc.conf"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
+}
+
+#[test]
+fn sigterm_stops_gracefully_and_sighup_with_a_bad_file_keeps_serving() {
+    let conf = temp_conf("live.conf", "msgc_server { max_backlog = 100 }\n");
+    let (mut child, addr) =
+        spawn(&["--config", conf.to_str().unwrap(), "--listen", "127.0.0.1:0", "--threads", "2"]);
+    let mut a = RawClient::connect(addr, "a");
+    a.join("g");
+    a.wait_view("g", 1);
+    // A broken file on reload: logged, the running config kept, clients unaffected.
+    std::fs::write(&conf, "msgc_server { max_backlog = }\n").unwrap();
+    signal(&child, libc::SIGHUP);
+    let mut b = RawClient::connect(addr, "b");
+    b.join("g");
+    b.wait_view("g", 2);
+    a.wait_view("g", 2);
+    // A good file: applied live.
+    std::fs::write(&conf, "msgc_server { max_backlog = 200 }\n").unwrap();
+    signal(&child, libc::SIGHUP);
+    b.mcast("g", b"after reload");
+    match a.next_significant() {
+        Some(msgc::proto::Frame::Mcast(m)) => assert_eq!(&m.payload[..], b"after reload"),
+        other => panic!("{other:?}"),
+    }
+    signal(&child, libc::SIGTERM);
+    let status = wait_exit(&mut child);
+    assert!(status.success(), "{status:?}");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(
+        stderr.contains("reload failed, keeping the running config") && stderr.contains("live.conf:1:"),
+        "{stderr}"
+    );
+}
