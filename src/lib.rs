@@ -1,4 +1,5 @@
 //! msgc: a group-communication relay for clusters.
+pub mod client;
 pub mod config;
 pub mod core;
 pub mod mesh;

@@ -12,11 +12,12 @@ pub fn check_io_uring() -> Result<(), String> {
             _ => {}
         }
     }
-    match tokio_uring::Runtime::new(&tokio_uring::builder()) {
-        Ok(rt) => {
-            drop(rt);
-            Ok(())
-        }
-        Err(e) => Err(format!("cannot create an io_uring instance ({e}); seccomp or an old kernel?")),
+    // On a thread of its own: the probe builds (and drops) a runtime, which must not happen
+    // inside the caller's async context.
+    let probe = std::thread::spawn(|| tokio_uring::Runtime::new(&tokio_uring::builder()).map(drop));
+    match probe.join() {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("cannot create an io_uring instance ({e}); seccomp or an old kernel?")),
+        Err(_) => Err("the io_uring probe failed".into()),
     }
 }
