@@ -1,0 +1,169 @@
+//! The codec: roundtrips of every frame kind, decoding from every split point, and hostile
+//! input that must be rejected without a panic or a large allocation.
+
+use bytes::{Bytes, BytesMut};
+use msgc::proto::*;
+use proptest::prelude::*;
+use proptest::strategy::ValueTree;
+
+fn name() -> impl Strategy<Value = Name> {
+    "[a-zA-Z0-9é✓ _.-]{0,20}".prop_map(|s| Name::new(&s).unwrap())
+}
+fn group() -> impl Strategy<Value = GroupName> {
+    "[a-zA-Z0-9ü✓_.-]{1,30}".prop_map(|s| GroupName::new(&s).unwrap())
+}
+fn cause() -> impl Strategy<Value = Cause> {
+    prop_oneof![Just(Cause::Join), Just(Cause::Leave), Just(Cause::Disconnect), Just(Cause::Network)]
+}
+fn handshake() -> impl Strategy<Value = Handshake> {
+    (any::<u16>(), prop_oneof![Just(Role::Client), Just(Role::Peer)], any::<u64>(), any::<u64>(), any::<u32>(), any::<u32>(), name())
+        .prop_map(|(version, role, id, digest, tag, max_frame, name)| Handshake {
+            version,
+            role,
+            id: SessionId(id),
+            digest,
+            node_tag: NodeTag(tag),
+            max_frame,
+            name,
+        })
+}
+fn member() -> impl Strategy<Value = Member> {
+    (any::<u64>(), name()).prop_map(|(s, name)| Member { session: SessionId(s), name })
+}
+
+fn frame() -> impl Strategy<Value = Frame> {
+    prop_oneof![
+        handshake().prop_map(Frame::Hello),
+        handshake().prop_map(Frame::Welcome),
+        group().prop_map(Frame::Join),
+        group().prop_map(Frame::Leave),
+        Just(Frame::Noop),
+        (1u16..14, any::<bool>(), "[ -~é]{0,40}").prop_map(|(c, fatal, message)| {
+            let f = match ErrorFrame::fatal(ErrorCode::Malformed, "") {
+                Frame::Error(mut e) => {
+                    e.fatal = fatal;
+                    e.message = message;
+                    e.code = [
+                        ErrorCode::Malformed, ErrorCode::UnknownKind, ErrorCode::TooLarge, ErrorCode::BadHandshake,
+                        ErrorCode::Unexpected, ErrorCode::BadGroup, ErrorCode::BadSender, ErrorCode::BadSequence,
+                        ErrorCode::AlreadyMember, ErrorCode::NotMember, ErrorCode::Stuck, ErrorCode::IdleTimeout,
+                        ErrorCode::ShuttingDown,
+                    ][c as usize - 1];
+                    Frame::Error(e)
+                }
+                other => other,
+            };
+            f
+        }),
+        (any::<u64>(), any::<u64>(), any::<u64>(), group(), proptest::collection::vec(any::<u8>(), 0..2000)).prop_map(
+            |(s, seq, order, group, p)| Frame::Mcast(Mcast { sender: SessionId(s), seq, order, group, payload: Bytes::from(p) })
+        ),
+        (cause(), group(), any::<u64>(), any::<u64>(), any::<u64>(), proptest::collection::vec(member(), 0..20)).prop_map(
+            |(cause, group, view_id, group_seq, subject, members)| Frame::View(View {
+                cause,
+                group,
+                view_id,
+                group_seq,
+                subject: SessionId(subject),
+                members
+            })
+        ),
+        (prop_oneof![Just(GapReason::LinkLost), Just(GapReason::Reconnected), Just(GapReason::ServerLost)], group(), any::<u64>(), any::<u64>(), any::<u64>())
+            .prop_map(|(reason, group, s, first, last)| Frame::Gap(Gap { reason, group, sender: SessionId(s), first, last })),
+        (cause(), group(), member()).prop_map(|(cause, group, member)| Frame::PeerJoin(PeerJoin { cause, group, member })),
+        (cause(), group(), any::<u64>()).prop_map(|(cause, group, s)| Frame::PeerLeave(PeerLeave { cause, group, session: SessionId(s) })),
+        proptest::collection::vec((group(), any::<u64>()), 0..10).prop_map(|views| Frame::PeerState(PeerState { views })),
+    ]
+}
+
+const MAX: usize = 1 << 20;
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(400))]
+
+    #[test]
+    fn every_frame_roundtrips(f in frame()) {
+        let bytes = f.to_bytes();
+        let mut buf = BytesMut::from(&bytes[..]);
+        let back = decode(&mut buf, MAX).unwrap().unwrap();
+        prop_assert_eq!(back, f);
+        prop_assert!(buf.is_empty(), "consumed exactly the frame");
+    }
+
+    #[test]
+    fn a_stream_of_frames_decodes_from_any_chunking(frames in proptest::collection::vec(frame(), 1..8), cuts in proptest::collection::vec(1usize..64, 1..40)) {
+        let mut stream = BytesMut::new();
+        for f in &frames { f.encode(&mut stream); }
+        let stream = stream.freeze();
+        let mut buf = BytesMut::new();
+        let mut got = Vec::new();
+        let mut at = 0;
+        let mut i = 0;
+        while at < stream.len() {
+            let n = cuts[i % cuts.len()].min(stream.len() - at);
+            i += 1;
+            buf.extend_from_slice(&stream[at..at + n]);
+            at += n;
+            while let Some(f) = decode(&mut buf, MAX).unwrap() { got.push(f); }
+        }
+        prop_assert_eq!(got, frames);
+    }
+
+    #[test]
+    fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let mut buf = BytesMut::from(&bytes[..]);
+        for _ in 0..64 {
+            match decode(&mut buf, 4096) {
+                Ok(Some(_)) => continue,
+                _ => break,
+            }
+        }
+    }
+
+    /// A well-formed header with a random kind and body: rejected or decoded, never a panic.
+    #[test]
+    fn random_bodies_never_panic(kind in any::<u8>(), flags in any::<u8>(), body in proptest::collection::vec(any::<u8>(), 0..300)) {
+        let mut b = BytesMut::new();
+        b.extend_from_slice(&((body.len() + 2) as u32).to_be_bytes());
+        b.extend_from_slice(&[kind, flags]);
+        b.extend_from_slice(&body);
+        let _ = decode(&mut b, 4096);
+    }
+}
+
+#[test]
+fn every_kind_decodes_only_when_complete_at_every_split() {
+    let mut rt = proptest::test_runner::TestRunner::deterministic();
+    for _ in 0..200 {
+        let f = frame().new_tree(&mut rt).unwrap().current();
+        let bytes = f.to_bytes();
+        for split in 0..bytes.len() {
+            let mut buf = BytesMut::from(&bytes[..split]);
+            assert_eq!(decode(&mut buf, MAX).unwrap(), None, "{} incomplete at {split}", f.name());
+            assert_eq!(buf.len(), split, "nothing consumed");
+            buf.extend_from_slice(&bytes[split..]);
+            assert_eq!(decode(&mut buf, MAX).unwrap().as_ref(), Some(&f));
+        }
+    }
+}
+
+#[test]
+fn limits_are_checked_before_the_body_arrives() {
+    let mut buf = BytesMut::from(&(5000u32).to_be_bytes()[..]);
+    assert!(matches!(decode(&mut buf, 4096), Err(ProtoError::TooLarge { size: 5004, max: 4096 })));
+    let mut buf = BytesMut::from(&[0u8, 0, 0, 1, 5][..]);
+    assert!(matches!(decode(&mut buf, 4096), Err(ProtoError::TooShort(1))));
+    let mut buf = BytesMut::from(&[0u8, 0, 0, 2, 0x05, 0x80][..]);
+    assert!(matches!(decode(&mut buf, 4096), Err(ProtoError::Malformed(_))), "reserved flag bits");
+    let mut buf = BytesMut::from(&[0u8, 0, 0, 2, 0x7e, 0][..]);
+    assert!(matches!(decode(&mut buf, 4096), Err(ProtoError::UnknownKind(0x7e))));
+    // A VIEW claiming four billion members in a short frame: rejected, nothing allocated.
+    let mut v = BytesMut::new();
+    v.extend_from_slice(&36u32.to_be_bytes());
+    v.extend_from_slice(&[0x11, 0, 1, 1]);
+    v.extend_from_slice(&[0u8; 24]);
+    v.extend_from_slice(&u32::MAX.to_be_bytes());
+    v.extend_from_slice(b"g");
+    v.extend_from_slice(&[0u8; 3]);
+    assert!(matches!(decode(&mut v, 4096), Err(ProtoError::Malformed(_))));
+}
