@@ -16,7 +16,15 @@ fn cause() -> impl Strategy<Value = Cause> {
     prop_oneof![Just(Cause::Join), Just(Cause::Leave), Just(Cause::Disconnect), Just(Cause::Network)]
 }
 fn handshake() -> impl Strategy<Value = Handshake> {
-    (any::<u16>(), prop_oneof![Just(Role::Client), Just(Role::Peer)], any::<u64>(), any::<u64>(), any::<u32>(), any::<u32>(), name())
+    (
+        any::<u16>(),
+        prop_oneof![Just(Role::Client), Just(Role::Peer)],
+        any::<u64>(),
+        any::<u64>(),
+        any::<u32>(),
+        any::<u32>(),
+        name(),
+    )
         .prop_map(|(version, role, id, digest, tag, max_frame, name)| Handshake {
             version,
             role,
@@ -44,9 +52,18 @@ fn frame() -> impl Strategy<Value = Frame> {
                     e.fatal = fatal;
                     e.message = message;
                     e.code = [
-                        ErrorCode::Malformed, ErrorCode::UnknownKind, ErrorCode::TooLarge, ErrorCode::BadHandshake,
-                        ErrorCode::Unexpected, ErrorCode::BadGroup, ErrorCode::BadSender, ErrorCode::BadSequence,
-                        ErrorCode::AlreadyMember, ErrorCode::NotMember, ErrorCode::Stuck, ErrorCode::IdleTimeout,
+                        ErrorCode::Malformed,
+                        ErrorCode::UnknownKind,
+                        ErrorCode::TooLarge,
+                        ErrorCode::BadHandshake,
+                        ErrorCode::Unexpected,
+                        ErrorCode::BadGroup,
+                        ErrorCode::BadSender,
+                        ErrorCode::BadSequence,
+                        ErrorCode::AlreadyMember,
+                        ErrorCode::NotMember,
+                        ErrorCode::Stuck,
+                        ErrorCode::IdleTimeout,
                         ErrorCode::ShuttingDown,
                     ][c as usize - 1];
                     Frame::Error(e)
@@ -55,24 +72,56 @@ fn frame() -> impl Strategy<Value = Frame> {
             };
             f
         }),
-        (any::<u64>(), any::<u64>(), any::<u64>(), group(), proptest::collection::vec(any::<u8>(), 0..2000)).prop_map(
-            |(s, seq, order, group, p)| Frame::Mcast(Mcast { sender: SessionId(s), seq, order, group, payload: Bytes::from(p) })
-        ),
-        (cause(), group(), any::<u64>(), any::<u64>(), any::<u64>(), proptest::collection::vec(member(), 0..20)).prop_map(
-            |(cause, group, view_id, group_seq, subject, members)| Frame::View(View {
+        (any::<u64>(), any::<u64>(), any::<u64>(), group(), proptest::collection::vec(any::<u8>(), 0..2000))
+            .prop_map(|(s, seq, order, group, p)| Frame::Mcast(Mcast {
+                sender: SessionId(s),
+                seq,
+                order,
+                group,
+                payload: Bytes::from(p)
+            })),
+        (
+            cause(),
+            group(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>(),
+            proptest::collection::vec(member(), 0..20)
+        )
+            .prop_map(|(cause, group, view_id, group_seq, subject, members)| Frame::View(View {
                 cause,
                 group,
                 view_id,
                 group_seq,
                 subject: SessionId(subject),
                 members
-            })
-        ),
-        (prop_oneof![Just(GapReason::LinkLost), Just(GapReason::Reconnected), Just(GapReason::ServerLost)], group(), any::<u64>(), any::<u64>(), any::<u64>())
-            .prop_map(|(reason, group, s, first, last)| Frame::Gap(Gap { reason, group, sender: SessionId(s), first, last })),
-        (cause(), group(), member()).prop_map(|(cause, group, member)| Frame::PeerJoin(PeerJoin { cause, group, member })),
-        (cause(), group(), any::<u64>()).prop_map(|(cause, group, s)| Frame::PeerLeave(PeerLeave { cause, group, session: SessionId(s) })),
-        proptest::collection::vec((group(), any::<u64>()), 0..10).prop_map(|views| Frame::PeerState(PeerState { views })),
+            })),
+        (
+            prop_oneof![Just(GapReason::LinkLost), Just(GapReason::Reconnected), Just(GapReason::ServerLost)],
+            group(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>()
+        )
+            .prop_map(|(reason, group, s, first, last)| Frame::Gap(Gap {
+                reason,
+                group,
+                sender: SessionId(s),
+                first,
+                last
+            })),
+        (cause(), group(), member()).prop_map(|(cause, group, member)| Frame::PeerJoin(PeerJoin {
+            cause,
+            group,
+            member
+        })),
+        (cause(), group(), any::<u64>()).prop_map(|(cause, group, s)| Frame::PeerLeave(PeerLeave {
+            cause,
+            group,
+            session: SessionId(s)
+        })),
+        proptest::collection::vec((group(), any::<u64>()), 0..10)
+            .prop_map(|views| Frame::PeerState(PeerState { views })),
     ]
 }
 

@@ -1,0 +1,121 @@
+//! What a subscriber measures: deliveries, verification from sequence numbers, latency.
+
+use hdrhistogram::Histogram;
+use std::collections::HashMap;
+
+/// Bytes every benchmark payload starts with: scheduled send time (ns since the run's
+/// epoch), publisher index, per-publisher sequence number.
+pub const STAMP: usize = 20;
+
+pub fn stamp(buf: &mut [u8], sched_ns: u64, publisher: u32, seq: u64) {
+    buf[..8].copy_from_slice(&sched_ns.to_be_bytes());
+    buf[8..12].copy_from_slice(&publisher.to_be_bytes());
+    buf[12..20].copy_from_slice(&seq.to_be_bytes());
+}
+
+pub fn read_stamp(p: &[u8]) -> Option<(u64, u32, u64)> {
+    if p.len() < STAMP {
+        return None;
+    }
+    let ts = u64::from_be_bytes(p[..8].try_into().ok()?);
+    let publisher = u32::from_be_bytes(p[8..12].try_into().ok()?);
+    let seq = u64::from_be_bytes(p[12..20].try_into().ok()?);
+    Some((ts, publisher, seq))
+}
+
+/// One subscriber's tally.
+pub struct Tally {
+    pub delivered: u64,
+    pub bytes: u64,
+    pub lost: u64,
+    pub duplicates: u64,
+    pub reorders: u64,
+    pub gaps_reported: u64,
+    pub latency_us: Histogram<u64>,
+    next: HashMap<u32, u64>,
+    /// Only messages scheduled after this (ns) count.
+    pub measure_from: u64,
+    pub measure_until: u64,
+}
+
+impl Tally {
+    pub fn new(measure_from: u64, measure_until: u64) -> Tally {
+        Tally {
+            delivered: 0,
+            bytes: 0,
+            lost: 0,
+            duplicates: 0,
+            reorders: 0,
+            gaps_reported: 0,
+            // invariant: 1 µs to 1 hour with 3 significant digits is a valid configuration.
+            latency_us: Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds"),
+            next: HashMap::new(),
+            measure_from,
+            measure_until,
+        }
+    }
+
+    /// Records one message from `sender` with sequence `seq`, scheduled at `sched_ns`,
+    /// received at `now_ns`.
+    pub fn record(&mut self, sender: u32, seq: u64, sched_ns: u64, now_ns: u64, size: usize) {
+        let next = self.next.entry(sender).or_insert(seq);
+        if seq == *next {
+            *next += 1;
+        } else if seq > *next {
+            self.lost += seq - *next;
+            *next = seq + 1;
+        } else {
+            // Earlier than expected: a duplicate if it was already counted, else a reorder.
+            self.duplicates += 1;
+        }
+        if sched_ns >= self.measure_from && sched_ns < self.measure_until {
+            self.delivered += 1;
+            self.bytes += size as u64;
+            let us = now_ns.saturating_sub(sched_ns) / 1000;
+            let _ = self.latency_us.record(us.max(1));
+        }
+    }
+
+    pub fn merge(&mut self, o: &Tally) {
+        self.delivered += o.delivered;
+        self.bytes += o.bytes;
+        self.lost += o.lost;
+        self.duplicates += o.duplicates;
+        self.reorders += o.reorders;
+        self.gaps_reported += o.gaps_reported;
+        let _ = self.latency_us.add(&o.latency_us);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_loss_and_duplicates_from_sequence_numbers() {
+        let mut t = Tally::new(0, u64::MAX);
+        for seq in [1, 2, 3, 6, 7, 7, 8] {
+            t.record(0, seq, 0, 5_000, 10);
+        }
+        assert_eq!((t.delivered, t.lost, t.duplicates), (7, 2, 1));
+        assert_eq!(t.latency_us.value_at_quantile(0.5), 5);
+    }
+
+    #[test]
+    fn only_the_measurement_window_counts() {
+        let mut t = Tally::new(100, 200);
+        t.record(0, 1, 50, 60, 1);
+        t.record(0, 2, 150, 160, 1);
+        t.record(0, 3, 250, 260, 1);
+        assert_eq!(t.delivered, 1);
+        assert_eq!(t.lost, 0);
+    }
+
+    #[test]
+    fn stamps_roundtrip() {
+        let mut b = [0u8; 32];
+        stamp(&mut b, 123, 4, 5);
+        assert_eq!(read_stamp(&b), Some((123, 4, 5)));
+        assert_eq!(read_stamp(&b[..10]), None);
+    }
+}
