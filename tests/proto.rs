@@ -46,31 +46,23 @@ fn frame() -> impl Strategy<Value = Frame> {
         group().prop_map(Frame::Join),
         group().prop_map(Frame::Leave),
         Just(Frame::Noop),
-        (1u16..14, any::<bool>(), "[ -~é]{0,40}").prop_map(|(c, fatal, message)| {
-            let f = match ErrorFrame::fatal(ErrorCode::Malformed, "") {
-                Frame::Error(mut e) => {
-                    e.fatal = fatal;
-                    e.message = message;
-                    e.code = [
-                        ErrorCode::Malformed,
-                        ErrorCode::UnknownKind,
-                        ErrorCode::TooLarge,
-                        ErrorCode::BadHandshake,
-                        ErrorCode::Unexpected,
-                        ErrorCode::BadGroup,
-                        ErrorCode::BadSender,
-                        ErrorCode::BadSequence,
-                        ErrorCode::AlreadyMember,
-                        ErrorCode::NotMember,
-                        ErrorCode::Stuck,
-                        ErrorCode::IdleTimeout,
-                        ErrorCode::ShuttingDown,
-                    ][c as usize - 1];
-                    Frame::Error(e)
-                }
-                other => other,
-            };
-            f
+        (0usize..13, any::<bool>(), "[ -~é]{0,40}").prop_map(|(c, fatal, message)| {
+            let codes = [
+                ErrorCode::Malformed,
+                ErrorCode::UnknownKind,
+                ErrorCode::TooLarge,
+                ErrorCode::BadHandshake,
+                ErrorCode::Unexpected,
+                ErrorCode::BadGroup,
+                ErrorCode::BadSender,
+                ErrorCode::BadSequence,
+                ErrorCode::AlreadyMember,
+                ErrorCode::NotMember,
+                ErrorCode::Stuck,
+                ErrorCode::IdleTimeout,
+                ErrorCode::ShuttingDown,
+            ];
+            Frame::Error(ErrorFrame { code: codes[c], fatal, message })
         }),
         (any::<u64>(), any::<u64>(), any::<u64>(), group(), proptest::collection::vec(any::<u8>(), 0..2000))
             .prop_map(|(s, seq, order, group, p)| Frame::Mcast(Mcast {
