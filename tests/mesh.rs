@@ -160,3 +160,80 @@ fn nine_servers_deliver_to_every_member() {
         assert_eq!(expect_messages(c, 1), vec![b"from the middle".to_vec()]);
     }
 }
+
+/// A fake peer server that completes the link handshake, announces one member of `g`, and
+/// then stops reading: its link must be killed at max_backlog and redialed, while local
+/// members keep receiving everything.
+#[test]
+fn a_link_that_stops_reading_is_killed_and_redialed() {
+    use msgc::proto::{Handshake, Member, Name, NodeTag, PeerJoin, Role, SessionId};
+    use std::io::{Read, Write};
+
+    let limits = Limits { max_backlog: 100, tcpbuf_size: 16384, ..mesh_limits() };
+    let server = start_node("node1", 2, limits);
+    let fake = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    // "zz-fake" sorts after "node1", so the server dials it.
+    server.set_peers(vec![
+        PeerSpec { name: "node1".into(), addr: addr(&server).to_string() },
+        PeerSpec { name: "zz-fake".into(), addr: fake.local_addr().unwrap().to_string() },
+    ]);
+    fake.set_nonblocking(true).unwrap();
+    let mut accepted = None;
+    wait_for("the server dials the peer", || {
+        accepted = fake.accept().ok().map(|(s, _)| s);
+        accepted.is_some()
+    });
+    let mut link = accepted.unwrap();
+    link.set_nonblocking(false).unwrap();
+    link.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut len = [0u8; 4];
+    link.read_exact(&mut len).unwrap();
+    let mut hello = vec![0u8; u32::from_be_bytes(len) as usize];
+    link.read_exact(&mut hello).unwrap();
+    assert_eq!(hello[0], msgc::proto::kind::HELLO);
+    let tag = NodeTag(0xfa4e);
+    let welcome = Frame::Welcome(Handshake {
+        version: 1,
+        role: Role::Peer,
+        // A start time later than the server's: the server orders membership.
+        id: SessionId(u64::MAX),
+        digest: 0,
+        node_tag: tag,
+        max_frame: 1 << 20,
+        name: Name::new("zz-fake").unwrap(),
+    });
+    let member = Member { session: SessionId::new(tag, 1), name: Name::new("remote").unwrap() };
+    let join = Frame::PeerJoin(PeerJoin {
+        cause: Cause::Join,
+        group: msgc::proto::GroupName::new("g").unwrap(),
+        member,
+    });
+    link.write_all(&[welcome.to_bytes(), join.to_bytes()].concat()).unwrap();
+
+    let mut local = RawClient::connect(addr(&server), "local");
+    local.join("g");
+    local.wait_view("g", 2);
+    let mut publisher = RawClient::connect(addr(&server), "pub");
+    let total = 600u64;
+    let reader = std::thread::spawn(move || {
+        let mut next = 1;
+        while next <= total {
+            match local.next_significant() {
+                Some(Frame::Mcast(m)) => {
+                    assert_eq!(m.seq, next, "the local member gets everything, in order");
+                    next += 1;
+                }
+                Some(Frame::View(_)) => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    });
+    let payload = vec![1u8; 4096];
+    for _ in 0..total {
+        publisher.mcast("g", &payload);
+    }
+    reader.join().expect("local member received every message");
+    wait_for("stuck link counted", || server.stats().killed_stuck >= 1 && server.stats().links_down >= 1);
+    // The server dials the peer again after reconnect_interval.
+    wait_for("the server redials the peer", || fake.accept().is_ok());
+}
