@@ -464,11 +464,16 @@ impl ShardCore {
     }
 
     /// Applies `max_backlog` and the high-water mark after `conn`'s queue grew.
+    ///
+    /// Passing `max_backlog` kills at the next tick unless the writer made progress since
+    /// the previous one: a burst already in flight when publishers were paused (up to the
+    /// credit of another shard, or one large read) may overshoot briefly without the
+    /// receiver being stuck. Far beyond it (4×) the connection is killed at once.
     fn check_backlog(&mut self, conn: ConnId) {
         let Some(c) = self.conns.get_mut(conn) else { return };
         let queued = c.outbox.messages();
-        if queued > self.limits.max_backlog {
-            let why = format!("{queued} messages queued, over max_backlog {}", self.limits.max_backlog);
+        if queued > self.limits.max_backlog.saturating_mul(4) {
+            let why = format!("{queued} messages queued, far over max_backlog {}", self.limits.max_backlog);
             self.kill_stuck(conn, why);
         } else if !c.hot && queued > self.limits.high_water() {
             tracing::trace!(shard = self.id, conn, queued, "over high water");
@@ -808,6 +813,7 @@ impl ShardCore {
         let mut idle = Vec::new();
         let mut stalled = Vec::new();
         let mut keepalive = Vec::new();
+        let mut over_backlog = Vec::new();
         for (id, c) in self.conns.iter_mut() {
             match c.state {
                 State::Closing => {
@@ -817,6 +823,9 @@ impl ShardCore {
                     }
                 }
                 _ if now.duration_since(c.last_rx) >= l.idle_timeout => idle.push(id),
+                _ if c.outbox.messages() > l.max_backlog && now.duration_since(c.last_progress) >= l.tick() => {
+                    over_backlog.push(id)
+                }
                 _ if c.hot && now.duration_since(c.last_progress) >= l.stall_timeout => stalled.push(id),
                 State::Client | State::Peer
                     if c.outbox.is_empty() && now.duration_since(c.last_tx) >= l.keepalive_interval =>
@@ -835,6 +844,10 @@ impl ShardCore {
                 format!("nothing received for {secs}s (idle_timeout)"),
                 now,
             );
+        }
+        for id in over_backlog {
+            let queued = self.conns[id].outbox.messages();
+            self.kill_stuck(id, format!("{queued} messages queued, over max_backlog {}", l.max_backlog));
         }
         for id in stalled {
             let queued = self.conns[id].outbox.messages();
