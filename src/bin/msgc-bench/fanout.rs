@@ -104,8 +104,9 @@ async fn drive(args: &FanoutArgs, target: &Target, embedded: bool) -> Result<Str
     for i in 0..args.subscribers {
         let g = i % args.groups;
         let expected = (0..args.subscribers).filter(|j| j % args.groups == g).count();
-        // Subscribers go to the servers after the publishers' (a cluster run puts them elsewhere).
-        let addr = target.addr(i + args.publishers);
+        // In a cluster, subscribers go to the servers other than the first, where the
+        // publishers start: every message then crosses the mesh.
+        let addr = target.subscriber_addr(i);
         let sub = Subscriber { target: target.clone(), addr, index: i, group: group_name(g), expected };
         subs.push(tokio::spawn(sub.run(ready_tx.clone(), window_rx.clone(), shared.clone())));
     }

@@ -32,8 +32,8 @@ pub struct FanoutArgs {
     /// One msgc server (default: start an embedded one on 127.0.0.1).
     #[arg(long, value_name = "HOST:PORT", conflicts_with_all = ["servers", "target"])]
     server: Option<SocketAddr>,
-    /// A cluster of msgc servers; connections spread over them round-robin (publishers
-    /// start on the first, subscribers on the next).
+    /// A cluster of msgc servers: publishers round-robin from the first, subscribers
+    /// round-robin over the others (so every message crosses the mesh).
     #[arg(long, value_name = "A,B,...", value_delimiter = ',', conflicts_with = "target")]
     servers: Vec<SocketAddr>,
     /// Another system: nats://HOST:PORT or redis://HOST:PORT.

@@ -27,11 +27,20 @@ impl Target {
         }
     }
 
-    /// The address the `i`-th connection uses (spread round-robin over a cluster).
+    /// The address of the `i`-th publisher: round-robin over a cluster, from the first.
     pub fn addr(&self, i: usize) -> SocketAddr {
         match self {
             Target::Msgc(all) => all[i % all.len()],
             Target::Nats(a) | Target::Redis(a) => *a,
+        }
+    }
+
+    /// The address of the `i`-th subscriber: round-robin over the servers after the first
+    /// in a cluster (so traffic crosses it), else the only one.
+    pub fn subscriber_addr(&self, i: usize) -> SocketAddr {
+        match self {
+            Target::Msgc(all) if all.len() > 1 => all[1 + i % (all.len() - 1)],
+            _ => self.addr(i),
         }
     }
 }
