@@ -823,7 +823,9 @@ impl ShardCore {
                     }
                 }
                 _ if now.duration_since(c.last_rx) >= l.idle_timeout => idle.push(id),
-                _ if c.outbox.messages() > l.max_backlog && now.duration_since(c.last_progress) >= l.tick() => {
+                _ if c.outbox.messages() > l.max_backlog
+                    && now.duration_since(c.last_progress) >= l.tick() =>
+                {
                     over_backlog.push(id)
                 }
                 _ if c.hot && now.duration_since(c.last_progress) >= l.stall_timeout => stalled.push(id),

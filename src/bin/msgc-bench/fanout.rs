@@ -70,14 +70,20 @@ fn parse_target(url: &str) -> Result<Target, String> {
     let (scheme, rest) = url
         .split_once("://")
         .ok_or_else(|| format!("--target {url}: expected nats://HOST:PORT or redis://HOST:PORT"))?;
-    let addr = std::net::ToSocketAddrs::to_socket_addrs(rest)
-        .map_err(|e| format!("--target {url}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("--target {url}: no address"))?;
+    let addrs = rest
+        .split(',')
+        .map(|one| {
+            std::net::ToSocketAddrs::to_socket_addrs(one)
+                .map_err(|e| format!("--target {url}: {one}: {e}"))?
+                .next()
+                .ok_or_else(|| format!("--target {url}: {one}: no address"))
+        })
+        .collect::<Result<Vec<SocketAddr>, String>>()?;
     match scheme {
-        "nats" => Ok(Target::Nats(addr)),
-        "redis" => Ok(Target::Redis(addr)),
-        "msgc" => Ok(Target::Msgc(vec![addr])),
+        "nats" => Ok(Target::Nats(addrs)),
+        "redis" if addrs.len() == 1 => Ok(Target::Redis(addrs[0])),
+        "redis" => Err("--target redis:// takes one address".into()),
+        "msgc" => Ok(Target::Msgc(addrs)),
         other => Err(format!("--target: unknown scheme {other}; expected nats, redis or msgc")),
     }
 }

@@ -36,7 +36,7 @@ pub struct FanoutArgs {
     /// round-robin over the others (so every message crosses the mesh).
     #[arg(long, value_name = "A,B,...", value_delimiter = ',', conflicts_with = "target")]
     servers: Vec<SocketAddr>,
-    /// Another system: nats://HOST:PORT or redis://HOST:PORT.
+    /// Another system: nats://HOST:PORT[,HOST:PORT...] (a cluster) or redis://HOST:PORT.
     #[arg(long, value_name = "URL")]
     target: Option<String>,
     /// Publishers.

@@ -14,7 +14,8 @@ use msgc::proto::{
 #[derive(Clone, Debug)]
 pub enum Target {
     Msgc(Vec<SocketAddr>),
-    Nats(SocketAddr),
+    /// One server, or a cluster (`nats://a:4222,b:4222`).
+    Nats(Vec<SocketAddr>),
     Redis(SocketAddr),
 }
 
@@ -30,8 +31,8 @@ impl Target {
     /// The address of the `i`-th publisher: round-robin over a cluster, from the first.
     pub fn addr(&self, i: usize) -> SocketAddr {
         match self {
-            Target::Msgc(all) => all[i % all.len()],
-            Target::Nats(a) | Target::Redis(a) => *a,
+            Target::Msgc(all) | Target::Nats(all) => all[i % all.len()],
+            Target::Redis(a) => *a,
         }
     }
 
@@ -39,7 +40,7 @@ impl Target {
     /// in a cluster (so traffic crosses it), else the only one.
     pub fn subscriber_addr(&self, i: usize) -> SocketAddr {
         match self {
-            Target::Msgc(all) if all.len() > 1 => all[1 + i % (all.len() - 1)],
+            Target::Msgc(all) | Target::Nats(all) if all.len() > 1 => all[1 + i % (all.len() - 1)],
             _ => self.addr(i),
         }
     }
@@ -337,7 +338,7 @@ mod tests {
 
     #[test]
     fn parses_nats_and_redis_replies() {
-        let nats = Target::Nats("127.0.0.1:1".parse().unwrap());
+        let nats = Target::Nats(vec!["127.0.0.1:1".parse().unwrap()]);
         assert_eq!(
             items(&nats, b"INFO {}\r\nPONG\r\nMSG g 1 5\r\nhello\r\nPING\r\nMSG g 1 3\r\nab"),
             vec!["other", "subscribed", "msg hello", "ping"]
