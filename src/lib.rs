@@ -1,7 +1,16 @@
 //! msgc: a group-communication relay for clusters.
+//!
+//! Layers, dependencies pointing one way: [`proto`] (frames, codec) ← [`core`] (one shard's
+//! sans-io state machine) ← [`mesh`] (peer table, dial rule) ← [`runtime`] (tokio-uring
+//! threads and sockets). [`config`] reads the vendor's files; [`client`] is the library.
 pub mod client;
 pub mod config;
 pub mod core;
 pub mod mesh;
 pub mod proto;
 pub mod runtime;
+
+/// The README's Rust examples compile (checked by `cargo test --doc`).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
