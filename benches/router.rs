@@ -6,19 +6,10 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use msgc::core::{Limits, ServerIdentity, ShardCore, Take};
-use msgc::proto::{encode_mcast, Frame, GroupName, Handshake, Name, NodeTag, Role, SessionId};
+use msgc::proto::{encode_mcast, Frame, GroupName, Handshake, Name, NodeTag};
 
 fn hello() -> Bytes {
-    Frame::Hello(Handshake {
-        version: 1,
-        role: Role::Client,
-        id: SessionId::NONE,
-        digest: 0,
-        node_tag: NodeTag(0),
-        max_frame: 1 << 20,
-        name: Name::new("m").unwrap(),
-    })
-    .to_bytes()
+    Frame::Hello(Handshake::client(Name::new("m").unwrap(), 1 << 20)).to_bytes()
 }
 
 fn router(c: &mut Criterion) {

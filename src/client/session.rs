@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 
 use crate::proto::{
-    self, encode_mcast, ErrorCode, Frame, Gap, GapReason, GroupName, Handshake, Name, NodeTag, Role,
-    SessionId,
+    self, encode_mcast, ErrorCode, Frame, Gap, GapReason, GroupName, Handshake, Name, SessionId,
 };
 
 use super::{ClientError, Event};
@@ -90,15 +89,8 @@ impl Session {
         self.out.clear();
         self.last_rx = now;
         self.last_tx = now;
-        let hello = Frame::Hello(Handshake {
-            version: proto::VERSION,
-            role: Role::Client,
-            id: SessionId::NONE,
-            digest: 0,
-            node_tag: NodeTag(0),
-            max_frame: self.cfg.max_frame_size as u32,
-            name: Name::new(&self.cfg.name).unwrap_or_default(),
-        });
+        let name = Name::new(&self.cfg.name).unwrap_or_default();
+        let hello = Frame::Hello(Handshake::client(name, self.cfg.max_frame_size as u32));
         hello.encode(&mut self.out);
     }
 
@@ -253,6 +245,7 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::{NodeTag, Role};
 
     fn session() -> (Session, Instant) {
         let now = Instant::now();

@@ -148,6 +148,3 @@ impl Stats {
         self.gaps += o.gaps;
     }
 }
-
-#[cfg(test)]
-mod tests;

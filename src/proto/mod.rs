@@ -69,6 +69,21 @@ pub struct Handshake {
     pub name: Name,
 }
 
+impl Handshake {
+    /// A client's HELLO: version 1, no id, digest or tag.
+    pub fn client(name: Name, max_frame: u32) -> Handshake {
+        Handshake {
+            version: VERSION,
+            role: Role::Client,
+            id: SessionId::NONE,
+            digest: 0,
+            node_tag: NodeTag(0),
+            max_frame,
+            name,
+        }
+    }
+}
+
 /// Why a membership view changed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Cause {

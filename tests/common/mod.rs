@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use msgc::core::Limits;
-use msgc::proto::{self, encode_mcast, Frame, GroupName, Handshake, Name, NodeTag, Role, SessionId, View};
+use msgc::proto::{self, encode_mcast, Frame, GroupName, Handshake, Name, SessionId, View};
 use msgc::runtime::{ServerHandle, ServerOptions};
 
 pub const DEADLINE: Duration = Duration::from_secs(20);
@@ -61,15 +61,7 @@ pub struct RawClient {
 impl RawClient {
     pub fn connect(addr: SocketAddr, name: &str) -> RawClient {
         let mut c = RawClient::connect_raw(addr);
-        c.send(&Frame::Hello(Handshake {
-            version: 1,
-            role: Role::Client,
-            id: SessionId::NONE,
-            digest: 0,
-            node_tag: NodeTag(0),
-            max_frame: 1 << 20,
-            name: Name::new(name).unwrap(),
-        }));
+        c.send(&Frame::Hello(Handshake::client(Name::new(name).unwrap(), 1 << 20)));
         match c.next() {
             Some(Frame::Welcome(w)) => c.session = w.id,
             other => panic!("expected WELCOME, got {other:?}"),

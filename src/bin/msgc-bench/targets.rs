@@ -6,9 +6,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 
 use bytes::{Buf, BytesMut};
-use msgc::proto::{
-    self, encode_mcast, Frame, GroupName, Handshake, McastHeader, Name, NodeTag, Role, SessionId,
-};
+use msgc::proto::{self, encode_mcast, Frame, GroupName, Handshake, McastHeader, Name, SessionId};
 
 /// Which system, and where.
 #[derive(Clone, Debug)]
@@ -59,17 +57,7 @@ pub struct Publisher {
 }
 
 fn hello(name: &str) -> Vec<u8> {
-    Frame::Hello(Handshake {
-        version: proto::VERSION,
-        role: Role::Client,
-        id: SessionId::NONE,
-        digest: 0,
-        node_tag: NodeTag(0),
-        max_frame: 64 << 20,
-        name: Name::new(name).unwrap_or_default(),
-    })
-    .to_bytes()
-    .to_vec()
+    Frame::Hello(Handshake::client(Name::new(name).unwrap_or_default(), 64 << 20)).to_bytes().to_vec()
 }
 
 /// Reads one msgc frame from a blocking stream.

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
 
-use super::*;
-use crate::proto::{
-    self, encode_mcast, Cause, ErrorCode, Frame, GroupName, Handshake, Name, NodeTag, Role, SessionId,
+use msgc::core::*;
+use msgc::proto::{
+    self, encode_mcast, Cause, ErrorCode, Frame, GroupName, Handshake, Name, NodeTag, SessionId,
 };
 
 struct Client {
@@ -93,15 +93,7 @@ impl Harness {
             next_seq: HashMap::new(),
         });
         let c = self.clients.len() - 1;
-        let hello = Frame::Hello(Handshake {
-            version: 1,
-            role: Role::Client,
-            id: SessionId::NONE,
-            digest: 0,
-            node_tag: NodeTag(0),
-            max_frame: 1 << 20,
-            name: Name::new(name).unwrap(),
-        });
+        let hello = Frame::Hello(Handshake::client(Name::new(name).unwrap(), 1 << 20));
         assert_eq!(self.input(c, &hello.to_bytes()), Flow::Read);
         match self.frames(c).as_slice() {
             [Frame::Welcome(w)] => self.clients[c].session = w.id,
