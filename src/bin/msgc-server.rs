@@ -126,8 +126,13 @@ fn reload(server: &ServerHandle, config: &mut Config, args: &Args, log: &LogHand
             return;
         }
     };
-    if opts.listen != options(config, args).map(|o| o.listen).unwrap_or_default() {
-        tracing::warn!("reload: listen addresses changed; they take effect at the next restart");
+    if let Ok(old) = options(config, args) {
+        if opts.listen != old.listen {
+            tracing::warn!("reload: listen addresses changed; they take effect at the next restart");
+        }
+        if opts.threads != old.threads {
+            tracing::warn!("reload: threads changed; it takes effect at the next restart");
+        }
     }
     if std::env::var_os("RUST_LOG").is_none() {
         let _ = log.reload(EnvFilter::new(log_filter(&new.server)));

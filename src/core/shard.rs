@@ -111,6 +111,8 @@ pub struct ShardCore {
     pub(super) cut: Vec<ConnId>,
     /// Connections over the high-water mark after the current fan-out (scratch).
     crossed: Vec<ConnId>,
+    /// Servers to forward the current run to (scratch).
+    scratch_nodes: Vec<NodeTag>,
     queued_bytes: usize,
     hot_conns: usize,
     /// Pressure as last announced to other shards.
@@ -143,6 +145,7 @@ impl ShardCore {
             wakeups: Vec::new(),
             cut: Vec::new(),
             crossed: Vec::new(),
+            scratch_nodes: Vec::new(),
             queued_bytes: 0,
             hot_conns: 0,
             over: false,
@@ -405,10 +408,14 @@ impl ShardCore {
         if g.nodes.is_empty() {
             return;
         }
-        let nodes = g.nodes.clone();
-        for tag in nodes {
+        // A reused scratch list: `send_to_link` needs `&mut self` while we walk the nodes.
+        let mut nodes = std::mem::take(&mut self.scratch_nodes);
+        nodes.extend_from_slice(&g.nodes);
+        for &tag in &nodes {
             self.send_to_link(tag, run.clone(), count);
         }
+        nodes.clear();
+        self.scratch_nodes = nodes;
     }
 
     /// Queues `frames` to `conn`; returns how many messages it now has queued. (An
