@@ -19,8 +19,9 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// `keepalive_interval`: a NOOP goes out after this much send silence.
     pub keepalive_interval: Duration,
-    /// How long a connection may hold publishers back (over its high-water mark with no
-    /// write progress) before it is killed as stuck. Tied to `keepalive_interval`.
+    /// How long a connection may hold publishers back (over its high-water mark, a quarter
+    /// of `max_backlog`) before it is killed as stuck, so fast receivers are held to a
+    /// slow one's pace for a bounded time. Tied to `keepalive_interval`.
     pub stall_timeout: Duration,
     /// `tcpbuf_size`: bytes per read and most bytes per vectored write.
     pub tcpbuf_size: usize,

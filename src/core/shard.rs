@@ -87,6 +87,7 @@ pub(super) struct Conn {
     pub closing_since: Option<Instant>,
     /// Above the high-water mark, holding publishers back.
     pub hot: bool,
+    pub hot_since: Option<Instant>,
     /// Reader and writer tasks still running; the slot is freed when both are done.
     pub tasks: u8,
 }
@@ -210,6 +211,7 @@ impl ShardCore {
             last_progress: now,
             closing_since: None,
             hot: false,
+            hot_since: None,
             tasks: 2,
         })
     }
@@ -822,6 +824,8 @@ impl ShardCore {
         let mut keepalive = Vec::new();
         let mut over_backlog = Vec::new();
         for (id, c) in self.conns.iter_mut() {
+            // When it started holding publishers back (noted at tick granularity).
+            c.hot_since = if c.hot { Some(c.hot_since.unwrap_or(now)) } else { None };
             match c.state {
                 State::Closing => {
                     let since = *c.closing_since.get_or_insert(now);
@@ -835,7 +839,10 @@ impl ShardCore {
                 {
                     over_backlog.push(id)
                 }
-                _ if c.hot && now.duration_since(c.last_progress) >= l.stall_timeout => stalled.push(id),
+                // Fast receivers are held to a slow one's pace for a bounded time only.
+                _ if c.hot_since.is_some_and(|t| now.duration_since(t) >= l.stall_timeout) => {
+                    stalled.push(id)
+                }
                 State::Client | State::Peer
                     if c.outbox.is_empty() && now.duration_since(c.last_tx) >= l.keepalive_interval =>
                 {

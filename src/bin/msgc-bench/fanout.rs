@@ -113,7 +113,9 @@ async fn drive(args: &FanoutArgs, target: &Target, embedded: bool) -> Result<Str
         // In a cluster, subscribers go to the servers other than the first, where the
         // publishers start: every message then crosses the mesh.
         let addr = target.subscriber_addr(i);
-        let sub = Subscriber { target: target.clone(), addr, index: i, group: group_name(g), expected };
+        let stalled = i < args.stalled;
+        let sub =
+            Subscriber { target: target.clone(), addr, index: i, group: group_name(g), expected, stalled };
         subs.push(tokio::spawn(sub.run(ready_tx.clone(), window_rx.clone(), shared.clone())));
     }
     drop(ready_tx);
@@ -153,7 +155,7 @@ async fn drive(args: &FanoutArgs, target: &Target, embedded: bool) -> Result<Str
     shared.stop.store(true, Ordering::Relaxed);
     let mut total = Tally::new(from, until);
     let mut failed = Vec::new();
-    for s in subs {
+    for s in subs.into_iter().skip(args.stalled) {
         match s.await {
             Ok(Ok(t)) => total.merge(&t),
             Ok(Err(e)) => failed.push(e),
@@ -183,6 +185,8 @@ struct Subscriber {
     index: usize,
     group: String,
     expected: usize,
+    /// Never reads after subscribing.
+    stalled: bool,
 }
 
 impl Subscriber {
@@ -210,6 +214,13 @@ impl Subscriber {
             window.changed().await.map_err(|_| "run abandoned".to_string())?;
         };
         let mut tally = Tally::new(from, until);
+        if self.stalled {
+            // Hold the connection open without reading until the run ends (bounded).
+            while !shared.stop.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            return Ok(Tally::new(from, until));
+        }
         loop {
             let mut pings = 0;
             let mut count = 0;

@@ -60,6 +60,10 @@ pub struct FanoutArgs {
     /// Aggregate messages per second over all publishers; 0 = as fast as accepted.
     #[arg(long, default_value_t = 0)]
     rate: u64,
+    /// Of the subscribers, this many join but never read (overload: the relay must stay
+    /// bounded in memory and keep the others flowing).
+    #[arg(long, default_value_t = 0)]
+    stalled: usize,
     /// Threads of the subscriber runtime.
     #[arg(long, default_value_t = 1)]
     threads: usize,
