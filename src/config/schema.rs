@@ -44,6 +44,52 @@ const MAX_SECONDS: f64 = 31_536_000.0;
 /// Deepest chain of includes.
 const MAX_INCLUDE_DEPTH: usize = 16;
 
+/// Sets one of the options `msgc_server` and `msgc_client` share (same names, types and
+/// ranges) on `$cfg`; evaluates to whether `$key` was one of them.
+macro_rules! set_shared {
+    ($cfg:expr, $key:expr, $v:expr) => {
+        match $key.as_str() {
+            "connect_timeout" => {
+                $cfg.connect_timeout = seconds($v)?;
+                true
+            }
+            "debug_level" => {
+                $cfg.debug_level = level($v)?;
+                true
+            }
+            "idle_timeout" => {
+                $cfg.idle_timeout = seconds($v)?;
+                true
+            }
+            "keepalive_interval" => {
+                $cfg.keepalive_interval = seconds($v)?;
+                true
+            }
+            "max_backlog" => {
+                $cfg.max_backlog = int($v, 1, usize::MAX as u64)? as usize;
+                true
+            }
+            "messages_per_iter" => {
+                $cfg.messages_per_iter = int($v, 1, usize::MAX as u64)? as usize;
+                true
+            }
+            "reconnect_interval" => {
+                $cfg.reconnect_interval = seconds($v)?;
+                true
+            }
+            "tcpbuf_size" => {
+                $cfg.tcpbuf_size = int($v, 4096, 64 << 20)? as usize;
+                true
+            }
+            "max_frame_size" => {
+                $cfg.max_frame_size = int($v, 4096, 64 << 20)? as usize;
+                true
+            }
+            _ => false,
+        }
+    };
+}
+
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let mut entries = Vec::new();
     read_file(path, &mut Vec::new(), &mut entries, None)?;
@@ -138,21 +184,15 @@ fn build(entries: Vec<Entry>) -> Result<Config, ConfigError> {
     let mut port_pos = None;
     for (key, pos, value) in &server_opts {
         let s = &mut config.server;
+        if set_shared!(s, key, value) {
+            continue;
+        }
         match key.as_str() {
-            "connect_timeout" => s.connect_timeout = seconds(value)?,
-            "debug_level" => s.debug_level = level(value)?,
-            "idle_timeout" => s.idle_timeout = seconds(value)?,
-            "keepalive_interval" => s.keepalive_interval = seconds(value)?,
-            "max_backlog" => s.max_backlog = int(value, 1, usize::MAX as u64)? as usize,
-            "messages_per_iter" => s.messages_per_iter = int(value, 1, usize::MAX as u64)? as usize,
             "peers" => s.peers = peers(value)?,
             "port" => {
                 s.port = int(value, 1, 65535)? as u16;
                 port_pos = Some(pos.clone());
             }
-            "reconnect_interval" => s.reconnect_interval = seconds(value)?,
-            "tcpbuf_size" => s.tcpbuf_size = int(value, 4096, 64 << 20)? as usize,
-            "max_frame_size" => s.max_frame_size = int(value, 4096, 64 << 20)? as usize,
             "memory_budget" => s.memory_budget = int(value, 1 << 20, u64::MAX >> 1)? as usize,
             "threads" => s.threads = int(value, 0, 1024)? as usize,
             _ => return Err(unknown(key, pos, "msgc_server", SERVER_OPTIONS)),
@@ -160,17 +200,11 @@ fn build(entries: Vec<Entry>) -> Result<Config, ConfigError> {
     }
     for (key, pos, value) in &client_opts {
         let c: &mut ClientConfig = &mut config.client;
+        if set_shared!(c, key, value) {
+            continue;
+        }
         match key.as_str() {
             "bind_address" => c.bind_address = Some(ip(value)?),
-            "connect_timeout" => c.connect_timeout = seconds(value)?,
-            "debug_level" => c.debug_level = level(value)?,
-            "idle_timeout" => c.idle_timeout = seconds(value)?,
-            "keepalive_interval" => c.keepalive_interval = seconds(value)?,
-            "max_backlog" => c.max_backlog = int(value, 1, usize::MAX as u64)? as usize,
-            "messages_per_iter" => c.messages_per_iter = int(value, 1, usize::MAX as u64)? as usize,
-            "reconnect_interval" => c.reconnect_interval = seconds(value)?,
-            "tcpbuf_size" => c.tcpbuf_size = int(value, 4096, 64 << 20)? as usize,
-            "max_frame_size" => c.max_frame_size = int(value, 4096, 64 << 20)? as usize,
             "server" => c.server = servers(value)?,
             _ => return Err(unknown(key, pos, "msgc_client", CLIENT_OPTIONS)),
         }
