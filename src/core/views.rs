@@ -128,6 +128,9 @@ impl ShardCore {
         members: &Arc<[Member]>,
         leaver: Option<SessionId>,
     ) {
+        if self.groups.get(group.as_bytes()).is_some_and(|g| g.installed == frame) {
+            return;
+        }
         let me = self.identity.node_tag;
         let mut local = Vec::new();
         let mut remote_shards = Vec::new();
@@ -159,6 +162,7 @@ impl ShardCore {
             g.local = local;
             g.remote_shards = remote_shards;
             g.nodes = nodes;
+            g.installed = frame.clone();
             if is_owner {
                 let owned = g.owned.get_or_insert_with(Default::default);
                 owned.view_id = owned.view_id.max(view_id);
@@ -171,10 +175,15 @@ impl ShardCore {
         }
     }
 
-    /// A server's state sync told us its newest view id of `group`: continue above it.
+    /// A server's state sync told us its newest view id of `group`: continue above it. If
+    /// its members have seen a newer view than ours (another server ordered membership while
+    /// the two were apart), ours is republished with a higher id when the sync completes.
     pub(super) fn raise_view_id(&mut self, group: GroupName, view_id: u64) {
         if let Some(owned) = self.groups.get_mut(group.as_bytes()).and_then(|g| g.owned.as_mut()) {
-            owned.view_id = owned.view_id.max(view_id);
+            if view_id > owned.view_id {
+                owned.view_id = view_id;
+                owned.dirty = true;
+            }
         }
     }
 
