@@ -23,6 +23,9 @@ pub fn read_stamp(p: &[u8]) -> Option<(u64, u32, u64)> {
     Some((ts, publisher, seq))
 }
 
+/// Skipped sequence numbers remembered per sender to recognise late arrivals.
+const MAX_TRACKED_MISSING: usize = 10_000;
+
 /// One subscriber's tally.
 pub struct Tally {
     pub delivered: u64,
@@ -33,6 +36,9 @@ pub struct Tally {
     pub gaps_reported: u64,
     pub latency_us: Histogram<u64>,
     next: HashMap<u32, u64>,
+    /// Sequence numbers skipped so far, per sender (bounded), to tell a late arrival
+    /// (reorder) from a second copy (duplicate).
+    missing: HashMap<u32, std::collections::BTreeSet<u64>>,
     /// Only messages scheduled after this (ns) count.
     pub measure_from: u64,
     pub measure_until: u64,
@@ -50,6 +56,7 @@ impl Tally {
             // invariant: 1 µs to 1 hour with 3 significant digits is a valid configuration.
             latency_us: Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds"),
             next: HashMap::new(),
+            missing: HashMap::new(),
             measure_from,
             measure_until,
         }
@@ -63,9 +70,16 @@ impl Tally {
             *next += 1;
         } else if seq > *next {
             self.lost += seq - *next;
+            let missing = self.missing.entry(sender).or_default();
+            for s in (*next..seq).take(MAX_TRACKED_MISSING.saturating_sub(missing.len())) {
+                missing.insert(s);
+            }
             *next = seq + 1;
+        } else if self.missing.get_mut(&sender).is_some_and(|m| m.remove(&seq)) {
+            // A message counted as lost arrived late after all.
+            self.lost -= 1;
+            self.reorders += 1;
         } else {
-            // Earlier than expected: a duplicate if it was already counted, else a reorder.
             self.duplicates += 1;
         }
         if sched_ns >= self.measure_from && sched_ns < self.measure_until {
@@ -99,6 +113,15 @@ mod tests {
         }
         assert_eq!((t.delivered, t.lost, t.duplicates), (7, 2, 1));
         assert_eq!(t.latency_us.value_at_quantile(0.5), 5);
+    }
+
+    #[test]
+    fn a_late_message_is_a_reorder_not_a_loss() {
+        let mut t = Tally::new(0, u64::MAX);
+        for seq in [1, 3, 2, 4, 4] {
+            t.record(7, seq, 0, 1_000, 10);
+        }
+        assert_eq!((t.lost, t.reorders, t.duplicates), (0, 1, 1));
     }
 
     #[test]
