@@ -112,8 +112,8 @@ fn frame() -> impl Strategy<Value = Frame> {
             group,
             session: SessionId(s)
         })),
-        proptest::collection::vec((group(), any::<u64>()), 0..10)
-            .prop_map(|views| Frame::PeerState(PeerState { views })),
+        (1u16..64, any::<u16>(), proptest::collection::vec((group(), any::<u64>(), any::<u64>()), 0..10))
+            .prop_map(|(shards, s, views)| Frame::PeerState(PeerState { shard: s % shards, shards, views })),
     ]
 }
 

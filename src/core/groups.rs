@@ -42,6 +42,20 @@ pub struct Owned {
     pub dirty: bool,
 }
 
+impl Owned {
+    /// FNV-1a over the member session ids, to compare views between servers.
+    pub fn digest(&self) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for s in self.members.keys() {
+            for b in s.0.to_be_bytes() {
+                h ^= u64::from(b);
+                h = h.wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        h
+    }
+}
+
 /// All groups known to one shard.
 #[derive(Debug, Default)]
 pub struct GroupTable {

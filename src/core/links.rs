@@ -5,7 +5,8 @@
 //! Which peers exist and who dials whom is `mesh`'s; sockets and redials are `runtime`'s.
 //! Never does I/O.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
@@ -27,6 +28,8 @@ pub(crate) struct PeerConn {
     /// Last sequence number received per group and sender, for gap notices if the link
     /// is lost. Only groups with members on this server are tracked.
     pub recv: HashMap<GroupName, HashMap<SessionId, u64>>,
+    /// Memberships announced by the link's state sync, until each shard's part completes.
+    pub synced: HashSet<(GroupName, SessionId)>,
 }
 
 impl ShardCore {
@@ -134,7 +137,12 @@ impl ShardCore {
         let c = &mut self.conns[conn];
         c.state = State::Peer;
         c.name = h.name.clone();
-        c.peer = Some(Box::new(PeerConn { tag: h.node_tag, name: h.name.clone(), recv: HashMap::new() }));
+        c.peer = Some(Box::new(PeerConn {
+            tag: h.node_tag,
+            name: h.name.clone(),
+            recv: HashMap::new(),
+            synced: HashSet::new(),
+        }));
         let info = LinkInfo { tag: h.node_tag, name: h.name, boot: h.id.0, shard: self.id, conn };
         self.broadcast(ShardMsg::LinkUp(info));
     }
@@ -162,10 +170,10 @@ impl ShardCore {
         let mut views = Vec::new();
         for g in self.groups.owned_names() {
             if let Some(o) = self.groups.get(g.as_bytes()).and_then(|x| x.owned.as_ref()) {
-                views.push((g, o.view_id));
+                views.push((g, o.view_id, o.digest()));
             }
         }
-        Frame::PeerState(PeerState { views }).encode(&mut sync);
+        Frame::PeerState(PeerState { shard: self.id, shards: self.nshards, views }).encode(&mut sync);
         self.send_to_link(tag, sync.freeze(), count + 1);
     }
 
@@ -215,6 +223,11 @@ impl ShardCore {
                 self.broadcast(msg);
             }
             Frame::PeerJoin(j) => {
+                if j.cause == Cause::Network {
+                    if let Some(p) = self.conns[conn].peer.as_mut() {
+                        p.synced.insert((j.group.clone(), j.member.session));
+                    }
+                }
                 let msg = ShardMsg::Join {
                     group: j.group.clone(),
                     member: j.member,
@@ -233,10 +246,17 @@ impl ShardCore {
                 self.send_to_owner(&l.group, msg);
             }
             Frame::PeerState(st) => {
-                for (group, view_id) in st.views {
-                    self.send_to_owner(&group.clone(), ShardMsg::ViewId { group, view_id });
+                for (group, view_id, digest) in st.views {
+                    self.send_to_owner(&group.clone(), ShardMsg::ViewId { group, view_id, digest });
                 }
-                self.broadcast(ShardMsg::SyncDone { tag });
+                let (shard, shards) = (st.shard, st.shards);
+                let in_part = |s: &SessionId| (s.0 & 0xffff_ffff) % u64::from(shards) == u64::from(shard);
+                // invariant: only called for connections in state Peer, which have a PeerConn.
+                let p = self.conns[conn].peer.as_mut().expect("peer link");
+                let synced: HashSet<(GroupName, SessionId)> =
+                    p.synced.iter().filter(|(_, s)| in_part(s)).cloned().collect();
+                p.synced.retain(|(_, s)| !in_part(s));
+                self.broadcast(ShardMsg::SyncDone { tag, shard, shards, synced: Arc::new(synced) });
             }
             other => {
                 let msg = format!("{} is not accepted from a peer", other.name());

@@ -17,6 +17,7 @@ pub use limits::Limits;
 pub use outbox::{Outbox, MAX_IOV};
 pub use shard::{Flow, ServerIdentity, ShardCore, Take};
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -88,14 +89,19 @@ pub enum ShardMsg {
     ViewId {
         group: GroupName,
         view_id: u64,
+        digest: u64,
     },
     LinkUp(LinkInfo),
     LinkDown {
         tag: NodeTag,
     },
-    /// A linked server finished sending its state.
+    /// A linked server finished sending the state of its sessions `serial % shards ==
+    /// shard`; `synced` are the memberships it announced for them.
     SyncDone {
         tag: NodeTag,
+        shard: u16,
+        shards: u16,
+        synced: Arc<HashSet<(GroupName, SessionId)>>,
     },
     /// To every shard: a GAP frame for the local members of `group`.
     Gap {

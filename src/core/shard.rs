@@ -757,10 +757,12 @@ impl ShardCore {
             ShardMsg::View { group, frame, view_id, members, leaver } => {
                 self.apply_view(group, frame, view_id, &members, leaver)
             }
-            ShardMsg::ViewId { group, view_id } => self.raise_view_id(group, view_id),
+            ShardMsg::ViewId { group, view_id, digest } => self.raise_view_id(group, view_id, digest),
             ShardMsg::LinkUp(info) => self.handle_link_up(info),
             ShardMsg::LinkDown { tag } => self.handle_link_down(tag),
-            ShardMsg::SyncDone { tag } => self.handle_sync_done(tag),
+            ShardMsg::SyncDone { tag, shard, shards, synced } => {
+                self.handle_sync_done(tag, shard, shards, &synced)
+            }
             ShardMsg::Gap { group, frame } => {
                 let Some(g) = self.groups.get(group.as_bytes()) else { return };
                 for conn in g.local.clone() {

@@ -7,6 +7,7 @@
 //! views it broadcasts. When it is lost, the next oldest continues from its replica.
 //! Never does I/O.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use crate::proto::{self, Cause, Frame, GroupName, Member, NodeTag, PeerJoin, PeerLeave, SessionId, View};
@@ -175,13 +176,14 @@ impl ShardCore {
         }
     }
 
-    /// A server's state sync told us its newest view id of `group`: continue above it. If
-    /// its members have seen a newer view than ours (another server ordered membership while
-    /// the two were apart), ours is republished with a higher id when the sync completes.
-    pub(super) fn raise_view_id(&mut self, group: GroupName, view_id: u64) {
+    /// A server's state sync told us its newest view of `group` (id and member digest):
+    /// continue numbering above it, and republish ours when the sync completes if it saw a
+    /// newer view, or the same id with other members (another server ordered membership
+    /// while the two were apart), so that every member ends with one view.
+    pub(super) fn raise_view_id(&mut self, group: GroupName, view_id: u64, digest: u64) {
         if let Some(owned) = self.groups.get_mut(group.as_bytes()).and_then(|g| g.owned.as_mut()) {
-            if view_id > owned.view_id {
-                owned.view_id = view_id;
+            if view_id > owned.view_id || (view_id == owned.view_id && digest != owned.digest()) {
+                owned.view_id = owned.view_id.max(view_id);
                 owned.dirty = true;
             }
         }
@@ -207,17 +209,30 @@ impl ShardCore {
         }
     }
 
-    /// A linked server finished its state sync: publish the views it changed, and give it
-    /// the current view of every other group so it can route to their members.
-    pub(super) fn handle_sync_done(&mut self, tag: NodeTag) {
+    /// A linked server finished the state sync of its sessions `serial % shards == shard`.
+    /// If this server orders membership: members of those sessions that the sync did not
+    /// announce are gone (cause Network), changed groups get a new view, and the others'
+    /// current views go to that server so it can route to their members.
+    pub(super) fn handle_sync_done(
+        &mut self,
+        tag: NodeTag,
+        shard: u16,
+        shards: u16,
+        synced: &HashSet<(GroupName, SessionId)>,
+    ) {
         if self.leader().is_some() {
             return;
         }
+        let theirs = |s: &SessionId| {
+            s.node() == tag && (s.0 & 0xffff_ffff) % u64::from(shards.max(1)) == u64::from(shard)
+        };
         for group in self.groups.owned_names() {
-            let Some(owned) = self.groups.get(group.as_bytes()).and_then(|g| g.owned.as_ref()) else {
+            let Some(owned) = self.groups.get_mut(group.as_bytes()).and_then(|g| g.owned.as_mut()) else {
                 continue;
             };
-            if owned.dirty {
+            let before = owned.members.len();
+            owned.members.retain(|s, _| !theirs(s) || synced.contains(&(group.clone(), *s)));
+            if owned.dirty || owned.members.len() != before {
                 self.publish_view(group, Cause::Network, SessionId::NONE);
             } else if !owned.last_frame.is_empty() {
                 let frame = owned.last_frame.clone();

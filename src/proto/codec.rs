@@ -193,11 +193,14 @@ pub fn encode(frame: &Frame, dst: &mut BytesMut) {
         Frame::PeerState(st) => {
             dst.put_u8(kind::PEER_STATE);
             dst.put_u8(0);
+            dst.put_u16(st.shard);
+            dst.put_u16(st.shards);
             dst.put_u32(st.views.len() as u32);
-            for (g, id) in &st.views {
+            for (g, id, digest) in &st.views {
                 dst.put_u8(g.len() as u8);
                 dst.put_slice(g.as_bytes());
                 dst.put_u64(*id);
+                dst.put_u64(*digest);
             }
         }
     }
@@ -409,13 +412,18 @@ pub fn parse_whole(frame: Bytes) -> Result<Frame, ProtoError> {
         }
         kind::PEER_STATE => {
             no_flags()?;
-            if f.len() < 10 {
+            if f.len() < 14 {
                 return Err(ProtoError::Malformed("PEER_STATE shorter than its fixed fields"));
             }
-            let count = u32::from_be_bytes([f[6], f[7], f[8], f[9]]) as usize;
-            let mut at = 10;
-            // Each entry takes at least 10 bytes: bound the allocation by what is present.
-            if count > (f.len() - at) / 10 {
+            let shard = u16::from_be_bytes([f[6], f[7]]);
+            let shards = u16::from_be_bytes([f[8], f[9]]);
+            if shards == 0 || shard >= shards {
+                return Err(ProtoError::Malformed("PEER_STATE shard out of range"));
+            }
+            let count = u32::from_be_bytes([f[10], f[11], f[12], f[13]]) as usize;
+            let mut at = 14;
+            // Each entry takes at least 18 bytes: bound the allocation by what is present.
+            if count > (f.len() - at) / 18 {
                 return Err(ProtoError::Malformed("PEER_STATE count exceeds frame length"));
             }
             let mut views = Vec::with_capacity(count);
@@ -424,17 +432,19 @@ pub fn parse_whole(frame: Bytes) -> Result<Frame, ProtoError> {
                     return Err(ProtoError::Malformed("PEER_STATE entry runs past the frame"));
                 };
                 let glen = glen as usize;
-                if at + 1 + glen + 8 > f.len() {
+                if at + 1 + glen + 16 > f.len() {
                     return Err(ProtoError::Malformed("PEER_STATE entry runs past the frame"));
                 }
                 let group = group_at(at + 1, glen)?;
-                views.push((group, be_u64(&f[at + 1 + glen..at + 9 + glen])));
-                at += 9 + glen;
+                let id = be_u64(&f[at + 1 + glen..at + 9 + glen]);
+                let digest = be_u64(&f[at + 9 + glen..at + 17 + glen]);
+                views.push((group, id, digest));
+                at += 17 + glen;
             }
             if at != f.len() {
                 return Err(ProtoError::Malformed("trailing bytes after PEER_STATE entries"));
             }
-            Ok(Frame::PeerState(PeerState { views }))
+            Ok(Frame::PeerState(PeerState { shard, shards, views }))
         }
         other => Err(ProtoError::UnknownKind(other)),
     }

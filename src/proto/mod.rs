@@ -189,11 +189,15 @@ pub struct PeerLeave {
     pub session: SessionId,
 }
 
-/// Between servers, once per link after its PEER_JOINs: the sender's newest view id of
-/// every group it knows, so a new coordinator continues the numbering.
+/// Between servers, once per shard after that shard's PEER_JOINs of a link's state sync:
+/// the sync of sessions `serial % shards == shard` is complete (members of theirs not in it
+/// are gone), and the sender's newest view id of every group it keeps a replica of.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerState {
-    pub views: Vec<(GroupName, u64)>,
+    pub shard: u16,
+    pub shards: u16,
+    /// Per group: the newest view id and a digest of that view's member list.
+    pub views: Vec<(GroupName, u64, u64)>,
 }
 
 /// Every frame of version 1.
