@@ -5,6 +5,7 @@
 //! clock: the runtime feeds it bytes, messages from other shards and `now`, and carries out
 //! what it asks (write these slices, wake that writer, cut this socket, send that batch).
 
+mod flow;
 mod groups;
 mod limits;
 mod links;

@@ -22,7 +22,7 @@ use super::links::PeerConn;
 use super::{ConnId, Limits, LinkInfo, Outbox, ShardMsg, Stats};
 
 /// How long a closing connection may take to flush its last frames before it is cut.
-const CLOSE_GRACE: Duration = Duration::from_secs(2);
+pub(super) const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// What a reader should do after [`ShardCore::handle_input`].
 #[derive(Debug, PartialEq, Eq)]
@@ -106,25 +106,25 @@ pub struct ShardCore {
     pub(super) links: Vec<LinkInfo>,
     /// Lower-cased names of the servers allowed to link to us (the `peers` table).
     pub(super) peer_names: Vec<String>,
-    next_serial: u32,
+    pub(super) next_serial: u32,
     pub(super) outgoing: Vec<Vec<ShardMsg>>,
-    wakeups: Vec<ConnId>,
+    pub(super) wakeups: Vec<ConnId>,
     pub(super) cut: Vec<ConnId>,
     /// Connections over the high-water mark after the current fan-out (scratch).
-    crossed: Vec<ConnId>,
+    pub(super) crossed: Vec<ConnId>,
     /// Servers to forward the current run to (scratch).
-    scratch_nodes: Vec<NodeTag>,
-    queued_bytes: usize,
-    hot_conns: usize,
+    pub(super) scratch_nodes: Vec<NodeTag>,
+    pub(super) queued_bytes: usize,
+    pub(super) hot_conns: usize,
     /// Pressure as last announced to other shards.
-    over: bool,
-    over_since: Option<Instant>,
-    remote_over: Vec<bool>,
+    pub(super) over: bool,
+    pub(super) over_since: Option<Instant>,
+    pub(super) remote_over: Vec<bool>,
     /// Bytes of traffic sent to each shard and not yet credited back: publishers pause when
     /// another shard falls behind, before its queues can overshoot their limits.
     pub(super) in_flight: Vec<usize>,
-    credit_due: Vec<usize>,
-    resume: bool,
+    pub(super) credit_due: Vec<usize>,
+    pub(super) resume: bool,
     pub stats: Stats,
 }
 
@@ -444,15 +444,6 @@ impl ShardCore {
         c.outbox.messages()
     }
 
-    /// Applies backlog limits to the connections whose queues crossed the high-water mark
-    /// during a fan-out, then re-evaluates pressure.
-    fn check_crossed(&mut self) {
-        while let Some(conn) = self.crossed.pop() {
-            self.check_backlog(conn);
-        }
-        self.update_pressure();
-    }
-
     /// Queues `count` frames in one slice to one connection.
     pub(super) fn send_frames(&mut self, conn: ConnId, frames: Bytes, count: u32) {
         Self::enqueue(
@@ -470,40 +461,6 @@ impl ShardCore {
 
     pub(super) fn send_frame(&mut self, conn: ConnId, frame: Bytes) {
         self.send_frames(conn, frame, 1);
-    }
-
-    /// Applies `max_backlog` and the high-water mark after `conn`'s queue grew.
-    ///
-    /// Passing `max_backlog` kills at the next tick unless the writer made progress since
-    /// the previous one: a burst already in flight when publishers were paused (up to the
-    /// credit of another shard, or one large read) may overshoot briefly without the
-    /// receiver being stuck. Far beyond it (4×) the connection is killed at once.
-    fn check_backlog(&mut self, conn: ConnId) {
-        let Some(c) = self.conns.get_mut(conn) else { return };
-        let queued = c.outbox.messages();
-        if queued > self.limits.max_backlog.saturating_mul(4) {
-            let why = format!("{queued} messages queued, far over max_backlog {}", self.limits.max_backlog);
-            self.kill_stuck(conn, why);
-        } else if !c.hot && queued > self.limits.high_water() {
-            tracing::trace!(shard = self.id, conn, queued, "over high water");
-            c.hot = true;
-            self.hot_conns += 1;
-        }
-    }
-
-    /// Kills a connection that cannot keep up: its queue is dropped and its socket cut.
-    fn kill_stuck(&mut self, conn: ConnId, why: String) {
-        let Some(c) = self.conns.get_mut(conn) else { return };
-        if c.state == State::Closing {
-            return;
-        }
-        match &c.peer {
-            Some(p) => tracing::error!(peer = %p.name, "killing stuck peer link: {why}"),
-            None => tracing::warn!(session = %c.session, name = %c.name, "killing stuck connection: {why}"),
-        }
-        self.stats.killed_stuck += 1;
-        self.begin_close(conn, Cause::Disconnect, None);
-        self.cut.push(conn);
     }
 
     fn handle_frame(&mut self, conn: ConnId, frame: Frame, bytes: Bytes, now: Instant) -> Flow {
@@ -716,20 +673,6 @@ impl ShardCore {
         self.update_pressure();
     }
 
-    /// Bytes another shard may have in flight to this one before its publishers pause.
-    fn flight_limit(&self) -> usize {
-        2 * self.limits.tcpbuf_size
-    }
-
-    /// Counts traffic received from another shard, to be credited back.
-    fn owe_credit(&mut self, from: u16, bytes: usize) {
-        if from != self.id {
-            if let Some(due) = self.credit_due.get_mut(from as usize) {
-                *due += bytes;
-            }
-        }
-    }
-
     pub(super) fn handle_shard_msg(&mut self, msg: ShardMsg) {
         match msg {
             ShardMsg::Deliver { from, group, frames, count } => {
@@ -809,128 +752,6 @@ impl ShardCore {
             self.begin_close(conn, Cause::Disconnect, Some(frame));
             if let Some(c) = self.conns.get_mut(conn) {
                 c.closing_since.get_or_insert(now);
-            }
-        }
-    }
-
-    /// When [`Self::handle_timeout`] should next be called.
-    pub fn poll_timeout(&self, now: Instant) -> Instant {
-        now + self.limits.tick()
-    }
-
-    /// Keepalives, idle and stall detection, and cutting connections that would not close.
-    pub fn handle_timeout(&mut self, now: Instant) {
-        let l = self.limits.clone();
-        let mut idle = Vec::new();
-        let mut stalled = Vec::new();
-        let mut keepalive = Vec::new();
-        let mut over_backlog = Vec::new();
-        for (id, c) in self.conns.iter_mut() {
-            // When it started holding publishers back (noted at tick granularity).
-            c.hot_since = if c.hot { Some(c.hot_since.unwrap_or(now)) } else { None };
-            match c.state {
-                State::Closing => {
-                    let since = *c.closing_since.get_or_insert(now);
-                    if now.duration_since(since) >= CLOSE_GRACE {
-                        self.cut.push(id);
-                    }
-                }
-                _ if now.duration_since(c.last_rx) >= l.idle_timeout => idle.push(id),
-                _ if c.outbox.messages() > l.max_backlog
-                    && now.duration_since(c.last_progress) >= l.tick() =>
-                {
-                    over_backlog.push(id)
-                }
-                // Fast receivers are held to a slow one's pace for a bounded time only.
-                _ if c.hot_since.is_some_and(|t| now.duration_since(t) >= l.stall_timeout) => {
-                    stalled.push(id)
-                }
-                State::Client | State::Peer
-                    if c.outbox.is_empty() && now.duration_since(c.last_tx) >= l.keepalive_interval =>
-                {
-                    keepalive.push(id)
-                }
-                _ => {}
-            }
-        }
-        for id in idle {
-            self.stats.killed_idle += 1;
-            let secs = l.idle_timeout.as_secs_f64();
-            self.fatal(
-                id,
-                ErrorCode::IdleTimeout,
-                format!("nothing received for {secs}s (idle_timeout)"),
-                now,
-            );
-        }
-        for id in over_backlog {
-            let queued = self.conns[id].outbox.messages();
-            self.kill_stuck(id, format!("{queued} messages queued, over max_backlog {}", l.max_backlog));
-        }
-        for id in stalled {
-            let queued = self.conns[id].outbox.messages();
-            self.kill_stuck(
-                id,
-                format!("no write progress for {:?} with {queued} messages queued", l.stall_timeout),
-            );
-        }
-        for id in keepalive {
-            self.conns[id].last_tx = now;
-            self.send_frame(id, Frame::Noop.to_bytes());
-        }
-        // Memory over budget for too long: the largest queue is what holds everyone back.
-        if self.queued_bytes > l.memory_budget {
-            let since = *self.over_since.get_or_insert(now);
-            if now.duration_since(since) >= l.stall_timeout {
-                let largest = self
-                    .conns
-                    .iter()
-                    .filter(|(_, c)| c.state != State::Closing)
-                    .max_by_key(|(_, c)| c.outbox.bytes())
-                    .map(|(id, _)| id);
-                if let Some(id) = largest {
-                    let why = format!(
-                        "shard over its memory budget of {} bytes for {:?}; largest queue",
-                        l.memory_budget, l.stall_timeout
-                    );
-                    self.kill_stuck(id, why);
-                }
-                self.over_since = Some(now);
-            }
-        } else {
-            self.over_since = None;
-        }
-        self.update_pressure();
-    }
-
-    /// Re-evaluates whether this shard holds publishers back, with hysteresis, and tells the
-    /// other shards when that changes.
-    fn update_pressure(&mut self) {
-        let budget = self.limits.memory_budget;
-        let limit = if self.over { budget / 4 * 3 } else { budget };
-        let over = self.hot_conns > 0 || self.queued_bytes > limit;
-        if over == self.over {
-            return;
-        }
-        let was_paused = self.reading_paused();
-        self.over = over;
-        if over {
-            self.stats.pauses += 1;
-            tracing::debug!(
-                shard = self.id,
-                queued = self.queued_bytes,
-                hot = self.hot_conns,
-                "pausing publishers"
-            );
-        } else {
-            tracing::debug!(shard = self.id, "releasing publishers");
-        }
-        if was_paused && !self.reading_paused() {
-            self.resume = true;
-        }
-        for s in 0..self.nshards {
-            if s != self.id {
-                self.outgoing[s as usize].push(ShardMsg::Pressure { from: self.id, over });
             }
         }
     }
