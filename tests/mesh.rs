@@ -17,14 +17,17 @@ fn mesh_limits() -> Limits {
     }
 }
 
-fn names(n: usize) -> Vec<String> {
-    (1..=n).map(|i| format!("node{i}")).collect()
+/// Node names unique to one test: clusters of tests running at once must not link to each
+/// other when a port one of them freed is reused by another.
+fn names(prefix: &str, n: usize) -> Vec<String> {
+    (1..=n).map(|i| format!("{prefix}-node{i}")).collect()
 }
 
 /// Starts `n` servers and gives each the full peers table.
-fn cluster(n: usize) -> Vec<ServerHandle> {
-    let servers: Vec<ServerHandle> = names(n).iter().map(|name| start_node(name, 2, mesh_limits())).collect();
-    let table = peers_of(&names(n), &servers);
+fn cluster(prefix: &str, n: usize) -> Vec<ServerHandle> {
+    let servers: Vec<ServerHandle> =
+        names(prefix, n).iter().map(|name| start_node(name, 2, mesh_limits())).collect();
+    let table = peers_of(&names(prefix, n), &servers);
     for s in &servers {
         s.set_peers(table.clone());
     }
@@ -55,7 +58,7 @@ fn expect_messages(c: &mut RawClient, want: usize) -> Vec<Vec<u8>> {
 
 #[test]
 fn three_servers_share_groups_views_and_messages() {
-    let servers = cluster(3);
+    let servers = cluster("three", 3);
     let mut clients: Vec<RawClient> =
         (0..6).map(|i| RawClient::connect(addr(&servers[i % 3]), &format!("c{i}"))).collect();
     for c in clients.iter_mut() {
@@ -84,7 +87,7 @@ fn three_servers_share_groups_views_and_messages() {
 
 #[test]
 fn a_lost_server_leaves_views_with_network_and_rejoins_after_restart() {
-    let mut servers = cluster(3);
+    let mut servers = cluster("lost", 3);
     let mut a = RawClient::connect(addr(&servers[0]), "a");
     let mut c = RawClient::connect(addr(&servers[2]), "c");
     let mut b = RawClient::connect(addr(&servers[1]), "b");
@@ -127,9 +130,9 @@ fn a_lost_server_leaves_views_with_network_and_rejoins_after_restart() {
         }
     }
     // The server comes back (new port): the table is updated, its members merge back in.
-    let back = start_node("node2", 2, mesh_limits());
+    let back = start_node("lost-node2", 2, mesh_limits());
     servers.insert(1, back);
-    let table = peers_of(&names(3), &servers);
+    let table = peers_of(&names("lost", 3), &servers);
     for s in &servers {
         s.set_peers(table.clone());
     }
@@ -146,7 +149,7 @@ fn a_lost_server_leaves_views_with_network_and_rejoins_after_restart() {
 
 #[test]
 fn nine_servers_deliver_to_every_member() {
-    let servers = cluster(9);
+    let servers = cluster("nine", 9);
     let mut clients: Vec<RawClient> =
         servers.iter().enumerate().map(|(i, s)| RawClient::connect(addr(s), &format!("c{i}"))).collect();
     for c in clients.iter_mut() {
@@ -170,11 +173,11 @@ fn a_link_that_stops_reading_is_killed_and_redialed() {
     use std::io::{Read, Write};
 
     let limits = Limits { max_backlog: 100, tcpbuf_size: 16384, ..mesh_limits() };
-    let server = start_node("node1", 2, limits);
+    let server = start_node("stuck-node1", 2, limits);
     let fake = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    // "zz-fake" sorts after "node1", so the server dials it.
+    // "zz-fake" sorts after "stuck-node1", so the server dials it.
     server.set_peers(vec![
-        PeerSpec { name: "node1".into(), addr: addr(&server).to_string() },
+        PeerSpec { name: "stuck-node1".into(), addr: addr(&server).to_string() },
         PeerSpec { name: "zz-fake".into(), addr: fake.local_addr().unwrap().to_string() },
     ]);
     fake.set_nonblocking(true).unwrap();
