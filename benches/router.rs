@@ -24,12 +24,12 @@ fn router(c: &mut Criterion) {
         let group = GroupName::new("g").unwrap();
         let mut conns = Vec::new();
         for _ in 0..members {
-            let c = core.handle_accept(now);
+            let c = core.handle_accept(now, Default::default());
             core.handle_input(c, &mut BytesMut::from(&hello()[..]), now);
             core.handle_input(c, &mut BytesMut::from(&Frame::Join(group.clone()).to_bytes()[..]), now);
             conns.push(c);
         }
-        let publisher = core.handle_accept(now);
+        let publisher = core.handle_accept(now, Default::default());
         core.handle_input(publisher, &mut BytesMut::from(&hello()[..]), now);
         let sender = core.session_of(publisher).unwrap();
         let mut batch = Vec::new();

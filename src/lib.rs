@@ -9,6 +9,7 @@ pub mod core;
 pub mod mesh;
 pub mod proto;
 pub mod runtime;
+pub mod tls;
 
 /// The README's Rust examples compile (checked by `cargo test --doc`).
 #[cfg(doctest)]

@@ -83,7 +83,7 @@ impl Harness {
 
     fn connect(&mut self, name: &str) -> usize {
         let shard = (self.clients.len() % self.shards.len()) as u16;
-        let conn = self.shards[shard as usize].handle_accept(self.now);
+        let conn = self.shards[shard as usize].handle_accept(self.now, Default::default());
         self.clients.push(Client {
             shard,
             conn,
@@ -229,7 +229,7 @@ fn frames_before_hello_and_double_join_are_errors() {
         other => panic!("{other:?}"),
     }
     // A raw connection that sends JOIN before HELLO.
-    let conn = h.shards[0].handle_accept(h.now);
+    let conn = h.shards[0].handle_accept(h.now, Default::default());
     let mut buf = BytesMut::from(&join("g")[..]);
     assert_eq!(h.shards[0].handle_input(conn, &mut buf, h.now), Flow::Close);
 }

@@ -135,7 +135,7 @@ impl Sim {
             return;
         }
         let shard = (self.rng.below(self.servers[srv].shards.len() as u64)) as usize;
-        let conn = self.servers[srv].shards[shard].handle_accept(self.now);
+        let conn = self.servers[srv].shards[shard].handle_accept(self.now, Default::default());
         let cl = &mut self.clients[c];
         cl.end = Some((srv, shard, conn));
         cl.inbox.clear();
@@ -311,8 +311,8 @@ impl Sim {
                     let dsh = self.rng.below(self.servers[i].shards.len() as u64) as usize;
                     let ash = self.rng.below(self.servers[j].shards.len() as u64) as usize;
                     let name = self.servers[j].name.clone();
-                    let d = self.servers[i].shards[dsh].handle_dial(&name, self.now);
-                    let a = self.servers[j].shards[ash].handle_accept(self.now);
+                    let d = self.servers[i].shards[dsh].handle_dial(&name, self.now, Default::default());
+                    let a = self.servers[j].shards[ash].handle_accept(self.now, Default::default());
                     self.links.push(((i, dsh, d), (j, ash, a)));
                 }
             }

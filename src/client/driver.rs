@@ -2,22 +2,25 @@
 //! delivers events to the application and reconnects.
 //!
 //! Reads stop while the application is not taking events (the event queue is bounded), so
-//! TCP pushes back on the server instead of the client buffering without limit.
+//! TCP pushes back on the server instead of the client buffering without limit. With TLS,
+//! the handshake is part of connecting (within `connect_timeout`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{mpsc, oneshot};
+use tokio_rustls::TlsConnector;
 
 use super::session::{Session, SessionConfig};
 use super::{ClientError, ClientOptions, Command, Event};
 
 pub async fn run(
     opts: ClientOptions,
+    tls: Option<TlsConnector>,
     mut commands: mpsc::Receiver<Command>,
     events: mpsc::Sender<Event>,
     session_id: Arc<AtomicU64>,
@@ -33,7 +36,7 @@ pub async fn run(
     let mut ready = Some(ready);
     let mut attempt = 0u64;
     loop {
-        let (stream, server) = match connect_any(&opts).await {
+        let (stream, server) = match connect_any(&opts, tls.as_ref()).await {
             Ok(found) => found,
             Err(e) => {
                 if let Some(r) = ready.take() {
@@ -46,7 +49,14 @@ pub async fn run(
             }
         };
         session.handle_connected(&server, Instant::now());
-        let end = serve(&opts, stream, &mut session, &mut commands, &events, &session_id, &mut ready).await;
+        let end = match stream {
+            Connected::Plain(s) => {
+                serve(&opts, s, &mut session, &mut commands, &events, &session_id, &mut ready).await
+            }
+            Connected::Tls(s) => {
+                serve(&opts, *s, &mut session, &mut commands, &events, &session_id, &mut ready).await
+            }
+        };
         match end {
             End::Closed => return,
             End::Lost(reason) => {
@@ -68,10 +78,16 @@ enum End {
     Lost(String),
 }
 
+/// A connection to a server, ready for HELLO.
+enum Connected {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
 #[allow(clippy::too_many_arguments)]
-async fn serve(
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     opts: &ClientOptions,
-    mut stream: TcpStream,
+    mut stream: S,
     session: &mut Session,
     commands: &mut mpsc::Receiver<Command>,
     events: &mpsc::Sender<Event>,
@@ -141,16 +157,41 @@ async fn deliver(session: &mut Session, events: &mpsc::Sender<Event>) -> bool {
     true
 }
 
-/// Tries the servers in order, each within `connect_timeout`.
-async fn connect_any(opts: &ClientOptions) -> Result<(TcpStream, String), ClientError> {
+/// Tries the servers in order, each within `connect_timeout` (TLS handshake included).
+async fn connect_any(
+    opts: &ClientOptions,
+    tls: Option<&TlsConnector>,
+) -> Result<(Connected, String), ClientError> {
     for server in &opts.servers {
-        match tokio::time::timeout(opts.connect_timeout, connect_one(opts, server)).await {
+        let attempt = async {
+            let stream = connect_one(opts, server).await?;
+            match tls {
+                None => Ok(Connected::Plain(stream)),
+                Some(tls) => {
+                    let name = opts.tls_server_name.as_deref().unwrap_or_else(|| host_of(server));
+                    let name = crate::tls::server_name(name).map_err(std::io::Error::other)?;
+                    Ok(Connected::Tls(Box::new(tls.connect(name, stream).await?)))
+                }
+            }
+        };
+        match tokio::time::timeout(opts.connect_timeout, attempt).await {
             Ok(Ok(stream)) => return Ok((stream, server.clone())),
+            // A refused certificate is worth an operator's attention; a server that is down
+            // during failover is not.
+            Ok(Err::<_, std::io::Error>(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+                tracing::warn!(%server, "TLS handshake failed: {e}")
+            }
             Ok(Err(e)) => tracing::debug!(%server, "connect failed: {e}"),
             Err(_) => tracing::debug!(%server, "connect timed out"),
         }
     }
     Err(ClientError::NoServer { tried: opts.servers.clone() })
+}
+
+/// The host part of `host:port` (`[::1]:4809` gives `::1`).
+fn host_of(server: &str) -> &str {
+    let host = server.rsplit_once(':').map_or(server, |(h, _)| h);
+    host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host)
 }
 
 async fn connect_one(opts: &ClientOptions, server: &str) -> std::io::Result<TcpStream> {
@@ -178,4 +219,17 @@ fn jittered(interval: Duration, attempt: u64) -> Duration {
     use std::hash::BuildHasher;
     let seed = std::collections::hash_map::RandomState::new().hash_one(std::process::id());
     crate::mesh::backoff_delay(interval, seed, attempt)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_of;
+
+    #[test]
+    fn the_tls_server_name_defaults_to_the_host_part() {
+        assert_eq!(host_of("relay1.example.com:4809"), "relay1.example.com");
+        assert_eq!(host_of("127.0.0.1:4809"), "127.0.0.1");
+        assert_eq!(host_of("[::1]:4809"), "::1");
+        assert_eq!(host_of("relay1"), "relay1");
+    }
 }

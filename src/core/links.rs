@@ -18,7 +18,7 @@ use crate::proto::{
 
 use super::shard::State;
 use super::views::members_of;
-use super::{ConnId, Flow, LinkInfo, ShardCore, ShardMsg};
+use super::{ConnId, ConnMeta, Flow, LinkInfo, ShardCore, ShardMsg};
 
 /// The peer side of a connection that is a link to another server.
 #[derive(Debug)]
@@ -69,8 +69,8 @@ impl ShardCore {
 
     /// The runtime connected to peer `expect`: queue our HELLO on the new connection. Its
     /// reader and writer tasks must each call `handle_task_done`.
-    pub fn handle_dial(&mut self, expect: &str, now: Instant) -> ConnId {
-        let conn = self.handle_accept(now);
+    pub fn handle_dial(&mut self, expect: &str, now: Instant, meta: ConnMeta) -> ConnId {
+        let conn = self.handle_accept(now, meta);
         self.conns[conn].state = State::Dialing { expect: expect.to_lowercase() };
         let hello = Frame::Hello(self.handshake(SessionId(self.identity.boot)));
         self.send_frame(conn, hello.to_bytes());

@@ -28,6 +28,21 @@ use crate::proto::{Cause, GroupName, Member, Name, NodeTag, SessionId};
 /// Index of a connection in its shard's table.
 pub type ConnId = usize;
 
+/// What the runtime knows of a new connection before its first frame.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConnMeta {
+    pub remote: Option<std::net::SocketAddr>,
+    /// Set when the connection is TLS (its handshake is complete).
+    pub tls: Option<TlsPeer>,
+}
+
+/// The other side of a TLS connection, as its verified certificate names it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsPeer {
+    /// DNS SANs and CN of the verified peer certificate; empty if none was presented.
+    pub names: Vec<String>,
+}
+
 /// A link to another server that is up, as every shard of this server knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinkInfo {

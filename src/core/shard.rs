@@ -19,7 +19,7 @@ use crate::proto::{
 
 use super::groups::GroupTable;
 use super::links::PeerConn;
-use super::{ConnId, Limits, LinkInfo, Outbox, ShardMsg, Stats};
+use super::{ConnId, ConnMeta, Limits, LinkInfo, Outbox, ShardMsg, Stats};
 
 /// How long a closing connection may take to flush its last frames before it is cut.
 pub(super) const CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -196,7 +196,8 @@ impl ShardCore {
     }
 
     /// A new connection; its reader and writer tasks must each call [`Self::handle_task_done`].
-    pub fn handle_accept(&mut self, now: Instant) -> ConnId {
+    pub fn handle_accept(&mut self, now: Instant, meta: ConnMeta) -> ConnId {
+        let _ = meta;
         self.stats.accepted += 1;
         self.conns.insert(Conn {
             state: State::Handshake,

@@ -1,5 +1,6 @@
-//! The I/O side of the relay: one pinned thread per core, each running tokio-uring and one
-//! shard; an acceptor that deals connections out to the shards; signals and reloads.
+//! The I/O side of the relay: one pinned thread per core, each running one shard on
+//! tokio-uring or, where io_uring is unavailable or not wanted, on tokio (epoll); an acceptor
+//! that deals connections out to the shards; TLS handshakes; signals and reloads.
 //!
 //! Owns sockets, threads and the clock. Never decides routing or membership: that is
 //! `core`'s, which every shard drives through `handle_*` calls.
@@ -9,11 +10,16 @@ mod conn;
 mod host;
 mod links;
 mod shard;
+mod stream;
+mod tls;
 mod uring;
 
+pub use crate::config::IoBackend;
 pub use host::{hostnames, local_addrs, local_hostname};
 pub use links::PeerSpec;
-pub use uring::check_io_uring;
+pub use stream::Backend;
+pub use tls::{ServerTls, TlsOptions};
+pub use uring::{check_io_uring, choose as choose_backend};
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -40,6 +46,10 @@ pub struct ServerOptions {
     pub digest: u64,
     /// The `peers` table (this server included or not); links form to the others.
     pub peers: Vec<PeerSpec>,
+    /// The I/O backend (`io`); auto picks io_uring when this host allows it.
+    pub io: IoBackend,
+    /// TLS for clients and peer links; off by default.
+    pub tls: TlsOptions,
 }
 
 impl Default for ServerOptions {
@@ -52,6 +62,8 @@ impl Default for ServerOptions {
             node_name: local_hostname(),
             digest: 0,
             peers: Vec::new(),
+            io: IoBackend::Auto,
+            tls: TlsOptions::default(),
         }
     }
 }
@@ -60,6 +72,7 @@ impl Default for ServerOptions {
 pub(crate) enum Control {
     Reload(Limits),
     Peers(Vec<PeerSpec>),
+    Tls(Option<Arc<ServerTls>>),
     Shutdown,
 }
 
@@ -71,6 +84,7 @@ pub struct ServerHandle {
     accept_stop: Option<tokio::sync::oneshot::Sender<()>>,
     threads: Vec<JoinHandle<()>>,
     stats: Arc<Mutex<Vec<Stats>>>,
+    backend: Backend,
 }
 
 /// Why a server could not start.
@@ -82,12 +96,15 @@ pub enum StartError {
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error("cannot start thread: {0}")]
     Thread(std::io::Error),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 impl ServerHandle {
     /// Starts the acceptor and the shard threads and returns once they listen.
     pub fn start(opts: ServerOptions) -> Result<ServerHandle, StartError> {
-        check_io_uring().map_err(StartError::NoIoUring)?;
+        let backend = uring::choose(opts.io).map_err(StartError::NoIoUring)?;
+        let tls = ServerTls::load(&opts.tls)?;
         let threads = if opts.threads == 0 {
             std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
         } else {
@@ -121,6 +138,8 @@ impl ServerHandle {
                 inbox,
                 core: cores.get(i % cores.len().max(1)).copied(),
                 stats: stats.clone(),
+                backend,
+                tls: tls.clone(),
             };
             let h = std::thread::Builder::new()
                 .name(format!("msgc-shard-{i}"))
@@ -141,7 +160,12 @@ impl ServerHandle {
                 let _ = tx.send(shard::Inbound::Control(Control::Peers(opts.peers.clone())));
             }
         }
-        tracing::info!(node = %identity.node_name, tag = format!("{:08x}", identity.node_tag.0), ?addrs, threads, "msgc-server listening");
+        tracing::info!(node = %identity.node_name, tag = format!("{:08x}", identity.node_tag.0), ?addrs, threads, io = %backend, "msgc-server listening");
+        match &tls {
+            Some(t) if t.peer_tls() => tracing::info!("TLS on; peer links are mutual TLS"),
+            Some(_) => tracing::info!("TLS on for clients; peer links are plain"),
+            None => {}
+        }
         Ok(ServerHandle {
             addrs,
             node_tag: identity.node_tag,
@@ -149,7 +173,23 @@ impl ServerHandle {
             accept_stop: Some(stop_tx),
             threads: handles,
             stats,
+            backend,
         })
+    }
+
+    /// The I/O backend the shards run on.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Rereads the TLS files and applies them to new connections and dials (connections up
+    /// keep their session). On an error the running TLS settings stay.
+    pub fn set_tls(&self, opts: &TlsOptions) -> Result<(), crate::tls::TlsError> {
+        let tls = ServerTls::load(opts)?;
+        for tx in &self.control {
+            let _ = tx.send(shard::Inbound::Control(Control::Tls(tls.clone())));
+        }
+        Ok(())
     }
 
     /// The addresses the server listens on (with the real port when 0 was asked for).
