@@ -80,7 +80,13 @@ fn main() -> ExitCode {
     };
     let addrs: Vec<String> = server.local_addrs().iter().map(|a| a.to_string()).collect();
     // Always shown (the default debug_level, ERROR, hides info logs): where to connect.
-    println!("msgc-server: listening on {} (io: {})", addrs.join(" "), server.backend());
+    println!("msgc-server: listening on {}", addrs.join(" "));
+    match server.backend_fallback() {
+        Some(why) => {
+            println!("msgc-server: io backend {} (io_uring is unavailable: {why})", server.backend())
+        }
+        None => println!("msgc-server: io backend {}", server.backend()),
+    }
     serve(server, config, &args, &log);
     ExitCode::SUCCESS
 }

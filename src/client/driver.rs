@@ -126,7 +126,17 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                         return End::Lost(e.to_string());
                     }
                 }
-                Err(e) => return End::Lost(format!("read failed: {e}")),
+                Err(e) => {
+                    // A TLS alert before WELCOME (a refused client certificate) does not go
+                    // away by retrying: the first connect reports it.
+                    if e.kind() == std::io::ErrorKind::InvalidData {
+                        if let Some(r) = ready.take() {
+                            let _ = r.send(Err(ClientError::Io(e)));
+                            return End::Closed;
+                        }
+                    }
+                    return End::Lost(format!("read failed: {e}"));
+                }
             },
             cmd = commands.recv(), if session.is_ready() => match cmd {
                 None => return End::Closed,

@@ -85,6 +85,7 @@ pub struct ServerHandle {
     threads: Vec<JoinHandle<()>>,
     stats: Arc<Mutex<Vec<Stats>>>,
     backend: Backend,
+    fallback: Option<String>,
 }
 
 /// Why a server could not start.
@@ -103,7 +104,7 @@ pub enum StartError {
 impl ServerHandle {
     /// Starts the acceptor and the shard threads and returns once they listen.
     pub fn start(opts: ServerOptions) -> Result<ServerHandle, StartError> {
-        let backend = uring::choose(opts.io).map_err(StartError::NoIoUring)?;
+        let (backend, fallback) = uring::choose(opts.io).map_err(StartError::NoIoUring)?;
         let tls = ServerTls::load(&opts.tls)?;
         let threads = if opts.threads == 0 {
             std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
@@ -174,12 +175,19 @@ impl ServerHandle {
             threads: handles,
             stats,
             backend,
+            fallback,
         })
     }
 
     /// The I/O backend the shards run on.
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// With `io = auto` on a host where io_uring is unavailable: why (the server runs on
+    /// epoll).
+    pub fn backend_fallback(&self) -> Option<&str> {
+        self.fallback.as_deref()
     }
 
     /// Rereads the TLS files and applies them to new connections and dials (connections up

@@ -49,7 +49,8 @@ enum Kind {
     Uring(tokio_uring::net::TcpStream),
     Epoll(tokio::net::TcpStream),
     /// Reader and writer each borrow the session only inside one poll, never across an await.
-    Tls(RefCell<TlsStream>),
+    /// Boxed: a TLS session is large, and plain sockets are the common case.
+    Tls(Box<RefCell<TlsStream>>),
 }
 
 impl Stream {
@@ -71,7 +72,7 @@ impl Stream {
     /// reactor runs inside tokio-uring's runtime too.
     pub fn tls(tls: TlsStream) -> Stream {
         let fd = tls.get_ref().0.as_raw_fd();
-        Stream { kind: Kind::Tls(RefCell::new(tls)), fd }
+        Stream { kind: Kind::Tls(Box::new(RefCell::new(tls))), fd }
     }
 
     /// Reads at most `room` bytes into the spare capacity of `buf` (after its `len()`), so a

@@ -136,7 +136,7 @@ pub fn accepted(
         match tokio::time::timeout(within, sniff_and_handshake(&shard, std, &tls)).await {
             Ok(Ok(Some((stream, meta)))) if !shard.is_stopping() => shard::adopt(&shard, stream, meta, None),
             Ok(Ok(_)) => {}
-            Ok(Err(why)) => tracing::info!(?remote, "connection refused before its handshake: {why}"),
+            Ok(Err(why)) => tracing::info!(?remote, "connection closed before reaching the core: {why}"),
             Err(_) => tracing::info!(?remote, "TLS handshake not done within {within:?}; closed"),
         }
     });

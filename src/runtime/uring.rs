@@ -27,17 +27,18 @@ pub fn check_io_uring() -> Result<(), String> {
     }
 }
 
-/// The backend to run for the `io` choice; `Err` (why io_uring is unusable) only when
-/// io_uring was asked for explicitly.
-pub fn choose(io: IoBackend) -> Result<Backend, String> {
+/// The backend to run for the `io` choice, and for `auto` on a host without io_uring, why
+/// it fell back to epoll. `Err` (why io_uring is unusable) only when io_uring was asked for
+/// explicitly.
+pub fn choose(io: IoBackend) -> Result<(Backend, Option<String>), String> {
     match io {
-        IoBackend::Epoll => Ok(Backend::Epoll),
-        IoBackend::Uring => check_io_uring().map(|()| Backend::Uring),
+        IoBackend::Epoll => Ok((Backend::Epoll, None)),
+        IoBackend::Uring => check_io_uring().map(|()| (Backend::Uring, None)),
         IoBackend::Auto => match check_io_uring() {
-            Ok(()) => Ok(Backend::Uring),
+            Ok(()) => Ok((Backend::Uring, None)),
             Err(why) => {
                 tracing::warn!("io_uring is unavailable ({why}); falling back to epoll");
-                Ok(Backend::Epoll)
+                Ok((Backend::Epoll, Some(why)))
             }
         },
     }
