@@ -80,13 +80,12 @@ fn main() -> ExitCode {
     };
     let addrs: Vec<String> = server.local_addrs().iter().map(|a| a.to_string()).collect();
     // Always shown (the default debug_level, ERROR, hides info logs): where to connect.
-    println!("msgc-server: listening on {}", addrs.join(" "));
-    match server.backend_fallback() {
-        Some(why) => {
-            println!("msgc-server: io backend {} (io_uring is unavailable: {why})", server.backend())
-        }
-        None => println!("msgc-server: io backend {}", server.backend()),
-    }
+    let why = server.backend_fallback().map(|w| format!(" (io_uring is unavailable: {w})")).unwrap_or_default();
+    // One write for both lines: a reader that takes the first line and closes the pipe
+    // must not make a second write fail.
+    let banner =
+        format!("msgc-server: listening on {}\nmsgc-server: io backend {}{why}\n", addrs.join(" "), server.backend());
+    print!("{banner}");
     serve(server, config, &args, &log);
     ExitCode::SUCCESS
 }
