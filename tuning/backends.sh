@@ -22,9 +22,14 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 run() {
   local port; port=$(free_port)
   target/release/msgc-server --io "$1" --listen 127.0.0.1:"$port" > "$TMP/out" 2>&1 & PID=$!
-  for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/"$port") 2>/dev/null && break; sleep 0.05; done
-  # The backend the server says it runs on (io_uring or epoll), not just the one asked for.
-  local got; got=$(grep -o "io backend [a-z_]*" "$TMP/out" | awk '{print $3}')
+  # Ready once it printed its backend (io_uring or epoll: what it runs on, not only what was
+  # asked for), which it does after it listens.
+  local got=""
+  for _ in $(seq 1 200); do
+    got=$(grep -o "io backend [a-z_]*" "$TMP/out" | awk '{print $3}' || true)
+    [ -n "$got" ] && break
+    sleep 0.05
+  done
   local j; j=$(target/release/msgc-bench fanout --server 127.0.0.1:"$port" --server-pid "$PID" \
     --duration "$DURATION" --warmup "$WARMUP" --threads 2 --json $3)
   kill "$PID"; wait "$PID" 2>/dev/null || true; PID=""
@@ -39,6 +44,7 @@ PY
   echo "# io_uring and epoll backends on this machine, $(date -u +%Y-%m-%dT%H:%M:%SZ)"
   echo
   echo "- CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | xargs), $(nproc) cores; kernel $(uname -r); commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+  echo "- load average before the run (other work on the machine): $(cut -d' ' -f1-3 /proc/loadavg)"
   echo "- \`tuning/backends.sh\`: \`msgc-server --io BACKEND --listen 127.0.0.1:PORT\` (defaults otherwise) and \`msgc-bench fanout --server 127.0.0.1:PORT --server-pid PID --duration ${DURATION} --warmup ${WARMUP} --threads 2 --json ARGS\`; server and load generator share the machine"
   echo
   echo "| io | run | workload | delivered msg/s | MB/s | p50 us | p99 us | lost | disconnects | server CPU % | server RSS MiB |"
