@@ -192,7 +192,7 @@ pub fn encode(frame: &Frame, dst: &mut BytesMut) {
         }
         Frame::PeerState(st) => {
             dst.put_u8(kind::PEER_STATE);
-            dst.put_u8(0);
+            dst.put_u8(if st.more { STATE_MORE } else { 0 });
             dst.put_u16(st.shard);
             dst.put_u16(st.shards);
             dst.put_u32(st.views.len() as u32);
@@ -202,6 +202,13 @@ pub fn encode(frame: &Frame, dst: &mut BytesMut) {
                 dst.put_u64(*id);
                 dst.put_u64(*digest);
             }
+        }
+        Frame::PeerChallenge(a) | Frame::PeerProof(a) => {
+            let challenge = matches!(frame, Frame::PeerChallenge(_));
+            dst.put_u8(if challenge { kind::PEER_CHALLENGE } else { kind::PEER_PROOF });
+            dst.put_u8(0);
+            dst.put_slice(&a.nonce);
+            dst.put_slice(&a.mac);
         }
     }
     let len = (dst.len() - start - 4) as u32;
@@ -411,7 +418,9 @@ pub fn parse_whole(frame: Bytes) -> Result<Frame, ProtoError> {
             Ok(Frame::PeerLeave(PeerLeave { cause, group, session }))
         }
         kind::PEER_STATE => {
-            no_flags()?;
+            if flags & !STATE_MORE != 0 {
+                return Err(ProtoError::Malformed("reserved flag bits set"));
+            }
             if f.len() < 14 {
                 return Err(ProtoError::Malformed("PEER_STATE shorter than its fixed fields"));
             }
@@ -444,7 +453,17 @@ pub fn parse_whole(frame: Bytes) -> Result<Frame, ProtoError> {
             if at != f.len() {
                 return Err(ProtoError::Malformed("trailing bytes after PEER_STATE entries"));
             }
-            Ok(Frame::PeerState(PeerState { shard, shards, views }))
+            Ok(Frame::PeerState(PeerState { shard, shards, more: flags & STATE_MORE != 0, views }))
+        }
+        kind::PEER_CHALLENGE | kind::PEER_PROOF => {
+            no_flags()?;
+            if body.len() != 2 * AUTH_LEN {
+                return Err(ProtoError::Malformed("PEER_CHALLENGE/PEER_PROOF body is not 64 bytes"));
+            }
+            let mut a = PeerAuth { nonce: [0; AUTH_LEN], mac: [0; AUTH_LEN] };
+            a.nonce.copy_from_slice(&body[..AUTH_LEN]);
+            a.mac.copy_from_slice(&body[AUTH_LEN..]);
+            Ok(if k == kind::PEER_CHALLENGE { Frame::PeerChallenge(a) } else { Frame::PeerProof(a) })
         }
         other => Err(ProtoError::UnknownKind(other)),
     }
@@ -476,6 +495,9 @@ fn error_code(code: u16) -> ErrorCode {
         11 => Stuck,
         12 => IdleTimeout,
         13 => ShuttingDown,
+        14 => LimitReached,
+        15 => HandshakeTimeout,
+        16 => NotAuthorized,
         _ => Other,
     }
 }
