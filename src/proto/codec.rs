@@ -82,6 +82,14 @@ fn be_u64(b: &[u8]) -> u64 {
 
 /// Appends an MCAST frame built from its parts (the client's send path).
 pub fn encode_mcast(dst: &mut BytesMut, sender: SessionId, seq: u64, group: &GroupName, payload: &[u8]) {
+    encode_mcast_parts(dst, sender, seq, group.as_bytes(), payload)
+}
+
+/// [`encode_mcast`] with the group name as bytes, so that a sender need not build a
+/// [`GroupName`] per message. The caller guarantees `group` is a valid name (1..=255 bytes
+/// of UTF-8); a longer one would not fit its length field.
+pub fn encode_mcast_parts(dst: &mut BytesMut, sender: SessionId, seq: u64, group: &[u8], payload: &[u8]) {
+    debug_assert!(!group.is_empty() && group.len() <= MAX_GROUP_LEN);
     let len = MCAST_FIXED - 4 + group.len() + payload.len();
     dst.reserve(4 + len);
     dst.put_u32(len as u32);
@@ -92,7 +100,7 @@ pub fn encode_mcast(dst: &mut BytesMut, sender: SessionId, seq: u64, group: &Gro
     dst.put_u64(sender.0);
     dst.put_u64(seq);
     dst.put_u64(0);
-    dst.put_slice(group.as_bytes());
+    dst.put_slice(group);
     dst.put_slice(payload);
 }
 
