@@ -55,6 +55,9 @@ pub struct Session {
     server: String,
     joined: BTreeSet<GroupName>,
     send_seq: HashMap<GroupName, u64>,
+    /// The group multicast to last and its counter, kept out of `send_seq` while it is here:
+    /// a publisher sending to one group pays a name comparison instead of a hash per message.
+    hot: Option<(GroupName, u64)>,
     out: BytesMut,
     events: VecDeque<Event>,
     last_tx: Instant,
@@ -75,6 +78,7 @@ impl Session {
             server: String::new(),
             joined: BTreeSet::new(),
             send_seq: HashMap::new(),
+            hot: None,
             out: BytesMut::new(),
             events: VecDeque::new(),
             last_tx: now,
@@ -129,6 +133,7 @@ impl Session {
                 self.state = State::Ready;
                 self.session = w.id;
                 self.send_seq.clear();
+                self.hot = None;
                 let groups: Vec<GroupName> = self.joined.iter().cloned().collect();
                 for g in &groups {
                     self.push_frame(&Frame::Join(g.clone()));
@@ -182,21 +187,31 @@ impl Session {
         if !self.out.is_empty() && self.out.len() + size > self.cfg.send_queue_bytes {
             return Ok(Err(Refused::Full));
         }
-        // Look up by bytes: no allocation per message once the group has a counter.
-        let seq = match self.send_seq.get_mut(group.as_bytes()) {
-            Some(seq) => seq,
-            None => {
-                let g = GroupName::new(group).map_err(ClientError::BadGroup)?;
-                self.send_seq.entry(g).or_insert(0)
-            }
-        };
-        *seq += 1;
-        let seq = *seq;
+        let seq = self.next_seq(group)?;
         let before = self.out.len();
-        // invariant: the caller checked the name; its length fits the u8 field.
+        // next_seq checked the name (a group gets a counter only once it parsed).
         encode_mcast_parts(&mut self.out, self.session, seq, group.as_bytes(), payload);
         self.queued += (self.out.len() - before) as u64;
         Ok(Ok(()))
+    }
+
+    /// The next sequence number of `group`.
+    fn next_seq(&mut self, group: &str) -> Result<u64, ClientError> {
+        if let Some((g, seq)) = &mut self.hot {
+            if g.as_bytes() == group.as_bytes() {
+                *seq += 1;
+                return Ok(*seq);
+            }
+        }
+        // Looked up by bytes: no allocation once the group has a counter.
+        let (g, last) = match self.send_seq.remove_entry(group.as_bytes()) {
+            Some(entry) => entry,
+            None => (GroupName::new(group).map_err(ClientError::BadGroup)?, 0),
+        };
+        if let Some((old, seq)) = self.hot.replace((g, last + 1)) {
+            self.send_seq.insert(old, seq);
+        }
+        Ok(last + 1)
     }
 
     /// Bytes waiting to be written.
@@ -337,9 +352,13 @@ mod tests {
         s.multicast("g", b"1").unwrap().unwrap();
         s.multicast("g", b"2").unwrap().unwrap();
         s.multicast("h", b"other group").unwrap().unwrap();
+        s.multicast("g", b"3").unwrap().unwrap();
+        s.multicast("h", b"h2").unwrap().unwrap();
         match sent(&mut s, now).as_slice() {
-            [Frame::Join(_), Frame::Mcast(a), Frame::Mcast(b), Frame::Mcast(c)] => {
+            [Frame::Join(_), Frame::Mcast(a), Frame::Mcast(b), Frame::Mcast(c), Frame::Mcast(d), Frame::Mcast(e)] =>
+            {
                 assert_eq!((a.sender, a.seq, b.seq, c.seq), (SessionId(42), 1, 2, 1));
+                assert_eq!((d.group.as_str(), d.seq, e.group.as_str(), e.seq), ("g", 3, "h", 2));
                 assert_eq!((&a.payload[..], c.group.as_str()), (&b"1"[..], "h"));
             }
             other => panic!("{other:?}"),

@@ -91,17 +91,18 @@ pub fn encode_mcast(dst: &mut BytesMut, sender: SessionId, seq: u64, group: &Gro
 pub fn encode_mcast_parts(dst: &mut BytesMut, sender: SessionId, seq: u64, group: &[u8], payload: &[u8]) {
     debug_assert!(!group.is_empty() && group.len() <= MAX_GROUP_LEN);
     let len = MCAST_FIXED - 4 + group.len() + payload.len();
+    // The fixed fields are built on the stack and appended at once: this is the client's
+    // per-message path, and one copy beats eight capacity checks.
+    let mut head = [0u8; MCAST_FIXED];
+    head[0..4].copy_from_slice(&(len as u32).to_be_bytes());
+    head[4] = kind::MCAST;
+    head[6] = group.len() as u8;
+    head[8..16].copy_from_slice(&sender.0.to_be_bytes());
+    head[16..24].copy_from_slice(&seq.to_be_bytes());
     dst.reserve(4 + len);
-    dst.put_u32(len as u32);
-    dst.put_u8(kind::MCAST);
-    dst.put_u8(0);
-    dst.put_u8(group.len() as u8);
-    dst.put_u8(0);
-    dst.put_u64(sender.0);
-    dst.put_u64(seq);
-    dst.put_u64(0);
-    dst.put_slice(group);
-    dst.put_slice(payload);
+    dst.extend_from_slice(&head);
+    dst.extend_from_slice(group);
+    dst.extend_from_slice(payload);
 }
 
 /// Appends `frame` to `dst`.
