@@ -42,6 +42,11 @@ pub fn event_queue(max_backlog: usize) -> (EventSink, EventSource) {
     (sink, EventSource { rx, credits, current: Vec::new().into_iter(), owed: 0 })
 }
 
+/// A queue that is already closed.
+pub fn closed() -> EventSource {
+    event_queue(1).1
+}
+
 impl EventSink {
     /// Hands `events` over once the application has room; false if it is gone.
     pub async fn send(&self, events: Vec<Event>) -> bool {

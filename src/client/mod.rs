@@ -26,7 +26,7 @@
 //! ```
 
 mod driver;
-mod events;
+pub(crate) mod events;
 mod inbound;
 mod session;
 mod transport;
@@ -336,6 +336,12 @@ impl Client {
     /// are gone.
     pub fn try_next_event(&mut self) -> Result<Option<Event>, ClientError> {
         self.events.try_next().map_err(|()| ClientError::Closed)
+    }
+
+    /// Moves the event stream out (for a caller that reads events on its own task, as the
+    /// C library does); this handle then sees none.
+    pub(crate) fn take_events(&mut self) -> EventSource {
+        std::mem::replace(&mut self.events, events::closed())
     }
 
     /// Sends what is queued (waiting at most `connect_timeout`), then closes the connection.
