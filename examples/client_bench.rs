@@ -59,7 +59,8 @@ fn parse() -> Result<Args, String> {
     if !["send_many", "multicast", "try"].contains(&a.api.as_str()) {
         return Err(format!("--api {}: expected send_many, multicast or try", a.api));
     }
-    if a.size < 8 || !(a.duration > 0.0) || !(a.warmup >= 0.0) {
+    if a.size < 8 || !(a.duration.is_finite() && a.duration > 0.0 && a.warmup.is_finite() && a.warmup >= 0.0)
+    {
         return Err("--size must be at least 8, --duration positive, --warmup not negative".into());
     }
     Ok(a)

@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use common::*;
 use msgc::core::Limits;
-use msgc::proto::{self, encode_mcast, Frame, Gap, GapReason, GroupName, Handshake, Name, NodeTag, Role, SessionId};
+use msgc::proto::{
+    self, encode_mcast, Frame, Gap, GapReason, GroupName, Handshake, Name, NodeTag, Role, SessionId,
+};
 use msgc::runtime::{ServerHandle, ServerOptions};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
@@ -37,7 +39,11 @@ fn lib_dir() -> PathBuf {
     // invariant: test binaries live in <target>/<profile>/deps/.
     let dir = exe.parent().and_then(Path::parent).expect("target/<profile>").to_path_buf();
     for lib in ["libmsgc.so", "libmsgc.a"] {
-        assert!(dir.join(lib).exists(), "{} missing: is crate-type cdylib/staticlib set?", dir.join(lib).display());
+        assert!(
+            dir.join(lib).exists(),
+            "{} missing: is crate-type cdylib/staticlib set?",
+            dir.join(lib).display()
+        );
     }
     dir
 }
@@ -141,7 +147,8 @@ fn the_header_declares_every_exported_function_and_code() {
         ("MSGC_ELOST", msgc::ffi::MSGC_ELOST),
         ("MSGC_EINTERNAL", msgc::ffi::MSGC_EINTERNAL),
     ] {
-        let want = if value < 0 { format!("#define {name} ({value})") } else { format!("#define {name} {value}") };
+        let want =
+            if value < 0 { format!("#define {name} ({value})") } else { format!("#define {name} {value}") };
         assert!(header.contains(&want), "include/msgc.h lacks `{want}`");
     }
     assert!(header.contains("#define MSGC_GAP_SERVER_LOST 3") && GapReason::ServerLost as i32 == 3);
@@ -229,7 +236,8 @@ fn c_program_sees_a_sequence_gap_and_a_server_gap() {
     let mut script = BytesMut::new();
     encode_mcast(&mut script, SessionId(77), 1, &g, b"one");
     encode_mcast(&mut script, SessionId(77), 4, &g, b"four");
-    let gap = Gap { reason: GapReason::ServerLost, group: g, sender: SessionId::NONE, first: 5, last: u64::MAX };
+    let gap =
+        Gap { reason: GapReason::ServerLost, group: g, sender: SessionId::NONE, first: 5, last: u64::MAX };
     Frame::Gap(gap).encode(&mut script);
     let (at, server) = scripted_server(script.to_vec());
     let child = Command::new(&exe)

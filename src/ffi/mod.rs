@@ -445,7 +445,9 @@ pub unsafe extern "C" fn msgc_close(c: *mut MsgcClient) {
 pub extern "C" fn msgc_strerror(code: c_int) -> *const c_char {
     let s: &'static CStr = match code {
         MSGC_OK => c"ok",
-        MSGC_EAGAIN => c"would block: the send queue is full, the client is reconnecting, or no event is waiting",
+        MSGC_EAGAIN => {
+            c"would block: the send queue is full, the client is reconnecting, or no event is waiting"
+        }
         MSGC_EINVAL => c"invalid argument (NULL, not UTF-8, or a bad group name)",
         MSGC_ETOOLARGE => c"the message does not fit in the maximum frame size",
         MSGC_ECLOSED => c"the client is closed",
