@@ -16,8 +16,13 @@ fn router(c: &mut Criterion) {
     let mut g = c.benchmark_group("fanout");
     for members in [1usize, 10, 100, 1000, 10_000] {
         let now = Instant::now();
-        let identity =
-            ServerIdentity { node_tag: NodeTag(1), node_name: Name::new("b").unwrap(), digest: 0, boot: 0 };
+        let identity = ServerIdentity {
+            node_tag: NodeTag(1),
+            node_name: Name::new("b").unwrap(),
+            digest: 0,
+            boot: 1,
+            entropy: [0; 32],
+        };
         let limits =
             Limits { max_backlog: usize::MAX / 2, memory_budget: usize::MAX / 2, ..Limits::default() };
         let mut core = ShardCore::new(0, 1, identity, limits);

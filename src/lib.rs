@@ -2,10 +2,12 @@
 //!
 //! Layers, dependencies pointing one way: [`proto`] (frames, codec) ← [`core`] (one shard's
 //! sans-io state machine) ← [`mesh`] (peer table, dial rule) ← [`runtime`] (tokio-uring
-//! threads and sockets). [`config`] reads the vendor's files; [`client`] is the library.
+//! threads and sockets). [`config`] reads the vendor's files; [`client`] is the library, and
+//! [`ffi`] its C interface (`libmsgc`, `include/msgc.h`).
 pub mod client;
 pub mod config;
 pub mod core;
+pub mod ffi;
 pub mod mesh;
 pub mod proto;
 pub mod runtime;

@@ -165,14 +165,20 @@ fn nine_servers_deliver_to_every_member() {
 }
 
 /// A fake peer server that completes the link handshake, announces one member of `g`, and
-/// then stops reading: its link must be killed at max_backlog and redialed, while local
-/// members keep receiving everything.
+/// then stops reading while it keeps sending keepalives: publishers are held back (a link
+/// is never killed for its backlog alone), and when the link makes no progress for two
+/// keepalive intervals it is killed and redialed; local members receive everything.
 #[test]
 fn a_link_that_stops_reading_is_killed_and_redialed() {
     use msgc::proto::{Handshake, Member, Name, NodeTag, PeerJoin, Role, SessionId};
     use std::io::{Read, Write};
 
-    let limits = Limits { max_backlog: 100, tcpbuf_size: 16384, ..mesh_limits() };
+    let limits = Limits {
+        max_backlog: 100,
+        tcpbuf_size: 16384,
+        keepalive_interval: Duration::from_millis(500),
+        ..mesh_limits()
+    };
     let server = start_node("stuck-node1", 2, limits);
     let fake = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     // "zz-fake" sorts after "stuck-node1", so the server dials it.
@@ -212,6 +218,14 @@ fn a_link_that_stops_reading_is_killed_and_redialed() {
         member,
     });
     link.write_all(&[welcome.to_bytes(), join.to_bytes()].concat()).unwrap();
+    // Alive (keepalives every 100 ms, for at most the test's deadline) but never reading.
+    let mut alive = link.try_clone().unwrap();
+    std::thread::spawn(move || {
+        let started = std::time::Instant::now();
+        while started.elapsed() < DEADLINE && alive.write_all(&Frame::Noop.to_bytes()).is_ok() {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
 
     let mut local = RawClient::connect(addr(&server), "local");
     local.join("g");

@@ -112,8 +112,26 @@ fn frame() -> impl Strategy<Value = Frame> {
             group,
             session: SessionId(s)
         })),
-        (1u16..64, any::<u16>(), proptest::collection::vec((group(), any::<u64>(), any::<u64>()), 0..10))
-            .prop_map(|(shards, s, views)| Frame::PeerState(PeerState { shard: s % shards, shards, views })),
+        (
+            1u16..64,
+            any::<u16>(),
+            any::<bool>(),
+            proptest::collection::vec((group(), any::<u64>(), any::<u64>()), 0..10)
+        )
+            .prop_map(|(shards, s, more, views)| Frame::PeerState(PeerState {
+                shard: s % shards,
+                shards,
+                more,
+                views
+            })),
+        (any::<[u8; 32]>(), any::<[u8; 32]>(), any::<bool>()).prop_map(|(nonce, mac, challenge)| {
+            let a = PeerAuth { nonce, mac };
+            if challenge {
+                Frame::PeerChallenge(a)
+            } else {
+                Frame::PeerProof(a)
+            }
+        }),
     ]
 }
 

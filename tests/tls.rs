@@ -323,7 +323,6 @@ fn an_accepting_server_refuses_a_peer_certificate_from_another_ca() {
 }
 
 #[test]
-#[ignore = "needs the core's check of a peer HELLO against the certificate names (lead's part of issue 8 item 1)"]
 fn an_accepting_server_welcomes_a_peer_whose_certificate_names_it_and_refuses_one_naming_another() {
     let pki = Pki::new("names");
     let me = "tlsname-b";
@@ -339,7 +338,7 @@ fn an_accepting_server_welcomes_a_peer_whose_certificate_names_it_and_refuses_on
     let mut c = TlsRaw::connect(addr(&server), &pki, me, Some(&other));
     c.send(&peer_hello(claimed)).unwrap();
     match c.next_significant() {
-        Ok(Frame::Error(e)) => assert_eq!(e.code, ErrorCode::BadHandshake, "{e:?}"),
+        Ok(Frame::Error(e)) => assert_eq!(e.code, ErrorCode::NotAuthorized, "{e:?}"),
         other => {
             panic!("a HELLO naming a server the certificate does not name must be refused, got {other:?}")
         }
@@ -355,7 +354,7 @@ fn an_accepting_server_welcomes_a_peer_whose_certificate_names_it_and_refuses_on
     let mut plain = RawClient::connect_raw(addr(&server));
     plain.send(&peer_hello(claimed));
     match plain.next_significant() {
-        Some(Frame::Error(e)) => assert_eq!(e.code, ErrorCode::BadHandshake),
+        Some(Frame::Error(e)) => assert_eq!(e.code, ErrorCode::NotAuthorized, "{e:?}"),
         other => panic!("a plain peer HELLO must be refused when peers use mutual TLS, got {other:?}"),
     }
     // The right certificate is welcomed: the refusals above were about the names.

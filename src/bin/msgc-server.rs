@@ -8,7 +8,6 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::Parser;
 use msgc::config::{Config, IoBackend, ServerConfig};
@@ -64,6 +63,7 @@ fn main() -> ExitCode {
         None => Config::default(),
     };
     let log = init_logging(&config.server);
+    runtime::exit_on_panic();
     let opts = match options(&config, &args) {
         Ok(o) => o,
         Err(e) => {
@@ -78,13 +78,26 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if !config.server.peers.is_empty() {
+        let l = limits(&config.server);
+        if !l.peer_tls && l.cluster_secret.is_none() {
+            tracing::warn!(
+                "the mesh is UNAUTHENTICATED: peer links are accepted from the addresses in peers only; \
+                 configure tls_certificate/tls_key/tls_ca or cluster_secret"
+            );
+        }
+    }
     let addrs: Vec<String> = server.local_addrs().iter().map(|a| a.to_string()).collect();
     // Always shown (the default debug_level, ERROR, hides info logs): where to connect.
-    let why = server.backend_fallback().map(|w| format!(" (io_uring is unavailable: {w})")).unwrap_or_default();
+    let why =
+        server.backend_fallback().map(|w| format!(" (io_uring is unavailable: {w})")).unwrap_or_default();
     // One write for both lines: a reader that takes the first line and closes the pipe
     // must not make a second write fail.
-    let banner =
-        format!("msgc-server: listening on {}\nmsgc-server: io backend {}{why}\n", addrs.join(" "), server.backend());
+    let banner = format!(
+        "msgc-server: listening on {}\nmsgc-server: io backend {}{why}\n",
+        addrs.join(" "),
+        server.backend()
+    );
     print!("{banner}");
     serve(server, config, &args, &log);
     ExitCode::SUCCESS
@@ -192,6 +205,27 @@ fn check_config(path: &Path, args: &Args) -> ExitCode {
         s.debug_level,
         s.digest()
     );
+    println!(
+        "  limits (msgc): stall_timeout {:?}, handshake_timeout {:?}, max_connections {}, max_handshakes {}, \
+         max_groups_per_session {}, max_group_members {}, max_frame_size {}, memory_budget {}, threads {}",
+        s.stall_timeout,
+        s.handshake_timeout,
+        s.max_connections,
+        s.max_handshakes,
+        s.max_groups_per_session,
+        s.max_group_members,
+        s.max_frame_size,
+        s.memory_budget,
+        s.threads
+    );
+    let l = limits(s);
+    let auth = match (l.peer_tls, l.cluster_secret.is_some()) {
+        (true, true) => "mutual TLS and cluster secret",
+        (true, false) => "mutual TLS",
+        (false, true) => "cluster secret (HMAC challenge)",
+        (false, false) => "none: UNAUTHENTICATED, links accepted from the peers' addresses only",
+    };
+    println!("  peer authentication (msgc): {auth}");
     for p in &s.peers {
         println!("  peer {} = {}", p.name, p.addr);
     }
@@ -307,10 +341,17 @@ fn limits(s: &ServerConfig) -> Limits {
         memory_budget: s.memory_budget,
         idle_timeout: s.idle_timeout,
         keepalive_interval: s.keepalive_interval,
-        stall_timeout: s.keepalive_interval.max(Duration::from_secs(1)),
+        stall_timeout: s.stall_timeout,
         tcpbuf_size: s.tcpbuf_size,
         connect_timeout: s.connect_timeout,
         reconnect_interval: s.reconnect_interval,
+        handshake_timeout: s.handshake_timeout,
+        max_connections: s.max_connections,
+        max_handshakes: s.max_handshakes,
+        max_groups_per_session: s.max_groups_per_session,
+        max_group_members: s.max_group_members,
+        peer_tls: s.peer_tls(),
+        cluster_secret: s.cluster_secret.clone(),
     }
 }
 

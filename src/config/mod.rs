@@ -66,6 +66,23 @@ pub struct ServerConfig {
     /// `tls_client_certificates` (msgc): `none`, `optional` or `required`; presented client
     /// certificates are checked against `tls_ca`. Default none.
     pub tls_client_certificates: ClientCertificates,
+    /// `stall_timeout` (msgc): seconds a client may hold publishers back before it is cut.
+    /// Default 1.
+    pub stall_timeout: Duration,
+    /// `handshake_timeout` (msgc): seconds a connection has to complete its handshake.
+    /// Default 10.
+    pub handshake_timeout: Duration,
+    /// `max_connections` (msgc): open connections per server. Default 65536.
+    pub max_connections: usize,
+    /// `max_handshakes` (msgc): connections in their handshake per server. Default 1024.
+    pub max_handshakes: usize,
+    /// `max_groups_per_session` (msgc): groups one session may join. Default 1024.
+    pub max_groups_per_session: usize,
+    /// `max_group_members` (msgc): members of one group. Default 4096.
+    pub max_group_members: usize,
+    /// `cluster_secret` or `cluster_secret_file` (msgc): the shared secret peers prove
+    /// with an HMAC challenge. Default none.
+    pub cluster_secret: Option<crate::core::ClusterSecret>,
 }
 
 /// The `io` option: which I/O backend the shard threads run.
@@ -241,6 +258,13 @@ impl Default for ServerConfig {
             tls_ca: None,
             tls_clients: TlsClients::Off,
             tls_client_certificates: ClientCertificates::None,
+            stall_timeout: Duration::from_secs(1),
+            handshake_timeout: Duration::from_secs(10),
+            max_connections: 65536,
+            max_handshakes: 1024,
+            max_groups_per_session: 1024,
+            max_group_members: 4096,
+            cluster_secret: None,
         }
     }
 }

@@ -31,6 +31,14 @@ const SERVER_OPTIONS: &[&str] = &[
     "tls_ca",
     "tls_clients",
     "tls_client_certificates",
+    "stall_timeout",
+    "handshake_timeout",
+    "max_connections",
+    "max_handshakes",
+    "max_groups_per_session",
+    "max_group_members",
+    "cluster_secret",
+    "cluster_secret_file",
 ];
 const CLIENT_OPTIONS: &[&str] = &[
     "bind_address",
@@ -52,8 +60,16 @@ const CLIENT_OPTIONS: &[&str] = &[
 ];
 /// Longest time option accepted (a year), so that durations cannot overflow.
 const MAX_SECONDS: f64 = 31_536_000.0;
+/// Shortest time option accepted: 0 would mean "at once" (every connection idle, a redial
+/// loop with no pause), never what an operator wants.
+const MIN_SECONDS: f64 = 0.1;
 /// Deepest chain of includes.
 const MAX_INCLUDE_DEPTH: usize = 16;
+/// Most files one config may read, includes counted, and the largest file.
+const MAX_INCLUDE_FILES: usize = 256;
+const MAX_FILE_BYTES: u64 = 4 << 20;
+/// Shortest cluster secret accepted.
+const MIN_SECRET_LEN: usize = 16;
 
 /// Sets one of the options `msgc_server` and `msgc_client` share (same names, types and
 /// ranges) on `$cfg`; evaluates to whether `$key` was one of them.
@@ -103,20 +119,26 @@ macro_rules! set_shared {
 
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let mut entries = Vec::new();
-    read_file(path, &mut Vec::new(), &mut entries, None)?;
+    read_file(path, &mut Includes::default(), &mut entries, None)?;
     build(entries)
 }
 
 pub fn parse_str(text: &str, file: &str) -> Result<Config, ConfigError> {
     let mut entries = Vec::new();
-    let mut stack = Vec::new();
-    expand(parse(text, file)?, Path::new("."), &mut stack, &mut entries)?;
+    expand(parse(text, file)?, Path::new("."), &mut Includes::default(), &mut entries)?;
     build(entries)
+}
+
+/// The chain of files being read (to catch cycles) and how many were read in all.
+#[derive(Default)]
+struct Includes {
+    stack: Vec<PathBuf>,
+    files: usize,
 }
 
 fn read_file(
     path: &Path,
-    stack: &mut Vec<PathBuf>,
+    inc: &mut Includes,
     out: &mut Vec<Entry>,
     from: Option<&Pos>,
 ) -> Result<(), ConfigError> {
@@ -126,6 +148,24 @@ fn read_file(
         None => ConfigError::plain(format!("{shown}: cannot read config file: {e}")),
     };
     let canonical = path.canonicalize().map_err(io_err)?;
+    let here = || from.cloned().unwrap_or(Pos { file: shown.clone(), line: 0, col: 0 });
+    inc.files += 1;
+    if inc.files > MAX_INCLUDE_FILES {
+        let p = here();
+        return Err(ConfigError::at(
+            &p.file,
+            p.line,
+            p.col,
+            format!("more than {MAX_INCLUDE_FILES} config files included"),
+        ));
+    }
+    let size = std::fs::metadata(path).map_err(io_err)?.len();
+    if size > MAX_FILE_BYTES {
+        let p = here();
+        let msg = format!("{shown} is {size} bytes; config files are limited to {MAX_FILE_BYTES}");
+        return Err(ConfigError::at(&p.file, p.line, p.col, msg));
+    }
+    let stack = &mut inc.stack;
     if stack.contains(&canonical) {
         let p = from.cloned().unwrap_or(Pos { file: shown.clone(), line: 0, col: 0 });
         return Err(ConfigError::at(
@@ -142,8 +182,8 @@ fn read_file(
     let text = std::fs::read_to_string(path).map_err(io_err)?;
     stack.push(canonical);
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
-    let result = expand(parse(&text, &shown)?, &dir, stack, out);
-    stack.pop();
+    let result = expand(parse(&text, &shown)?, &dir, inc, out);
+    inc.stack.pop();
     result
 }
 
@@ -151,7 +191,7 @@ fn read_file(
 fn expand(
     entries: Vec<Entry>,
     dir: &Path,
-    stack: &mut Vec<PathBuf>,
+    inc: &mut Includes,
     out: &mut Vec<Entry>,
 ) -> Result<(), ConfigError> {
     for e in entries {
@@ -159,7 +199,7 @@ fn expand(
             Entry::Include { path, pos } => {
                 let p = Path::new(&path);
                 let full = if p.is_absolute() { p.to_path_buf() } else { dir.join(p) };
-                read_file(&full, stack, out, Some(&pos))?;
+                read_file(&full, inc, out, Some(&pos))?;
             }
             other => out.push(other),
         }
@@ -221,6 +261,21 @@ fn build(entries: Vec<Entry>) -> Result<Config, ConfigError> {
                     ClientCertificates::WORDS,
                 )?
             }
+            "stall_timeout" => s.stall_timeout = seconds(value)?,
+            "handshake_timeout" => s.handshake_timeout = seconds(value)?,
+            "max_connections" => s.max_connections = int(value, 1, 10_000_000)? as usize,
+            "max_handshakes" => s.max_handshakes = int(value, 1, 10_000_000)? as usize,
+            "max_groups_per_session" => s.max_groups_per_session = int(value, 1, 1_000_000)? as usize,
+            "max_group_members" => s.max_group_members = int(value, 1, 1_000_000)? as usize,
+            "cluster_secret" => s.cluster_secret = Some(secret(scalar(value, "a secret string")?, value)?),
+            "cluster_secret_file" => {
+                let path = Path::new(scalar(value, "a file name")?);
+                let text = std::fs::read(path).map_err(|e| {
+                    err(pos, format!("cannot read cluster_secret_file {}: {e}", path.display()))
+                })?;
+                let trimmed = String::from_utf8_lossy(&text).trim().to_string();
+                s.cluster_secret = Some(secret(&trimmed, value)?);
+            }
             _ => return Err(unknown(key, pos, "msgc_server", SERVER_OPTIONS)),
         }
     }
@@ -242,6 +297,20 @@ fn build(entries: Vec<Entry>) -> Result<Config, ConfigError> {
         }
     }
     check_client_tls(&config.client, &client_opts)?;
+    if config.server.idle_timeout <= config.server.keepalive_interval {
+        let at = server_opts.iter().find(|(k, ..)| k == "idle_timeout" || k == "keepalive_interval");
+        let msg = format!(
+            "idle_timeout ({:?}) must be longer than keepalive_interval ({:?}), or quiet peers time each other out",
+            config.server.idle_timeout, config.server.keepalive_interval
+        );
+        return Err(match at {
+            Some((_, pos, _)) => err(pos, msg),
+            None => ConfigError::plain(msg),
+        });
+    }
+    if server_opts.iter().filter(|(k, ..)| k.starts_with("cluster_secret")).count() > 1 {
+        return Err(ConfigError::plain("give cluster_secret or cluster_secret_file, not both"));
+    }
     let mut ports = Vec::new();
     for (addr, pos) in &listens {
         let sa = listen_addr(addr).map_err(|m| err(pos, m))?;
@@ -350,10 +419,22 @@ fn scalar<'a>(v: &'a Value, what: &str) -> Result<&'a str, ConfigError> {
 fn seconds(v: &Value) -> Result<Duration, ConfigError> {
     let s = scalar(v, "a number of seconds")?;
     let n: f64 = s.parse().map_err(|_| err(v.pos(), format!("expected a number of seconds, found `{s}`")))?;
-    if !n.is_finite() || !(0.0..=MAX_SECONDS).contains(&n) {
-        return Err(err(v.pos(), format!("{s} is out of range: expected 0 to {MAX_SECONDS} seconds")));
+    if !n.is_finite() || !(MIN_SECONDS..=MAX_SECONDS).contains(&n) {
+        return Err(err(
+            v.pos(),
+            format!("{s} is out of range: expected {MIN_SECONDS} to {MAX_SECONDS} seconds"),
+        ));
     }
     Ok(Duration::from_secs_f64(n))
+}
+
+fn secret(s: &str, v: &Value) -> Result<crate::core::ClusterSecret, ConfigError> {
+    if s.len() < MIN_SECRET_LEN {
+        let msg =
+            format!("the cluster secret is {} bytes; use at least {MIN_SECRET_LEN} (random) bytes", s.len());
+        return Err(err(v.pos(), msg));
+    }
+    Ok(crate::core::ClusterSecret::new(s.as_bytes()))
 }
 
 fn int(v: &Value, min: u64, max: u64) -> Result<u64, ConfigError> {

@@ -5,6 +5,7 @@
 //! clock: the runtime feeds it bytes, messages from other shards and `now`, and carries out
 //! what it asks (write these slices, wake that writer, cut this socket, send that batch).
 
+mod auth;
 mod flow;
 mod groups;
 mod limits;
@@ -13,12 +14,14 @@ mod outbox;
 mod shard;
 mod views;
 
+pub use auth::ClusterSecret;
 pub use groups::owner_of;
 pub use limits::Limits;
 pub use outbox::{Outbox, MAX_IOV};
 pub use shard::{Flow, ServerIdentity, ShardCore, Take};
 
 use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -28,19 +31,29 @@ use crate::proto::{Cause, GroupName, Member, Name, NodeTag, SessionId};
 /// Index of a connection in its shard's table.
 pub type ConnId = usize;
 
-/// What the runtime knows of a new connection before its first frame.
+/// What the runtime knows about a new connection before any frame is read.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ConnMeta {
-    pub remote: Option<std::net::SocketAddr>,
-    /// Set when the connection is TLS (its handshake is complete).
+    /// The remote address of the socket.
+    pub remote: Option<SocketAddr>,
+    /// Set when the connection is TLS: what the verified certificate of the other side says.
     pub tls: Option<TlsPeer>,
 }
 
-/// The other side of a TLS connection, as its verified certificate names it.
+/// The verified certificate of the other end of a TLS connection.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TlsPeer {
-    /// DNS SANs and CN of the verified peer certificate; empty if none was presented.
+    /// DNS names (subject alternative names) and common name of the verified certificate;
+    /// empty if the other side presented none.
     pub names: Vec<String>,
+}
+
+/// One server of the `peers` table as the core checks it: its name, and the addresses an
+/// inbound link from it may come from (used when peers are not otherwise authenticated).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerEntry {
+    pub name: String,
+    pub addrs: Vec<IpAddr>,
 }
 
 /// A link to another server that is up, as every shard of this server knows it.
@@ -149,6 +162,15 @@ pub struct Stats {
     pub links_down: u64,
     pub digest_mismatches: u64,
     pub gaps: u64,
+    /// Peer frames refused: forged or out-of-range input, VIEWs from a server that does not
+    /// order membership here, requests for sessions of another server.
+    pub peer_violations: u64,
+    /// Inbound peer handshakes refused (certificate, address or cluster secret).
+    pub auth_failures: u64,
+    /// Requests refused at a configured bound (connections, handshakes, groups, members).
+    pub limit_refusals: u64,
+    /// Connections closed for not completing their handshake within `handshake_timeout`.
+    pub killed_handshake: u64,
 }
 
 impl Stats {
@@ -168,5 +190,9 @@ impl Stats {
         self.links_down += o.links_down;
         self.digest_mismatches += o.digest_mismatches;
         self.gaps += o.gaps;
+        self.peer_violations += o.peer_violations;
+        self.auth_failures += o.auth_failures;
+        self.limit_refusals += o.limit_refusals;
+        self.killed_handshake += o.killed_handshake;
     }
 }

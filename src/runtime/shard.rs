@@ -101,7 +101,7 @@ impl ShardRt {
         match msg {
             Inbound::Shard(batch) => self.core.borrow_mut().handle_shard_msgs(batch, Instant::now()),
             Inbound::Conn(std) if !self.stopping.get() => {
-                let within = self.core.borrow().limits().idle_timeout;
+                let within = self.core.borrow().limits().handshake_timeout;
                 tls::accepted(self, std, self.tls.borrow().clone(), within)
             }
             Inbound::Conn(_) => {}
@@ -111,11 +111,18 @@ impl ShardRt {
             }
             Inbound::Control(Control::Tls(tls)) => {
                 tracing::info!(shard = self.id, "applying reloaded TLS settings");
+                // The core requires certificate-checked peers exactly when peer TLS is on.
+                let peer_tls = tls.as_ref().is_some_and(|t| t.peer_tls());
+                let mut limits = self.core.borrow().limits().clone();
+                if limits.peer_tls != peer_tls {
+                    limits.peer_tls = peer_tls;
+                    self.core.borrow_mut().set_limits(limits);
+                }
                 *self.tls.borrow_mut() = tls;
             }
-            Inbound::Control(Control::Peers(peers)) => {
+            Inbound::Control(Control::Peers(peers, entries)) => {
                 let mut dialers = self.dialers.borrow_mut();
-                links::apply_peers(self, &mut dialers, &self.node_name, &peers);
+                links::apply_peers(self, &mut dialers, &self.node_name, &peers, entries);
             }
             Inbound::Control(Control::Shutdown) => {
                 links::stop_all(&mut self.dialers.borrow_mut());
@@ -174,13 +181,13 @@ impl ShardRt {
         self.stopping.get()
     }
 
-    /// Waits until the core allows reading (publishers are held back under pressure).
-    pub async fn wait_for_reading(&self) {
+    /// Waits until the core allows reading `id` (publishers are held back under pressure).
+    pub async fn wait_for_reading(&self, id: ConnId) {
         loop {
             let notified = self.resume.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if !self.core.borrow().reading_paused() {
+            if !self.core.borrow().reading_paused_for(id) {
                 return;
             }
             notified.await;
@@ -290,10 +297,14 @@ pub fn tune_socket(socket: &impl std::os::fd::AsFd, tcpbuf: usize) {
 
 /// Drives the core's timers and publishes counters.
 async fn tick(shard: Rc<ShardRt>, stats: Arc<Mutex<Vec<Stats>>>) {
+    // A fail point for the tests that a panicking shard ends the server (never set in
+    // production): MSGC_FAILPOINT=shard-panic makes shard 0 panic at its first tick.
+    let fail = shard.id == 0 && std::env::var_os("MSGC_FAILPOINT").is_some_and(|v| v == "shard-panic");
     loop {
         let now = Instant::now();
         let next = shard.core.borrow().poll_timeout(now);
         tokio::time::sleep_until(next.into()).await;
+        assert!(!fail, "fail point shard-panic");
         shard.core.borrow_mut().handle_timeout(Instant::now());
         shard.flush();
         publish_stats(&shard, &stats);
