@@ -527,3 +527,38 @@ fn unreadable_or_invalid_tls_files_are_clear_start_errors() {
         }
     }
 }
+
+#[test]
+fn silent_tls_connections_count_against_max_handshakes() {
+    let pki = Pki::new("silent");
+    let id = pki.issue("server", &["tlssilent-node", "127.0.0.1"]);
+    init_logging();
+    // A handshake_timeout longer than the test's deadline: a closed third connection can
+    // only come from the bound.
+    let limits = Limits { max_handshakes: 2, handshake_timeout: Duration::from_secs(60), ..mesh_limits() };
+    let opts = msgc::runtime::ServerOptions {
+        tls: tls_opts(&pki, &id, TlsClients::Optional, ClientCertificates::None),
+        ..test_options("tlssilent-node", 1, limits)
+    };
+    let server = ServerHandle::start(opts).expect("server starts");
+    // Two connections that start a TLS record and say nothing more hold both places.
+    let silent: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut s = TcpStream::connect(addr(&server)).unwrap();
+            s.write_all(&[0x16]).unwrap();
+            s
+        })
+        .collect();
+    // The shard takes connections in order, so both are counted before the third arrives.
+    let mut third = TcpStream::connect(addr(&server)).unwrap();
+    third.write_all(&[0x16]).unwrap();
+    third.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut b = [0u8; 16];
+    match third.read(&mut b) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("the third connection must be closed at once, got {other:?}"),
+    }
+    wait_for("the refusal is counted", || server.stats().limit_refusals >= 1);
+    drop(silent);
+}

@@ -60,6 +60,8 @@ pub struct ShardRt {
     pub backend: Backend,
     /// The TLS state new connections and dials use (replaced on reload).
     pub tls: RefCell<Option<Arc<ServerTls>>>,
+    /// Accepted connections still in their TLS handshake (not yet known to the core).
+    pub pre_core: Cell<usize>,
     pub core: RefCell<ShardCore>,
     pub io: RefCell<Vec<Option<ConnIo>>>,
     /// Paused readers wait here for the core to allow reading again.
@@ -224,6 +226,7 @@ async fn serve(setup: ShardSetup) {
         nshards,
         backend,
         tls: RefCell::new(tls),
+        pre_core: Cell::new(0),
         core: RefCell::new(ShardCore::new(id, nshards, identity, limits)),
         io: RefCell::new(Vec::new()),
         resume: Notify::new(),

@@ -131,13 +131,36 @@ pub fn accepted(
         }
         return;
     };
+    // Connections not yet handed to the core count against max_handshakes too, so that
+    // silent TLS connections cannot pile up for handshake_timeout each.
+    let cap = {
+        let core = shard.core.borrow();
+        core.limits().handshakes_per_shard(shard.nshards)
+    };
+    if shard.pre_core.get() >= cap {
+        shard.core.borrow_mut().stats.limit_refusals += 1;
+        tracing::warn!(?remote, "refusing connection: too many TLS handshakes in progress (max_handshakes)");
+        return;
+    }
+    shard.pre_core.set(shard.pre_core.get() + 1);
     let shard = shard.clone();
     tokio::task::spawn_local(async move {
-        match tokio::time::timeout(within, sniff_and_handshake(&shard, std, &tls)).await {
+        let outcome = tokio::time::timeout(within, sniff_and_handshake(&shard, std, &tls)).await;
+        shard.pre_core.set(shard.pre_core.get() - 1);
+        match outcome {
             Ok(Ok(Some((stream, meta)))) if !shard.is_stopping() => shard::adopt(&shard, stream, meta, None),
             Ok(Ok(_)) => {}
-            Ok(Err(why)) => tracing::info!(?remote, "connection closed before reaching the core: {why}"),
-            Err(_) => tracing::info!(?remote, "TLS handshake not done within {within:?}; closed"),
+            Ok(Err(why)) => {
+                shard.core.borrow_mut().stats.auth_failures += 1;
+                tracing::info!(?remote, "connection closed before reaching the core: {why}");
+            }
+            Err(_) => {
+                shard.core.borrow_mut().stats.killed_handshake += 1;
+                tracing::info!(
+                    ?remote,
+                    "TLS handshake not done within {within:?} (handshake_timeout); closed"
+                );
+            }
         }
     });
 }
