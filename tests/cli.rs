@@ -240,7 +240,11 @@ fn without_io_uring_auto_falls_back_to_epoll_and_uring_is_refused() {
     signal(&child, libc::SIGTERM);
     assert!(wait_exit(&mut child).success());
 
-    let out = bin().args(["--listen", "127.0.0.1:0", "--io", "uring"]).env("MSGC_FAILPOINT", "no-io-uring").output().unwrap();
+    let out = bin()
+        .args(["--listen", "127.0.0.1:0", "--io", "uring"])
+        .env("MSGC_FAILPOINT", "no-io-uring")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("io_uring is unavailable") && !err.contains("panicked"), "{err}");
