@@ -19,7 +19,11 @@ fuzz_target!(|data: &[u8]| {
     }
     match Config::parse_str(text, "fuzz.conf") {
         Ok(config) => {
-            assert_eq!(Config::parse_str(text, "fuzz.conf").as_ref(), Ok(&config), "parsing is not deterministic");
+            assert_eq!(
+                Config::parse_str(text, "fuzz.conf").as_ref(),
+                Ok(&config),
+                "parsing is not deterministic"
+            );
             let _ = config.server.digest();
             let _ = config.listener.socket_addrs(config.server.port);
             let _ = ClientOptions::from(&config.client);

@@ -450,7 +450,9 @@ impl Harness {
                 let shard = usize::from(*shard) % nshards;
                 let id = self.shards[shard].handle_accept(self.now);
                 let (frame, tag) = match hello {
-                    Hello::Client { name: n } => (Some(Frame::Hello(Handshake::client(name(*n), 1 << 20))), 0),
+                    Hello::Client { name: n } => {
+                        (Some(Frame::Hello(Handshake::client(name(*n), 1 << 20))), 0)
+                    }
                     Hello::Peer { name: n, tag, boot, same_digest } => {
                         let h = Handshake {
                             version: 1,

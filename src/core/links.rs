@@ -192,7 +192,8 @@ impl ShardCore {
             for (sender, last) in senders {
                 // The peer chose `last`: after u64::MAX nothing can be missing.
                 let Some(first) = last.checked_add(1) else { continue };
-                let gap = Gap { reason: GapReason::LinkLost, group: group.clone(), sender, first, last: u64::MAX };
+                let gap =
+                    Gap { reason: GapReason::LinkLost, group: group.clone(), sender, first, last: u64::MAX };
                 self.stats.gaps += 1;
                 self.broadcast(ShardMsg::Gap { group: group.clone(), frame: Frame::Gap(gap).to_bytes() });
             }
