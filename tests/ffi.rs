@@ -33,19 +33,15 @@ fn cc() -> Option<&'static str> {
     }
 }
 
-/// Where cargo put libmsgc.so and libmsgc.a: the profile directory above this test's binary.
+/// Where cargo put libmsgc.so and libmsgc.a. `cargo test` leaves them beside this test's
+/// binary (`<target>/<profile>/deps/`); `cargo build` also copies them one level up.
 fn lib_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("the test binary's path");
-    // invariant: test binaries live in <target>/<profile>/deps/.
-    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>").to_path_buf();
-    for lib in ["libmsgc.so", "libmsgc.a"] {
-        assert!(
-            dir.join(lib).exists(),
-            "{} missing: is crate-type cdylib/staticlib set?",
-            dir.join(lib).display()
-        );
-    }
-    dir
+    let has_both = |dir: &Path| ["libmsgc.so", "libmsgc.a"].iter().all(|lib| dir.join(lib).exists());
+    let candidates: Vec<PathBuf> = exe.ancestors().skip(1).take(2).map(Path::to_path_buf).collect();
+    candidates.iter().find(|d| has_both(d)).cloned().unwrap_or_else(|| {
+        panic!("libmsgc.so and libmsgc.a not found in {candidates:?}: is crate-type cdylib/staticlib set?")
+    })
 }
 
 /// A fresh scratch directory for this test's outputs.
