@@ -11,6 +11,7 @@ pub mod ffi;
 pub mod mesh;
 pub mod proto;
 pub mod runtime;
+pub mod tls;
 
 /// The README's Rust examples compile (checked by `cargo test --doc`).
 #[cfg(doctest)]

@@ -113,6 +113,77 @@ fn sigterm_stops_gracefully_and_sighup_with_a_bad_file_keeps_serving() {
     );
 }
 
+#[test]
+fn the_io_backend_is_chosen_on_the_command_line_and_reported() {
+    let mut child = bin()
+        .args(["--listen", "127.0.0.1:0", "--threads", "1", "--io", "epoll"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let (mut first, mut second) = (String::new(), String::new());
+    out.read_line(&mut first).unwrap();
+    out.read_line(&mut second).unwrap();
+    assert_eq!(second.trim(), "msgc-server: io backend epoll", "{first}{second}");
+    let addr: SocketAddr = first.trim().rsplit(' ').next().unwrap().parse().unwrap();
+    let mut a = RawClient::connect(addr, "a");
+    a.join("g");
+    a.wait_view("g", 1);
+    signal(&child, libc::SIGTERM);
+    assert!(wait_exit(&mut child).success());
+
+    let out = bin().args(["--io", "fast"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("auto, uring, epoll"), "{err}");
+}
+
+#[test]
+fn check_config_shows_the_tls_options_and_rejects_unusable_files_naming_them() {
+    let cert = rcgen::generate_simple_self_signed(vec!["node1".to_string()]).unwrap();
+    let cert_file = temp_conf("node1.pem", &cert.cert.pem());
+    let key_file = temp_conf("node1.key", &cert.signing_key.serialize_pem());
+    let text = format!(
+        "msgc_server {{\n  io = epoll\n  tls_certificate = \"{}\"\n  tls_key = \"{}\"\n  tls_ca = \"{}\"\n  tls_clients = optional\n}}\n",
+        cert_file.display(),
+        key_file.display(),
+        cert_file.display()
+    );
+    let good = temp_conf("tls-good.conf", &text);
+    let out = bin().arg("--check-config").arg(&good).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    for want in [
+        "io epoll",
+        "tls_clients optional",
+        "tls_client_certificates none",
+        "peer links mutual TLS",
+        "node1.pem",
+    ] {
+        assert!(stdout.contains(want), "{want:?} missing from:\n{stdout}");
+    }
+
+    // A key file holding a certificate, and a CA file that does not exist.
+    let bad_key =
+        temp_conf("tls-bad-key.conf", &text.replace(key_file.to_str().unwrap(), cert_file.to_str().unwrap()));
+    let out = bin().arg("--check-config").arg(&bad_key).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("node1.pem: no private key found"), "{err}");
+
+    let missing = temp_conf("tls-missing.conf", &text.replace("tls_ca = \"", "tls_ca = \"/nonexistent"));
+    let out = bin().arg("--check-config").arg(&missing).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent") && err.contains("cannot read"), "{err}");
+    // The server refuses to start on it, with the same message and no panic.
+    let out = bin().arg("--config").arg(&missing).args(["--listen", "127.0.0.1:0"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot read") && !err.contains("panicked"), "{err}");
+}
+
 /// A panic anywhere (here a shard thread, through a fail point) ends the process with a
 /// clear line and a non-zero exit, so a supervisor restarts it and clients fail over.
 #[test]

@@ -111,8 +111,7 @@ fn server_on(addr: SocketAddr) -> ServerHandle {
         pin_threads: false,
         limits: Limits::default(),
         node_name: "ffi".into(),
-        digest: 0,
-        peers: Vec::new(),
+        ..ServerOptions::default()
     };
     ServerHandle::start(opts).expect("server starts")
 }

@@ -10,10 +10,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
-use msgc::config::{Config, ServerConfig};
+use msgc::config::{Config, IoBackend, ServerConfig};
 use msgc::core::Limits;
 use msgc::mesh::{PeerTable, SelfHint};
-use msgc::runtime::{self, PeerSpec, ServerHandle, ServerOptions};
+use msgc::runtime::{self, PeerSpec, ServerHandle, ServerOptions, ServerTls, TlsOptions};
 use tracing_subscriber::{reload, EnvFilter};
 
 #[derive(Parser, Debug)]
@@ -35,6 +35,14 @@ struct Args {
     /// Which `peers` entry this server is (default: found by host name or address).
     #[arg(long, value_name = "NAME")]
     node: Option<String>,
+    /// I/O backend: uring, epoll, or auto (io_uring where this host allows it, else epoll);
+    /// overrides the config's `io`.
+    #[arg(long, value_name = "BACKEND", value_parser = parse_io)]
+    io: Option<IoBackend>,
+}
+
+fn parse_io(s: &str) -> Result<IoBackend, String> {
+    IoBackend::parse(s).ok_or_else(|| format!("expected one of {}", IoBackend::WORDS.join(", ")))
 }
 
 type LogHandle = reload::Handle<EnvFilter, tracing_subscriber::Registry>;
@@ -81,7 +89,16 @@ fn main() -> ExitCode {
     }
     let addrs: Vec<String> = server.local_addrs().iter().map(|a| a.to_string()).collect();
     // Always shown (the default debug_level, ERROR, hides info logs): where to connect.
-    println!("msgc-server: listening on {}", addrs.join(" "));
+    let why =
+        server.backend_fallback().map(|w| format!(" (io_uring is unavailable: {w})")).unwrap_or_default();
+    // One write for both lines: a reader that takes the first line and closes the pipe
+    // must not make a second write fail.
+    let banner = format!(
+        "msgc-server: listening on {}\nmsgc-server: io backend {}{why}\n",
+        addrs.join(" "),
+        server.backend()
+    );
+    print!("{banner}");
     serve(server, config, &args, &log);
     ExitCode::SUCCESS
 }
@@ -142,6 +159,17 @@ fn reload(server: &ServerHandle, config: &mut Config, args: &Args, log: &LogHand
         if opts.threads != old.threads {
             tracing::warn!("reload: threads changed; it takes effect at the next restart");
         }
+        if opts.io != old.io {
+            tracing::warn!("reload: io changed; it takes effect at the next restart");
+        }
+        // Reread even when the file names are unchanged: renewed certificates are usually
+        // written over the old files.
+        if opts.tls != old.tls || opts.tls != TlsOptions::default() {
+            if let Err(e) = server.set_tls(&opts.tls) {
+                tracing::error!("reload failed, keeping the running config: {e}");
+                return;
+            }
+        }
     }
     if std::env::var_os("RUST_LOG").is_none() {
         let _ = log.reload(EnvFilter::new(log_filter(&new.server)));
@@ -201,7 +229,35 @@ fn check_config(path: &Path, args: &Args) -> ExitCode {
     for p in &s.peers {
         println!("  peer {} = {}", p.name, p.addr);
     }
-    println!("  msgc_client: server {:?}", config.client.server);
+    println!(
+        "  msgc_server (msgc): io {}, tls_clients {}, tls_client_certificates {}, tls_certificate {}, tls_key {}, tls_ca {}, peer links {}",
+        s.io,
+        s.tls_clients,
+        s.tls_client_certificates,
+        shown(&s.tls_certificate),
+        shown(&s.tls_key),
+        shown(&s.tls_ca),
+        if s.peer_tls() { "mutual TLS" } else { "plain" },
+    );
+    let c = &config.client;
+    println!(
+        "  msgc_client: server {:?}, tls {}, tls_ca {}, tls_certificate {}, tls_key {}, tls_server_name {}",
+        c.server,
+        if c.tls { "yes" } else { "no" },
+        shown(&c.tls_ca),
+        shown(&c.tls_certificate),
+        shown(&c.tls_key),
+        c.tls_server_name.as_deref().unwrap_or("(host of the server address)"),
+    );
+    // The files must be readable and valid here, as at startup.
+    if let Err(e) = ServerTls::load(&tls_options(s)) {
+        eprintln!("{}: msgc_server TLS: {e}", path.display());
+        return ExitCode::from(2);
+    }
+    if let Err(e) = msgc::client::ClientOptions::from(c).tls_config() {
+        eprintln!("{}: msgc_client TLS: {e}", path.display());
+        return ExitCode::from(2);
+    }
     match options(&config, args) {
         Ok(o) if !s.peers.is_empty() => println!("  this host is peer {:?}", o.node_name),
         Ok(_) => {}
@@ -232,7 +288,23 @@ fn options(config: &Config, args: &Args) -> Result<ServerOptions, String> {
         node_name,
         digest: s.digest(),
         peers,
+        io: args.io.unwrap_or(s.io),
+        tls: tls_options(s),
     })
+}
+
+fn tls_options(s: &ServerConfig) -> TlsOptions {
+    TlsOptions {
+        certificate: s.tls_certificate.clone(),
+        key: s.tls_key.clone(),
+        ca: s.tls_ca.clone(),
+        clients: s.tls_clients,
+        client_certificates: s.tls_client_certificates,
+    }
+}
+
+fn shown(p: &Option<PathBuf>) -> String {
+    p.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "(none)".into())
 }
 
 /// Finds this server in `peers` and lists every peer's `host:port`.
@@ -278,7 +350,7 @@ fn limits(s: &ServerConfig) -> Limits {
         max_handshakes: s.max_handshakes,
         max_groups_per_session: s.max_groups_per_session,
         max_group_members: s.max_group_members,
-        peer_tls: false,
+        peer_tls: s.peer_tls(),
         cluster_secret: s.cluster_secret.clone(),
     }
 }
