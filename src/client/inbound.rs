@@ -42,7 +42,15 @@ impl Inbound {
         while let Some(frame) = proto::decode(buf, self.max_frame_size).map_err(ClientError::Protocol)? {
             match frame {
                 Frame::Mcast(m) => {
-                    let last = self.recv_seq.entry(m.group.clone()).or_default().insert(m.sender, m.seq);
+                    // Looked up by bytes first: no key clone per message once the group is known.
+                    let last = match self.recv_seq.get_mut(m.group.as_bytes()) {
+                        Some(senders) => senders.insert(m.sender, m.seq),
+                        None => {
+                            let senders = FastMap::from_iter([(m.sender, m.seq)]);
+                            self.recv_seq.insert(m.group.clone(), senders);
+                            None
+                        }
+                    };
                     if let Some(last) = last {
                         if m.seq > last + 1 {
                             events.push(Event::Gap(Gap {
