@@ -276,14 +276,18 @@ fn the_pkg_config_template_names_the_library() {
     let pc = template.replace("@PREFIX@", "/opt/msgc").replace("@VERSION@", env!("CARGO_PKG_VERSION"));
     assert!(!pc.contains('@'), "a placeholder was left: {pc}");
     std::fs::write(dir.join("libmsgc.pc"), pc).unwrap();
-    let o = Command::new("pkg-config")
-        .args(["--cflags", "--libs", "--modversion", "libmsgc"])
-        .env("PKG_CONFIG_PATH", &dir)
-        .output()
-        .expect("run pkg-config");
-    let out = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success(), "pkg-config: {}", String::from_utf8_lossy(&o.stderr));
-    for want in ["-I/opt/msgc/include", "-L/opt/msgc/lib", "-lmsgc", env!("CARGO_PKG_VERSION")] {
+    let query = |what: &str| {
+        let o = Command::new("pkg-config")
+            .args([what, "libmsgc"])
+            .env("PKG_CONFIG_PATH", &dir)
+            .output()
+            .expect("run pkg-config");
+        assert!(o.status.success(), "pkg-config {what}: {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    assert_eq!(query("--modversion"), env!("CARGO_PKG_VERSION"));
+    let out = format!("{} {}", query("--cflags"), query("--libs"));
+    for want in ["-I/opt/msgc/include", "-L/opt/msgc/lib", "-lmsgc"] {
         assert!(out.contains(want), "pkg-config output lacks {want}: {out}");
     }
 }
