@@ -33,19 +33,15 @@ fn cc() -> Option<&'static str> {
     }
 }
 
-/// Where cargo put libmsgc.so and libmsgc.a: the profile directory above this test's binary.
+/// Where cargo put libmsgc.so and libmsgc.a. `cargo test` leaves them beside this test's
+/// binary (`<target>/<profile>/deps/`); `cargo build` also copies them one level up.
 fn lib_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("the test binary's path");
-    // invariant: test binaries live in <target>/<profile>/deps/.
-    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>").to_path_buf();
-    for lib in ["libmsgc.so", "libmsgc.a"] {
-        assert!(
-            dir.join(lib).exists(),
-            "{} missing: is crate-type cdylib/staticlib set?",
-            dir.join(lib).display()
-        );
-    }
-    dir
+    let has_both = |dir: &Path| ["libmsgc.so", "libmsgc.a"].iter().all(|lib| dir.join(lib).exists());
+    let candidates: Vec<PathBuf> = exe.ancestors().skip(1).take(2).map(Path::to_path_buf).collect();
+    candidates.iter().find(|d| has_both(d)).cloned().unwrap_or_else(|| {
+        panic!("libmsgc.so and libmsgc.a not found in {candidates:?}: is crate-type cdylib/staticlib set?")
+    })
 }
 
 /// A fresh scratch directory for this test's outputs.
@@ -267,4 +263,31 @@ fn c_example_links_statically_and_talks_to_a_server() {
     wait_child(child, "monitor");
     assert!(out.contains("view lobby"), "{out}");
     assert!(out.contains("message lobby"), "{out}");
+}
+
+#[test]
+fn the_pkg_config_template_names_the_library() {
+    if !Command::new("pkg-config").arg("--version").output().is_ok_and(|o| o.status.success()) {
+        eprintln!("note: no pkg-config on this machine; the libmsgc.pc check is skipped");
+        return;
+    }
+    let dir = scratch("pc");
+    let template = std::fs::read_to_string(Path::new(ROOT).join("pkgconfig/libmsgc.pc.in")).unwrap();
+    let pc = template.replace("@PREFIX@", "/opt/msgc").replace("@VERSION@", env!("CARGO_PKG_VERSION"));
+    assert!(!pc.contains('@'), "a placeholder was left: {pc}");
+    std::fs::write(dir.join("libmsgc.pc"), pc).unwrap();
+    let query = |what: &str| {
+        let o = Command::new("pkg-config")
+            .args([what, "libmsgc"])
+            .env("PKG_CONFIG_PATH", &dir)
+            .output()
+            .expect("run pkg-config");
+        assert!(o.status.success(), "pkg-config {what}: {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    assert_eq!(query("--modversion"), env!("CARGO_PKG_VERSION"));
+    let out = format!("{} {}", query("--cflags"), query("--libs"));
+    for want in ["-I/opt/msgc/include", "-L/opt/msgc/lib", "-lmsgc"] {
+        assert!(out.contains(want), "pkg-config output lacks {want}: {out}");
+    }
 }

@@ -254,3 +254,59 @@ fn a_link_that_stops_reading_is_killed_and_redialed() {
     // The server dials the peer again after reconnect_interval.
     wait_for("the server redials the peer", || fake.accept().is_ok());
 }
+
+/// Saturation is not a fault: publishers on every server at full speed, with small queues
+/// and buffers so that the links fill up at once. Publishers are slowed; no link is killed,
+/// no gap is sent, every subscriber gets everything in order.
+#[test]
+fn saturation_slows_publishers_and_never_kills_a_link() {
+    let limits = Limits {
+        max_backlog: 64,
+        tcpbuf_size: 16384,
+        memory_budget: 1 << 20,
+        // Subscribers read as fast as they can; the test is about links, not slow clients.
+        stall_timeout: Duration::from_secs(30),
+        ..mesh_limits()
+    };
+    let prefix = "saturate";
+    let servers: Vec<ServerHandle> =
+        names(prefix, 3).iter().map(|n| start_node(n, 2, limits.clone())).collect();
+    let table = peers_of(&names(prefix, 3), &servers);
+    for s in &servers {
+        s.set_peers(table.clone());
+    }
+    let mut subs: Vec<RawClient> =
+        (0..3).map(|i| RawClient::connect(addr(&servers[i]), &format!("sub{i}"))).collect();
+    for s in subs.iter_mut() {
+        s.join("firehose");
+    }
+    for s in subs.iter_mut() {
+        s.wait_view("firehose", 3);
+    }
+    let per_publisher = 2000;
+    let readers: Vec<_> = subs
+        .into_iter()
+        .map(|mut s| std::thread::spawn(move || expect_messages(&mut s, 3 * per_publisher).len()))
+        .collect();
+    let publishers: Vec<_> = (0..3)
+        .map(|i| {
+            let mut p = RawClient::connect(addr(&servers[i]), &format!("pub{i}"));
+            std::thread::spawn(move || {
+                let payload = vec![i as u8; 1024];
+                for _ in 0..per_publisher {
+                    p.mcast("firehose", &payload);
+                }
+                p
+            })
+        })
+        .collect();
+    let _publishers: Vec<RawClient> = publishers.into_iter().map(|p| p.join().expect("publisher")).collect();
+    for r in readers {
+        assert_eq!(r.join().expect("subscriber got everything in order"), 3 * per_publisher);
+    }
+    for s in &servers {
+        let st = s.stats();
+        assert_eq!((st.killed_stuck, st.links_down, st.gaps), (0, 0, 0), "{st:?}");
+    }
+    assert!(servers.iter().map(|s| s.stats().pauses).sum::<u64>() > 0, "publishers were held back");
+}

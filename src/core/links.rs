@@ -270,13 +270,10 @@ impl ShardCore {
         self.stats.links_down += 1;
         for (group, senders) in p.recv {
             for (sender, last) in senders {
-                let gap = Gap {
-                    reason: GapReason::LinkLost,
-                    group: group.clone(),
-                    sender,
-                    first: last.saturating_add(1),
-                    last: u64::MAX,
-                };
+                // The peer chose `last`: after u64::MAX nothing can be missing.
+                let Some(first) = last.checked_add(1) else { continue };
+                let gap =
+                    Gap { reason: GapReason::LinkLost, group: group.clone(), sender, first, last: u64::MAX };
                 self.stats.gaps += 1;
                 self.broadcast(ShardMsg::Gap { group: group.clone(), frame: Frame::Gap(gap).to_bytes() });
             }

@@ -113,7 +113,12 @@ impl ShardCore {
         let Some(owned) = self.groups.get_mut(group.as_bytes()).and_then(|g| g.owned.as_mut()) else {
             return;
         };
-        owned.view_id += 1;
+        // View ids come from peers too: one at u64::MAX must not wrap (or panic) here.
+        let Some(view_id) = owned.view_id.checked_add(1) else {
+            tracing::error!(%group, "view id space exhausted: no new view is published");
+            return;
+        };
+        owned.view_id = view_id;
         owned.dirty = false;
         let members: Arc<[Member]> = owned.members.values().cloned().collect();
         let view = View {

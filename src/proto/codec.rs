@@ -138,13 +138,9 @@ pub fn encode(frame: &Frame, dst: &mut BytesMut) {
             dst.put_u8(kind::ERROR);
             dst.put_u8(if e.fatal { ERROR_FATAL } else { 0 });
             dst.put_u16(e.code as u16);
-            // Messages are ours; cut at a char boundary to fit the u16 length.
-            let mut end = e.message.len().min(1024);
-            while !e.message.is_char_boundary(end) {
-                end -= 1;
-            }
-            dst.put_u16(end as u16);
-            dst.put_slice(&e.message.as_bytes()[..end]);
+            let message = bounded_message(&e.message);
+            dst.put_u16(message.len() as u16);
+            dst.put_slice(message.as_bytes());
         }
         Frame::Mcast(m) => {
             dst.truncate(start);
@@ -326,7 +322,9 @@ pub fn parse_whole(frame: Bytes) -> Result<Frame, ProtoError> {
             if ERROR_FIXED + mlen != f.len() {
                 return Err(ProtoError::Malformed("message length disagrees with frame length"));
             }
-            let message = String::from_utf8_lossy(&f[ERROR_FIXED..]).into_owned();
+            // Lenient (a message is only shown), and bounded like the messages we send, so
+            // that a received ERROR re-encodes to itself.
+            let message = bounded_message(&String::from_utf8_lossy(&f[ERROR_FIXED..])).to_string();
             Ok(Frame::Error(ErrorFrame { code: error_code(code), fatal: flags & ERROR_FATAL != 0, message }))
         }
         kind::MCAST => {
@@ -476,6 +474,18 @@ pub fn parse_whole(frame: Bytes) -> Result<Frame, ProtoError> {
         }
         other => Err(ProtoError::UnknownKind(other)),
     }
+}
+
+/// Longest ERROR message sent or kept, in bytes.
+pub const MAX_ERROR_MESSAGE: usize = 1024;
+
+/// `message` cut to at most [`MAX_ERROR_MESSAGE`] bytes, at a char boundary.
+fn bounded_message(message: &str) -> &str {
+    let mut end = message.len().min(MAX_ERROR_MESSAGE);
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    &message[..end]
 }
 
 fn cause_of(b: u8) -> Result<Cause, ProtoError> {

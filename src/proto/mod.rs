@@ -6,7 +6,10 @@
 mod codec;
 mod ids;
 
-pub use codec::{decode, encode_mcast, encode_mcast_parts, frame_len, parse_whole, McastHeader, MCAST_FIXED};
+pub use codec::{
+    decode, encode_mcast, encode_mcast_parts, frame_len, parse_whole, McastHeader, MAX_ERROR_MESSAGE,
+    MCAST_FIXED,
+};
 pub use ids::{GroupName, Name, NodeTag, SessionId, MAX_GROUP_LEN, MAX_NAME_LEN};
 
 use bytes::Bytes;
