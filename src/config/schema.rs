@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::parser::{parse, Entry, Pos, Value};
-use super::{ClientConfig, Config, ConfigError, DebugLevel, Peer};
+use super::{ClientConfig, Config, ConfigError, DebugLevel, LogFormat, Peer, ServerConfig};
 
-const SERVER_OPTIONS: &[&str] = &[
+pub(super) const SERVER_OPTIONS: &[&str] = &[
     "connect_timeout",
     "debug_level",
     "idle_timeout",
@@ -25,7 +25,12 @@ const SERVER_OPTIONS: &[&str] = &[
     "max_frame_size",
     "memory_budget",
     "threads",
+    "metrics_listen",
+    "control_socket",
+    "log_format",
 ];
+/// Longest Unix socket path (`sun_path` holds 108 bytes with the terminating NUL).
+const MAX_SOCKET_PATH: usize = 107;
 const CLIENT_OPTIONS: &[&str] = &[
     "bind_address",
     "connect_timeout",
@@ -48,7 +53,7 @@ const MAX_INCLUDE_DEPTH: usize = 16;
 /// ranges) on `$cfg`; evaluates to whether `$key` was one of them.
 macro_rules! set_shared {
     ($cfg:expr, $key:expr, $v:expr) => {
-        match $key.as_str() {
+        match AsRef::<str>::as_ref(&$key) {
             "connect_timeout" => {
                 $cfg.connect_timeout = seconds($v)?;
                 true
@@ -183,19 +188,11 @@ fn build(entries: Vec<Entry>) -> Result<Config, ConfigError> {
     check_duplicates(&client_opts)?;
     let mut port_pos = None;
     for (key, pos, value) in &server_opts {
-        let s = &mut config.server;
-        if set_shared!(s, key, value) {
-            continue;
+        if !set_server(&mut config.server, key, value)? {
+            return Err(unknown(key, pos, "msgc_server", SERVER_OPTIONS));
         }
-        match key.as_str() {
-            "peers" => s.peers = peers(value)?,
-            "port" => {
-                s.port = int(value, 1, 65535)? as u16;
-                port_pos = Some(pos.clone());
-            }
-            "memory_budget" => s.memory_budget = int(value, 1 << 20, u64::MAX >> 1)? as usize,
-            "threads" => s.threads = int(value, 0, 1024)? as usize,
-            _ => return Err(unknown(key, pos, "msgc_server", SERVER_OPTIONS)),
+        if key == "port" {
+            port_pos = Some(pos.clone());
         }
     }
     for (key, pos, value) in &client_opts {
@@ -234,6 +231,123 @@ fn build(entries: Vec<Entry>) -> Result<Config, ConfigError> {
         }
     }
     Ok(config)
+}
+
+/// Sets one `msgc_server` option; false if `key` (lower-cased) is not one.
+fn set_server(s: &mut ServerConfig, key: &str, value: &Value) -> Result<bool, ConfigError> {
+    if set_shared!(s, key, value) {
+        return Ok(true);
+    }
+    match key {
+        "peers" => s.peers = peers(value)?,
+        "port" => s.port = int(value, 1, 65535)? as u16,
+        "memory_budget" => s.memory_budget = int(value, 1 << 20, u64::MAX >> 1)? as usize,
+        "threads" => s.threads = int(value, 0, 1024)? as usize,
+        "metrics_listen" => {
+            let a = scalar(value, "an address such as \"127.0.0.1:9809\", or \"\" for off")?;
+            s.metrics_listen = if a.is_empty() { None } else { Some(listen_addr(a).map_err(|m| err(value.pos(), m))?) };
+        }
+        "control_socket" => {
+            let p = scalar(value, "a socket path, or \"\" for off")?;
+            if p.len() > MAX_SOCKET_PATH {
+                return Err(err(
+                    value.pos(),
+                    format!("a Unix socket path is at most {MAX_SOCKET_PATH} bytes; this one has {}", p.len()),
+                ));
+            }
+            s.control_socket = if p.is_empty() { None } else { Some(PathBuf::from(p)) };
+        }
+        "log_format" => {
+            s.log_format = match scalar(value, "text or json")?.to_ascii_lowercase().as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                other => return Err(err(value.pos(), format!("unknown log_format `{other}`: expected text or json"))),
+            }
+        }
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
+/// `config set`: one `msgc_server` option from its value in the config syntax, validated as
+/// in a file (and `port` against the listen scopes). The config is unchanged on error.
+pub fn set_server_option(config: &mut Config, key: &str, text: &str) -> Result<(), ConfigError> {
+    let key = key.to_ascii_lowercase();
+    if !SERVER_OPTIONS.contains(&key.as_str()) {
+        let pos = Pos { file: String::new(), line: 0, col: 0 };
+        return Err(ConfigError::plain(unknown(&key, &pos, "msgc_server", SERVER_OPTIONS).message()));
+    }
+    let file = format!("value of {key}");
+    let entries = parse(&format!("{key} = {text}\n"), &file)?;
+    let value = match entries.as_slice() {
+        [Entry::Option { key: k, value, .. }] if k.eq_ignore_ascii_case(&key) => value,
+        _ => return Err(ConfigError::plain(format!("expected one value for {key}, found `{text}`"))),
+    };
+    let mut server = config.server.clone();
+    set_server(&mut server, &key, value)?;
+    if key == "port" && !config.listener.listen.is_empty() {
+        let ports: Vec<u16> =
+            config.listener.listen.iter().filter_map(|l| listen_addr(l).ok()).map(|a| a.port()).collect();
+        if !ports.contains(&server.port) {
+            return Err(ConfigError::plain(format!(
+                "port {} matches no listen scope of msgcserver_listener (ports {ports:?}); they must match",
+                server.port
+            )));
+        }
+    }
+    config.server = server;
+    Ok(())
+}
+
+/// `config get`: the running value of one `msgc_server` option, in the config syntax (what
+/// [`set_server_option`] reads back).
+pub fn server_option(s: &ServerConfig, key: &str) -> Result<String, ConfigError> {
+    let key = key.to_ascii_lowercase();
+    let secs = |d: Duration| format!("{}", d.as_secs_f64());
+    let quoted = |v: &str| format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""));
+    Ok(match key.as_str() {
+        "connect_timeout" => secs(s.connect_timeout),
+        "debug_level" => format!("{:?}", s.debug_level).to_ascii_uppercase(),
+        "idle_timeout" => secs(s.idle_timeout),
+        "keepalive_interval" => secs(s.keepalive_interval),
+        "max_backlog" => s.max_backlog.to_string(),
+        "messages_per_iter" => s.messages_per_iter.to_string(),
+        "peers" => {
+            let name = |n: &str| {
+                let bare = n.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+                if bare {
+                    n.to_string()
+                } else {
+                    quoted(n)
+                }
+            };
+            let items: Vec<String> =
+                s.peers.iter().map(|p| format!("{} = {}", name(&p.name), quoted(&p.addr))).collect();
+            if items.is_empty() {
+                "[ ]".to_string()
+            } else {
+                format!("[ {} ]", items.join(" "))
+            }
+        }
+        "port" => s.port.to_string(),
+        "reconnect_interval" => secs(s.reconnect_interval),
+        "tcpbuf_size" => s.tcpbuf_size.to_string(),
+        "max_frame_size" => s.max_frame_size.to_string(),
+        "memory_budget" => s.memory_budget.to_string(),
+        "threads" => s.threads.to_string(),
+        "metrics_listen" => quoted(&s.metrics_listen.map(|a| a.to_string()).unwrap_or_default()),
+        "control_socket" => {
+            quoted(&s.control_socket.as_ref().map(|p| p.display().to_string()).unwrap_or_default())
+        }
+        "log_format" => match s.log_format {
+            LogFormat::Text => "text".into(),
+            LogFormat::Json => "json".into(),
+        },
+        _ => {
+            let pos = Pos { file: String::new(), line: 0, col: 0 };
+            return Err(ConfigError::plain(unknown(&key, &pos, "msgc_server", SERVER_OPTIONS).message()));
+        }
+    })
 }
 
 /// Collects the options of one of our scopes (lower-cased keys); nested scopes are errors.
@@ -423,6 +537,46 @@ mod tests {
         assert_eq!(edit_distance("idle_timout", "idle_timeout"), 1);
         let e = parse_str("msgc_server { idle_timout = 3 }", "f").unwrap_err().to_string();
         assert_eq!(e, "f:1:15: unknown option idle_timout in msgc_server; did you mean `idle_timeout`?");
+    }
+
+    #[test]
+    fn every_option_reads_back_what_get_shows() {
+        let text = r#"msgc_server {
+            idle_timeout = 2.5 debug_level = info max_backlog = 7 threads = 3
+            peers = [ a = "10.0.0.1" "b.example" = "[::1]:4810" "c d" = "x" ]
+            metrics_listen = "127.0.0.1:9809" control_socket = "/tmp/x \"y\".sock" log_format = JSON
+        }"#;
+        let config = parse_str(text, "f").unwrap();
+        let mut copy = Config::default();
+        for key in SERVER_OPTIONS {
+            let shown = server_option(&config.server, key).unwrap();
+            set_server_option(&mut copy, key, &shown).unwrap_or_else(|e| panic!("{key} = {shown}: {e}"));
+        }
+        assert_eq!(copy.server, config.server);
+        assert_eq!(server_option(&config.server, "idle_timeout").unwrap(), "2.5");
+        assert_eq!(server_option(&config.server, "metrics_listen").unwrap(), "\"127.0.0.1:9809\"");
+    }
+
+    #[test]
+    fn config_set_checks_values_as_a_file_does() {
+        let mut c = Config::default();
+        let e = set_server_option(&mut c, "max_backlog", "lots").unwrap_err().to_string();
+        assert!(e.contains("expected a whole number"), "{e}");
+        let e = set_server_option(&mut c, "idle_timout", "3").unwrap_err().to_string();
+        assert!(e.contains("did you mean `idle_timeout`"), "{e}");
+        let e = set_server_option(&mut c, "max_backlog", "5 threads = 2").unwrap_err().to_string();
+        assert!(e.contains("expected one value"), "{e}");
+        assert!(set_server_option(&mut c, "log_format", "yaml").is_err());
+        assert!(set_server_option(&mut c, "control_socket", &format!("\"{}\"", "x".repeat(200))).is_err());
+        assert_eq!(c, Config::default(), "a failed set changes nothing");
+        set_server_option(&mut c, "MAX_BACKLOG", "9").unwrap();
+        assert_eq!(c.server.max_backlog, 9);
+        set_server_option(&mut c, "metrics_listen", "\"\"").unwrap();
+        assert_eq!(c.server.metrics_listen, None);
+
+        let mut l = parse_str("msgcserver_listener { listen \":4809\" { } }", "f").unwrap();
+        assert!(set_server_option(&mut l, "port", "4810").is_err());
+        set_server_option(&mut l, "port", "4809").unwrap();
     }
 
     #[test]

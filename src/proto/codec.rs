@@ -476,6 +476,7 @@ fn error_code(code: u16) -> ErrorCode {
         11 => Stuck,
         12 => IdleTimeout,
         13 => ShuttingDown,
+        14 => Draining,
         _ => Other,
     }
 }

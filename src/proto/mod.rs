@@ -150,6 +150,8 @@ pub enum ErrorCode {
     Stuck = 11,
     IdleTimeout = 12,
     ShuttingDown = 13,
+    /// The server is draining (an operator's `msgc-ctl drain`): reconnect to another server.
+    Draining = 14,
     /// A code this version does not know (kept so an old client can show it).
     Other = 0xffff,
 }

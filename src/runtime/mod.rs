@@ -7,11 +7,13 @@
 mod accept;
 mod conn;
 mod host;
+mod inspect;
 mod links;
 mod shard;
 mod uring;
 
 pub use host::{hostnames, local_addrs, local_hostname};
+pub use inspect::{InspectError, Inspector, ProcessReport, ServerReport};
 pub use links::PeerSpec;
 pub use uring::check_io_uring;
 
@@ -60,6 +62,10 @@ impl Default for ServerOptions {
 pub(crate) enum Control {
     Reload(Limits),
     Peers(Vec<PeerSpec>),
+    /// Answer with a report of the shard's state (per session if asked).
+    Report { sessions: bool, reply: tokio::sync::oneshot::Sender<crate::core::ShardReport> },
+    /// Ask every client to move to another server; turn new ones away.
+    Drain,
     Shutdown,
 }
 
@@ -71,6 +77,7 @@ pub struct ServerHandle {
     accept_stop: Option<tokio::sync::oneshot::Sender<()>>,
     threads: Vec<JoinHandle<()>>,
     stats: Arc<Mutex<Vec<Stats>>>,
+    inspector: Inspector,
 }
 
 /// Why a server could not start.
@@ -142,9 +149,20 @@ impl ServerHandle {
             }
         }
         tracing::info!(node = %identity.node_name, tag = format!("{:08x}", identity.node_tag.0), ?addrs, threads, "msgc-server listening");
+        let inspector = Inspector {
+            shards: senders.clone(),
+            info: Arc::new(inspect::ServerInfo {
+                node_name: identity.node_name.as_str().to_string(),
+                node_tag: identity.node_tag.0,
+                addrs: addrs.clone(),
+                started: std::time::SystemTime::now(),
+                started_at: std::time::Instant::now(),
+            }),
+        };
         Ok(ServerHandle {
             addrs,
             node_tag: identity.node_tag,
+            inspector,
             control: senders,
             accept_stop: Some(stop_tx),
             threads: handles,
@@ -173,6 +191,23 @@ impl ServerHandle {
     pub fn set_peers(&self, peers: Vec<PeerSpec>) {
         for tx in &self.control {
             let _ = tx.send(shard::Inbound::Control(Control::Peers(peers.clone())));
+        }
+    }
+
+    /// A handle that asks the shards for reports, usable from any thread.
+    pub fn inspector(&self) -> Inspector {
+        self.inspector.clone()
+    }
+
+    /// Lame-duck mode: stops accepting (the listening sockets close) and asks every client
+    /// to move to another server (ERROR `Draining` after what is queued for it). Peer links
+    /// stay up. The caller decides when to [`ServerHandle::shutdown`].
+    pub fn drain(&mut self) {
+        if let Some(stop) = self.accept_stop.take() {
+            let _ = stop.send(());
+        }
+        for tx in &self.control {
+            let _ = tx.send(shard::Inbound::Control(Control::Drain));
         }
     }
 
