@@ -263,6 +263,11 @@ impl ListenerConfig {
     }
 }
 
+/// A listen address as the config writes it: `:4809`, `*:4809`, `10.0.0.1:4809`, `[::]:4809`.
+pub fn parse_listen_addr(s: &str) -> Result<SocketAddr, String> {
+    schema::listen_addr(s)
+}
+
 /// A config error; `Display` is `file:line:col: message` when the place is known.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{}", self.render())]
