@@ -457,7 +457,7 @@ fn load(args: &Args) -> Result<Config, String> {
     if let Some(m) = &args.metrics {
         s.metrics_listen = match m.as_str() {
             "" | "off" => None,
-            a => Some(msgc::config::parse_listen_addr(a).map_err(|e| format!("--metrics: {e}"))?),
+            a => Some(msgc::config::parse_metrics_addr(a).map_err(|e| format!("--metrics: {e}"))?),
         };
     }
     if let Some(c) = &args.control {

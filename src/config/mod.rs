@@ -263,9 +263,10 @@ impl ListenerConfig {
     }
 }
 
-/// A listen address as the config writes it: `:4809`, `*:4809`, `10.0.0.1:4809`, `[::]:4809`.
-pub fn parse_listen_addr(s: &str) -> Result<SocketAddr, String> {
-    schema::listen_addr(s)
+/// A `metrics_listen` address: `:9809`, `*:9809`, `127.0.0.1:9809`, `[::1]:9809`, or port 0
+/// for any free port.
+pub fn parse_metrics_addr(s: &str) -> Result<SocketAddr, String> {
+    schema::metrics_addr(s)
 }
 
 /// A config error; `Display` is `file:line:col: message` when the place is known.

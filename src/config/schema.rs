@@ -245,7 +245,7 @@ fn set_server(s: &mut ServerConfig, key: &str, value: &Value) -> Result<bool, Co
         "threads" => s.threads = int(value, 0, 1024)? as usize,
         "metrics_listen" => {
             let a = scalar(value, "an address such as \"127.0.0.1:9809\", or \"\" for off")?;
-            s.metrics_listen = if a.is_empty() { None } else { Some(listen_addr(a).map_err(|m| err(value.pos(), m))?) };
+            s.metrics_listen = if a.is_empty() { None } else { Some(metrics_addr(a).map_err(|m| err(value.pos(), m))?) };
         }
         "control_socket" => {
             let p = scalar(value, "a socket path, or \"\" for off")?;
@@ -505,6 +505,11 @@ fn servers(v: &Value) -> Result<Vec<String>, ConfigError> {
             }
         })
         .collect()
+}
+
+/// The metrics endpoint's address: as a listen scope's, and port 0 (any free port) too.
+pub fn metrics_addr(s: &str) -> Result<SocketAddr, String> {
+    listen_addr(s).or_else(|e| s.parse::<SocketAddr>().map_err(|_| e))
 }
 
 /// A listen scope's address: `:4809`, `*:4809`, `4809`, `10.0.0.1:4809`, `[::]:4809`.

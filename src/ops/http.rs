@@ -188,6 +188,22 @@ async fn respond(
         Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
     }
     let _ = stream.shutdown().await;
+    if code >= 400 {
+        // A refused request may have left bytes unread; closing over them would reset the
+        // connection and could destroy the answer before the client reads it. Read a bounded
+        // amount, briefly, until the client closes.
+        let mut sink = [0u8; 4096];
+        let mut budget = 16 * MAX_REQUEST;
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            while budget > 0 {
+                match stream.read(&mut sink).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => budget = budget.saturating_sub(n),
+                }
+            }
+        })
+        .await;
+    }
     Ok(())
 }
 

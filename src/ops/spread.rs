@@ -182,7 +182,10 @@ impl Parser<'_> {
         t
     }
     fn fail<T>(&self, message: impl Into<String>) -> Result<T, SpreadError> {
-        Err(SpreadError { file: self.file.into(), line: self.line(), message: message.into() })
+        self.fail_at(self.line(), message)
+    }
+    fn fail_at<T>(&self, line: usize, message: impl Into<String>) -> Result<T, SpreadError> {
+        Err(SpreadError { file: self.file.into(), line, message: message.into() })
     }
 
     fn config(&mut self) -> Result<SpreadConfig, SpreadError> {
@@ -283,7 +286,7 @@ impl Parser<'_> {
             if w.eq_ignore_ascii_case("VirtualID") {
                 self.next();
                 if self.next() != Some(Tok::Equals) || !matches!(self.next(), Some(Tok::Word(_))) {
-                    return self.fail("expected VirtualID = NUMBER");
+                    return self.fail_at(line, "expected VirtualID = NUMBER");
                 }
             }
         }
@@ -299,11 +302,11 @@ impl Parser<'_> {
                         Some(addr) => interfaces.push((std::mem::take(&mut kinds), addr)),
                         None => return self.fail(format!("`{w}` is not an interface address (D, C or M, then an IP)")),
                     },
-                    _ => return self.fail(format!("the interface block of {name} is not closed")),
+                    _ => return self.fail_at(line, format!("the interface block of {name} is not closed")),
                 }
             }
             if interfaces.is_empty() {
-                return self.fail(format!("the interface block of {name} lists no interface"));
+                return self.fail_at(line, format!("the interface block of {name} lists no interface"));
             }
         }
         Ok(Daemon { name, ip: ip_addr, interfaces, line })
@@ -428,6 +431,7 @@ mod tests {
             ("EventLogFile = /var/log/spread.log\n", 1, "no Spread_Segment"),
             ("Spread_Segment 1.2.3.255 {\n a 1.2.3.4\n a 1.2.3.5\n}\n", 3, "listed twice"),
             ("Spread_Segment 1.2.3.255 {\n a 1.2.3.4 { D nowhere }\n}\n", 2, "not an interface address"),
+            ("Spread_Segment 1.2.3.255 {\n a 1.2.3.4 { D\n }\n}\n", 2, "lists no interface"),
             ("}\n", 1, "outside a Spread_Segment"),
         ] {
             let e = parse(text, "f").unwrap_err();
