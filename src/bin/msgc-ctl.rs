@@ -25,13 +25,13 @@ use msgc::runtime::ServerReport;
 )]
 struct Args {
     /// The server's control socket.
-    #[arg(long, value_name = "PATH", env = "MSGC_CONTROL", default_value = msgc::config::DEFAULT_CONTROL_SOCKET)]
+    #[arg(long, global = true, value_name = "PATH", env = "MSGC_CONTROL", default_value = msgc::config::DEFAULT_CONTROL_SOCKET)]
     control: PathBuf,
     /// Print the server's answer as JSON instead of a table.
     #[arg(long, global = true)]
     json: bool,
     /// Seconds to wait for the server's answer.
-    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    #[arg(long, global = true, value_name = "SECS", default_value_t = 10)]
     timeout: u64,
     #[command(subcommand)]
     command: Command,
