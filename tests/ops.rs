@@ -56,7 +56,9 @@ fn parse_prometheus(text: &str) -> HashMap<String, f64> {
     let mut samples = HashMap::new();
     let valid_name = |n: &str| {
         !n.is_empty()
-            && n.chars().enumerate().all(|(i, c)| c.is_ascii_alphabetic() || c == '_' || c == ':' || (i > 0 && c.is_ascii_digit()))
+            && n.chars().enumerate().all(|(i, c)| {
+                c.is_ascii_alphabetic() || c == '_' || c == ':' || (i > 0 && c.is_ascii_digit())
+            })
     };
     for line in text.lines() {
         if line.is_empty() {
@@ -66,7 +68,10 @@ fn parse_prometheus(text: &str) -> HashMap<String, f64> {
             let (name, kind) = rest.split_once(' ').expect("TYPE name kind");
             assert!(valid_name(name), "bad family name {name:?}");
             assert!(["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind), "{line}");
-            assert!(types.insert(name.to_string(), kind.to_string()).is_none(), "family {name} declared twice");
+            assert!(
+                types.insert(name.to_string(), kind.to_string()).is_none(),
+                "family {name} declared twice"
+            );
             continue;
         }
         if let Some(rest) = line.strip_prefix("# HELP ") {
@@ -84,7 +89,9 @@ fn parse_prometheus(text: &str) -> HashMap<String, f64> {
             v => v.parse().unwrap_or_else(|_| panic!("bad value in {line:?}")),
         };
         let (name, labels) = match series.split_once('{') {
-            Some((n, l)) => (n, parse_labels(l.strip_suffix('}').unwrap_or_else(|| panic!("unclosed labels: {line}")))),
+            Some((n, l)) => {
+                (n, parse_labels(l.strip_suffix('}').unwrap_or_else(|| panic!("unclosed labels: {line}"))))
+            }
             None => (series, Vec::new()),
         };
         assert!(valid_name(name), "bad metric name in {line:?}");
@@ -107,7 +114,10 @@ fn parse_labels(text: &str) -> Vec<(String, String)> {
     let mut chars = text.chars().peekable();
     while chars.peek().is_some() {
         let key: String = chars.by_ref().take_while(|&c| c != '=').collect();
-        assert!(!key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'), "bad label {key:?}");
+        assert!(
+            !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "bad label {key:?}"
+        );
         assert_eq!(chars.next(), Some('"'), "label value must be quoted");
         let mut value = String::new();
         loop {
@@ -235,15 +245,16 @@ fn drain_delivers_what_is_queued_then_asks_clients_to_move() {
     let inspector = a.inspector();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     // A library client that knows both servers.
-    let mut client = rt.block_on(
-        msgc::client::Client::builder()
-            .server(addr_a.to_string())
-            .server(addr_b.to_string())
-            .name("mover")
-            .reconnect_interval(Duration::from_millis(100))
-            .connect(),
-    )
-    .expect("client connects to A");
+    let mut client = rt
+        .block_on(
+            msgc::client::Client::builder()
+                .server(addr_a.to_string())
+                .server(addr_b.to_string())
+                .name("mover")
+                .reconnect_interval(Duration::from_millis(100))
+                .connect(),
+        )
+        .expect("client connects to A");
     let mut slow = RawClient::connect(addr_a, "slow");
     let mut sender = RawClient::connect(addr_a, "sender");
     slow.join("g");
@@ -280,7 +291,9 @@ fn drain_delivers_what_is_queued_then_asks_clients_to_move() {
     assert_eq!(seq, N, "nothing queued was dropped");
     assert!(slow.read_to_end().is_empty());
     // No new connections.
-    wait_for("A stops accepting", || TcpStream::connect_timeout(&addr_a, Duration::from_millis(500)).is_err());
+    wait_for("A stops accepting", || {
+        TcpStream::connect_timeout(&addr_a, Duration::from_millis(500)).is_err()
+    });
     // The library client moves to B by itself.
     let moved = rt.block_on(async {
         tokio::time::timeout(DEADLINE, async {
@@ -348,11 +361,15 @@ impl Server {
         let mut out = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
         out.read_line(&mut line).expect("the server prints where it listens");
-        let addr = line.trim().rsplit(' ').next().unwrap().parse().unwrap_or_else(|_| panic!("bad line {line:?}"));
+        let addr =
+            line.trim().rsplit(' ').next().unwrap().parse().unwrap_or_else(|_| panic!("bad line {line:?}"));
         let metrics = extra.contains(&"--metrics").then(|| {
             let mut line = String::new();
             out.read_line(&mut line).unwrap();
-            let a = line.trim().strip_prefix("msgc-server: metrics on http://").unwrap_or_else(|| panic!("{line:?}"));
+            let a = line
+                .trim()
+                .strip_prefix("msgc-server: metrics on http://")
+                .unwrap_or_else(|| panic!("{line:?}"));
             a.strip_suffix("/metrics").unwrap().parse().unwrap()
         });
         // Keep reading stdout so that later lines never block the server.
@@ -552,8 +569,10 @@ fn config_set_takes_effect_and_reload_brings_back_the_file() {
     assert!(err.contains("reload failed") && err.contains("msgc.conf:2:17"), "{err}");
     assert_eq!(server.ctl_ok(&["config", "get", "max_backlog"]), "max_backlog = 400\n");
     // --check-config shows the operator options too.
-    std::fs::write(&conf, "msgc_server {\n  metrics_listen = \"127.0.0.1:9809\"\n  log_format = json\n}\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_msgc-server")).arg("--check-config").arg(&conf).output().unwrap();
+    std::fs::write(&conf, "msgc_server {\n  metrics_listen = \"127.0.0.1:9809\"\n  log_format = json\n}\n")
+        .unwrap();
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_msgc-server")).arg("--check-config").arg(&conf).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("metrics_listen \"127.0.0.1:9809\"")
@@ -577,7 +596,9 @@ fn drain_turns_new_clients_away_and_exits_when_the_last_one_leaves() {
     let again = server.ctl(&["drain"]);
     assert!(String::from_utf8_lossy(&again.stderr).contains("already in progress"));
     assert_eq!(server.ctl_json(&["status"])["draining"], true);
-    wait_for("no new connections", || TcpStream::connect_timeout(&server.addr, Duration::from_millis(500)).is_err());
+    wait_for("no new connections", || {
+        TcpStream::connect_timeout(&server.addr, Duration::from_millis(500)).is_err()
+    });
     assert!(matches!(a.read_to_end().last(), Some(Frame::Error(e)) if e.code == ErrorCode::Draining));
     drop(a);
     drop(b);
@@ -613,9 +634,13 @@ fn metrics_endpoint_serves_parseable_text_and_refuses_bad_requests() {
     assert!(samples["msgc_deliveries_total"] >= 10.0);
     assert_eq!(samples["msgc_shards"], 2.0);
     assert!(samples.contains_key("msgc_shard_cpu_seconds_total{shard=0}"));
-    let documented = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md")).unwrap();
+    let documented =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md")).unwrap();
     for name in body.lines().filter_map(|l| l.strip_prefix("# TYPE ")).map(|l| l.split(' ').next().unwrap()) {
-        assert!(documented.contains(&format!("`{name}`")), "metric {name} is not documented in docs/operations.md");
+        assert!(
+            documented.contains(&format!("`{name}`")),
+            "metric {name} is not documented in docs/operations.md"
+        );
     }
 
     let (code, body) = http(m, b"GET /varz HTTP/1.0\r\n\r\n");
@@ -651,11 +676,8 @@ fn systemd_notifications_through_a_notify_socket() {
     let path = dir.path("notify.sock");
     let sock = UnixDatagram::bind(&path).unwrap();
     sock.set_read_timeout(Some(DEADLINE)).unwrap();
-    let server = Server::start(
-        &dir,
-        &[],
-        &[("NOTIFY_SOCKET", path.to_str().unwrap()), ("WATCHDOG_USEC", "400000")],
-    );
+    let server =
+        Server::start(&dir, &[], &[("NOTIFY_SOCKET", path.to_str().unwrap()), ("WATCHDOG_USEC", "400000")]);
     let next = || {
         let mut buf = [0u8; 1024];
         let n = sock.recv(&mut buf).expect("a notification before the deadline");
@@ -742,7 +764,8 @@ fn import_spread_turns_segments_into_peers() {
     let text = String::from_utf8(out.stdout).unwrap();
     // What it prints is a config msgc reads, and a peers table the mesh accepts.
     let config = msgc::config::Config::parse_str(&text, "imported").unwrap_or_else(|e| panic!("{e}\n{text}"));
-    let got: Vec<(String, String)> = config.server.peers.iter().map(|p| (p.name.clone(), p.addr.clone())).collect();
+    let got: Vec<(String, String)> =
+        config.server.peers.iter().map(|p| (p.name.clone(), p.addr.clone())).collect();
     let want = [
         ("mta-a1", "10.99.1.11"),
         ("mta-a2", "10.99.1.12"),
@@ -767,7 +790,10 @@ fn import_spread_turns_segments_into_peers() {
         .output()
         .unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
-    assert!(text.contains("mta-a1 = \"10.99.1.11:4803\"") && text.contains("manager = \"10.40.0.5:4903\""), "{text}");
+    assert!(
+        text.contains("mta-a1 = \"10.99.1.11:4803\"") && text.contains("manager = \"10.40.0.5:4903\""),
+        "{text}"
+    );
 
     // A broken file: an error with the line, exit status 1.
     let dir = TempDir::new("spread");

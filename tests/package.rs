@@ -33,7 +33,12 @@ fn the_unit_is_type_notify_and_hardened() {
     assert!(one("WatchdogSec").parse::<u32>().unwrap() > 0);
     assert_eq!((one("User").as_str(), one("Group").as_str()), ("msgc", "msgc"));
     assert_eq!(one("RuntimeDirectory"), "msgc", "the control socket's directory");
-    for (k, v) in [("NoNewPrivileges", "yes"), ("ProtectSystem", "strict"), ("PrivateTmp", "yes"), ("CapabilityBoundingSet", "")] {
+    for (k, v) in [
+        ("NoNewPrivileges", "yes"),
+        ("ProtectSystem", "strict"),
+        ("PrivateTmp", "yes"),
+        ("CapabilityBoundingSet", ""),
+    ] {
         assert_eq!(one(k), v, "{k}");
     }
     assert!(one("LimitNOFILE").parse::<u64>().unwrap() >= 65536);
@@ -50,13 +55,19 @@ fn the_unit_is_type_notify_and_hardened() {
             std::fs::create_dir_all(&dir).unwrap();
             let text = std::fs::read_to_string(root().join("packaging/msgc-server.service")).unwrap();
             let unit_path = dir.join("msgc-server.service");
-            std::fs::write(&unit_path, text.replace("/usr/bin/msgc-server", env!("CARGO_BIN_EXE_msgc-server"))).unwrap();
+            std::fs::write(
+                &unit_path,
+                text.replace("/usr/bin/msgc-server", env!("CARGO_BIN_EXE_msgc-server")),
+            )
+            .unwrap();
             let out = Command::new("systemd-analyze").arg("verify").arg(&unit_path).output().unwrap();
             let _ = std::fs::remove_dir_all(&dir);
             assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
             assert!(out.stderr.is_empty(), "warnings: {}", String::from_utf8_lossy(&out.stderr));
         }
-        _ => eprintln!("note: systemd-analyze is not installed; the unit's syntax was not checked by systemd"),
+        _ => {
+            eprintln!("note: systemd-analyze is not installed; the unit's syntax was not checked by systemd")
+        }
     }
 }
 
@@ -119,10 +130,14 @@ fn the_deb_holds_binaries_unit_conffile_sysctl_and_docs() {
         assert!(has_file(want), "{want} missing from the package:\n{listing}");
     }
     assert!(
-        has_file("/lib/systemd/system/msgc-server.service") || has_file("/usr/lib/systemd/system/msgc-server.service"),
+        has_file("/lib/systemd/system/msgc-server.service")
+            || has_file("/usr/lib/systemd/system/msgc-server.service"),
         "the unit is missing:\n{listing}"
     );
-    assert!(has_file("/usr/lib/sysusers.d/msgc.conf"), "the msgc user's sysusers file is missing:\n{listing}");
+    assert!(
+        has_file("/usr/lib/sysusers.d/msgc.conf"),
+        "the msgc user's sysusers file is missing:\n{listing}"
+    );
 
     let control = dir.join("control");
     run(Command::new("dpkg-deb").arg("--control").arg(&deb).arg(&control));

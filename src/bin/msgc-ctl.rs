@@ -115,7 +115,9 @@ fn run(args: &Args) -> Result<(), String> {
         Command::Groups => Request::Groups,
         Command::Sessions => Request::Sessions,
         Command::Config(ConfigCommand::Get { key }) => Request::ConfigGet { key: key.clone() },
-        Command::Config(ConfigCommand::Set { key, value }) => Request::ConfigSet { key: key.clone(), value: value.clone() },
+        Command::Config(ConfigCommand::Set { key, value }) => {
+            Request::ConfigSet { key: key.clone(), value: value.clone() }
+        }
         Command::Reload => Request::Reload,
         Command::Drain { deadline, .. } => Request::Drain { deadline_secs: *deadline },
         Command::ImportSpread { file, port, keep_spread_port, scope } => {
@@ -135,8 +137,8 @@ fn run(args: &Args) -> Result<(), String> {
 }
 
 fn ask(args: &Args, request: &Request) -> Result<Response, String> {
-    let response =
-        control::request(&args.control, request, Duration::from_secs(args.timeout.max(1))).map_err(|e| e.to_string())?;
+    let response = control::request(&args.control, request, Duration::from_secs(args.timeout.max(1)))
+        .map_err(|e| e.to_string())?;
     if !response.ok {
         return Err(response.error.unwrap_or_else(|| "the server refused without a reason".into()));
     }
@@ -191,7 +193,14 @@ fn print_human(command: &Command, result: &serde_json::Value) -> Result<(), Stri
             let groups: Vec<GroupReport> = decode(result)?;
             let rows = groups
                 .iter()
-                .map(|g| vec![g.name.clone(), g.view_id.to_string(), g.members.to_string(), g.local_members.to_string()])
+                .map(|g| {
+                    vec![
+                        g.name.clone(),
+                        g.view_id.to_string(),
+                        g.members.to_string(),
+                        g.local_members.to_string(),
+                    ]
+                })
                 .collect();
             table(&["GROUP", "VIEW", "MEMBERS", "LOCAL"], rows);
         }
@@ -274,7 +283,10 @@ fn print_status(r: &ServerReport) {
                 r.links.len()
             ),
         ],
-        vec!["groups".into(), format!("{} ({} members in the mesh, {} here)", r.groups.len(), members, r.local_members)],
+        vec![
+            "groups".into(),
+            format!("{} ({} members in the mesh, {} here)", r.groups.len(), members, r.local_members),
+        ],
         vec![
             "traffic".into(),
             format!(
@@ -298,7 +310,10 @@ fn print_status(r: &ServerReport) {
         vec!["cpu".into(), format!("{:.1}s total; shards {}", r.process.cpu_seconds, cpu.join(" "))],
         vec![
             "kills".into(),
-            format!("{} stuck, {} idle, {} protocol errors", t.killed_stuck, t.killed_idle, t.protocol_errors),
+            format!(
+                "{} stuck, {} idle, {} protocol errors",
+                t.killed_stuck, t.killed_idle, t.protocol_errors
+            ),
         ],
         vec![
             "events".into(),
@@ -364,7 +379,13 @@ fn duration(secs: f64) -> String {
     }
 }
 
-fn import_spread(file: &PathBuf, port: Option<u16>, keep_spread_port: bool, scope: bool, json: bool) -> Result<(), String> {
+fn import_spread(
+    file: &PathBuf,
+    port: Option<u16>,
+    keep_spread_port: bool,
+    scope: bool,
+    json: bool,
+) -> Result<(), String> {
     let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
     let shown = file.display().to_string();
     let config = spread::parse(&text, &shown).map_err(|e| e.to_string())?;

@@ -267,14 +267,20 @@ impl Daemon<'_> {
                 return;
             }
             Request::ConfigGet { key: Some(key) } => match self.config.server_option(&key) {
-                Ok(value) => Response::ok(vec![ConfigValue { key: key.to_ascii_lowercase(), value, note: None }]),
+                Ok(value) => {
+                    Response::ok(vec![ConfigValue { key: key.to_ascii_lowercase(), value, note: None }])
+                }
                 Err(e) => Response::error(e.to_string()),
             },
             Request::ConfigGet { key: None } => {
                 let all: Vec<ConfigValue> = Config::server_option_names()
                     .iter()
                     .filter_map(|k| {
-                        self.config.server_option(k).ok().map(|value| ConfigValue { key: k.to_string(), value, note: None })
+                        self.config.server_option(k).ok().map(|value| ConfigValue {
+                            key: k.to_string(),
+                            value,
+                            note: None,
+                        })
                     })
                     .collect();
                 Response::ok(all)
@@ -620,7 +626,9 @@ fn init_logging(s: &ServerConfig) -> LogHandle {
     let (filter, handle) = reload::Layer::new(filter);
     let json = s.log_format == LogFormat::Json;
     let text = (!json).then(|| {
-        tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal())
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
     });
     let json = json.then(|| tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr));
     tracing_subscriber::registry().with(filter).with(text).with(json).init();

@@ -245,14 +245,18 @@ fn set_server(s: &mut ServerConfig, key: &str, value: &Value) -> Result<bool, Co
         "threads" => s.threads = int(value, 0, 1024)? as usize,
         "metrics_listen" => {
             let a = scalar(value, "an address such as \"127.0.0.1:9809\", or \"\" for off")?;
-            s.metrics_listen = if a.is_empty() { None } else { Some(metrics_addr(a).map_err(|m| err(value.pos(), m))?) };
+            s.metrics_listen =
+                if a.is_empty() { None } else { Some(metrics_addr(a).map_err(|m| err(value.pos(), m))?) };
         }
         "control_socket" => {
             let p = scalar(value, "a socket path, or \"\" for off")?;
             if p.len() > MAX_SOCKET_PATH {
                 return Err(err(
                     value.pos(),
-                    format!("a Unix socket path is at most {MAX_SOCKET_PATH} bytes; this one has {}", p.len()),
+                    format!(
+                        "a Unix socket path is at most {MAX_SOCKET_PATH} bytes; this one has {}",
+                        p.len()
+                    ),
                 ));
             }
             s.control_socket = if p.is_empty() { None } else { Some(PathBuf::from(p)) };
@@ -261,7 +265,12 @@ fn set_server(s: &mut ServerConfig, key: &str, value: &Value) -> Result<bool, Co
             s.log_format = match scalar(value, "text or json")?.to_ascii_lowercase().as_str() {
                 "text" => LogFormat::Text,
                 "json" => LogFormat::Json,
-                other => return Err(err(value.pos(), format!("unknown log_format `{other}`: expected text or json"))),
+                other => {
+                    return Err(err(
+                        value.pos(),
+                        format!("unknown log_format `{other}`: expected text or json"),
+                    ))
+                }
             }
         }
         _ => return Ok(false),

@@ -155,7 +155,11 @@ impl ControlSocket {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE)).map_err(err)?;
         listener.set_nonblocking(true).map_err(err)?;
         let meta = std::fs::metadata(path).map_err(err)?;
-        Ok(ControlSocket { listener: Some(listener), path: path.to_path_buf(), inode: (meta.dev(), meta.ino()) })
+        Ok(ControlSocket {
+            listener: Some(listener),
+            path: path.to_path_buf(),
+            inode: (meta.dev(), meta.ino()),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -226,7 +230,8 @@ async fn converse(stream: tokio::net::UnixStream, requests: mpsc::Sender<Pending
         } else {
             match serde_json::from_slice::<Request>(&line) {
                 Ok(req) => {
-                    if !matches!(req, Request::Status | Request::Peers | Request::Groups | Request::Sessions) {
+                    if !matches!(req, Request::Status | Request::Peers | Request::Groups | Request::Sessions)
+                    {
                         tracing::info!(uid, request = ?req, "control request");
                     }
                     let (tx, rx) = oneshot::channel();

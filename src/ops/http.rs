@@ -66,20 +66,42 @@ enum Refusal {
     Method,
 }
 
-async fn answer(mut stream: TcpStream, inspector: &Inspector, config: &watch::Receiver<ServerConfig>) -> std::io::Result<()> {
+async fn answer(
+    mut stream: TcpStream,
+    inspector: &Inspector,
+    config: &watch::Receiver<ServerConfig>,
+) -> std::io::Result<()> {
     let head = match tokio::time::timeout(IO_TIMEOUT, read_head(&mut stream)).await {
         Ok(Ok(h)) => h,
         Ok(Err(e)) => return Err(e),
-        Err(_) => return respond(&mut stream, 408, "Request Timeout", "text/plain", "request timeout\n", false).await,
+        Err(_) => {
+            return respond(&mut stream, 408, "Request Timeout", "text/plain", "request timeout\n", false)
+                .await
+        }
     };
     let req = match head.map(|h| parse_request(&h)) {
         Ok(Ok(r)) => r,
         Ok(Err(Refusal::Method)) => {
-            return respond(&mut stream, 405, "Method Not Allowed", "text/plain", "only GET and HEAD\n", false).await
+            return respond(
+                &mut stream,
+                405,
+                "Method Not Allowed",
+                "text/plain",
+                "only GET and HEAD\n",
+                false,
+            )
+            .await
         }
         Err(Refusal::TooLarge) | Ok(Err(Refusal::TooLarge)) => {
-            return respond(&mut stream, 431, "Request Header Fields Too Large", "text/plain", "request too large\n", false)
-                .await
+            return respond(
+                &mut stream,
+                431,
+                "Request Header Fields Too Large",
+                "text/plain",
+                "request too large\n",
+                false,
+            )
+            .await
         }
         Err(_) | Ok(Err(Refusal::BadRequest)) => {
             return respond(&mut stream, 400, "Bad Request", "text/plain", "bad request\n", false).await
@@ -147,7 +169,8 @@ fn parse_request(head: &[u8]) -> Result<Request, Refusal> {
     let text = std::str::from_utf8(head).map_err(|_| Refusal::BadRequest)?;
     let line = text.lines().next().ok_or(Refusal::BadRequest)?;
     let mut parts = line.split(' ');
-    let (Some(method), Some(target), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(Refusal::BadRequest);
     };
@@ -217,7 +240,14 @@ mod tests {
         assert_eq!(ok, Request { head_only: false, path: "/metrics".into() });
         assert!(parse_request(b"HEAD /varz HTTP/1.0").unwrap().head_only);
         assert_eq!(parse_request(b"POST /metrics HTTP/1.1"), Err(Refusal::Method));
-        for bad in [&b"GET /metrics"[..], b"GET metrics HTTP/1.1", b"GET / HTTP/2", b"\xff\xfe", b"", b"get / HTTP/1.1"] {
+        for bad in [
+            &b"GET /metrics"[..],
+            b"GET metrics HTTP/1.1",
+            b"GET / HTTP/2",
+            b"\xff\xfe",
+            b"",
+            b"get / HTTP/1.1",
+        ] {
             assert_eq!(parse_request(bad), Err(Refusal::BadRequest), "{bad:?}");
         }
         assert_eq!(parse_request(&vec![b'a'; MAX_REQUEST + 1]), Err(Refusal::TooLarge));

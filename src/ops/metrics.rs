@@ -54,7 +54,11 @@ fn family(
     Ok(())
 }
 
-fn encode_value(kind: MetricType, value: f64, enc: prometheus_client::encoding::MetricEncoder) -> fmt::Result {
+fn encode_value(
+    kind: MetricType,
+    value: f64,
+    enc: prometheus_client::encoding::MetricEncoder,
+) -> fmt::Result {
     match kind {
         MetricType::Counter => ConstCounter::new(value).encode(enc),
         _ => ConstGauge::new(value).encode(enc),
@@ -77,10 +81,22 @@ impl Collector for ReportCollector {
             1.0,
         )];
         family(&mut enc, "msgc_info", "This server: node name, node tag of this run, version", Gauge, &info)?;
-        family(&mut enc, "msgc_start_time_seconds", "Start time, seconds since the epoch", Gauge, &one(r.started))?;
+        family(
+            &mut enc,
+            "msgc_start_time_seconds",
+            "Start time, seconds since the epoch",
+            Gauge,
+            &one(r.started),
+        )?;
         family(&mut enc, "msgc_uptime_seconds", "Seconds since start", Gauge, &one(r.uptime_seconds))?;
         family(&mut enc, "msgc_shards", "Shard threads", Gauge, &g(r.shards.len()))?;
-        family(&mut enc, "msgc_draining", "1 while an operator's drain is in progress", Gauge, &one(u8::from(r.draining)))?;
+        family(
+            &mut enc,
+            "msgc_draining",
+            "1 while an operator's drain is in progress",
+            Gauge,
+            &one(u8::from(r.draining)),
+        )?;
         let roles = [
             ("client", r.clients),
             ("peer", r.peers),
@@ -88,16 +104,47 @@ impl Collector for ReportCollector {
             ("dialing", r.dialing),
             ("closing", r.closing),
         ];
-        let by_role: Vec<_> = roles.iter().map(|(role, n)| (vec![("role", role.to_string())], *n as f64)).collect();
+        let by_role: Vec<_> =
+            roles.iter().map(|(role, n)| (vec![("role", role.to_string())], *n as f64)).collect();
         family(&mut enc, "msgc_connections", "Open connections by role", Gauge, &by_role)?;
-        family(&mut enc, "msgc_connections_accepted", "Connections accepted or dialed", Counter, &c(t.accepted))?;
+        family(
+            &mut enc,
+            "msgc_connections_accepted",
+            "Connections accepted or dialed",
+            Counter,
+            &c(t.accepted),
+        )?;
         family(&mut enc, "msgc_connections_closed", "Connections closed", Counter, &c(t.closed))?;
         let groups = r.groups.len();
         let members: usize = r.groups.iter().map(|g| g.members).sum();
-        family(&mut enc, "msgc_groups", "Groups with at least one member anywhere in the mesh", Gauge, &g(groups))?;
-        family(&mut enc, "msgc_group_members", "Memberships of all groups, on every server", Gauge, &g(members))?;
-        family(&mut enc, "msgc_local_members", "Memberships held by this server's sessions", Gauge, &g(r.local_members))?;
-        family(&mut enc, "msgc_messages_in", "MCAST frames received from clients and peers", Counter, &c(t.msgs_in))?;
+        family(
+            &mut enc,
+            "msgc_groups",
+            "Groups with at least one member anywhere in the mesh",
+            Gauge,
+            &g(groups),
+        )?;
+        family(
+            &mut enc,
+            "msgc_group_members",
+            "Memberships of all groups, on every server",
+            Gauge,
+            &g(members),
+        )?;
+        family(
+            &mut enc,
+            "msgc_local_members",
+            "Memberships held by this server's sessions",
+            Gauge,
+            &g(r.local_members),
+        )?;
+        family(
+            &mut enc,
+            "msgc_messages_in",
+            "MCAST frames received from clients and peers",
+            Counter,
+            &c(t.msgs_in),
+        )?;
         family(&mut enc, "msgc_runs_in", "Runs of MCAST frames routed as one slice", Counter, &c(t.runs_in))?;
         family(&mut enc, "msgc_bytes_in", "Bytes of frames received", Counter, &c(t.bytes_in))?;
         family(
@@ -109,11 +156,41 @@ impl Collector for ReportCollector {
         )?;
         family(&mut enc, "msgc_bytes_out", "Bytes written to connections", Counter, &c(t.bytes_out))?;
         family(&mut enc, "msgc_views", "Membership views installed", Counter, &c(t.views))?;
-        family(&mut enc, "msgc_protocol_errors", "Connections closed for a protocol error", Counter, &c(t.protocol_errors))?;
-        family(&mut enc, "msgc_stuck_kills", "Connections killed as stuck (max_backlog, stall, memory)", Counter, &c(t.killed_stuck))?;
-        family(&mut enc, "msgc_idle_kills", "Connections closed by idle_timeout", Counter, &c(t.killed_idle))?;
-        family(&mut enc, "msgc_publisher_pauses", "Times a shard started holding publishers back", Counter, &c(t.pauses))?;
-        family(&mut enc, "msgc_gaps_sent", "Gap notices issued for a lost link (per group and sender)", Counter, &c(t.gaps))?;
+        family(
+            &mut enc,
+            "msgc_protocol_errors",
+            "Connections closed for a protocol error",
+            Counter,
+            &c(t.protocol_errors),
+        )?;
+        family(
+            &mut enc,
+            "msgc_stuck_kills",
+            "Connections killed as stuck (max_backlog, stall, memory)",
+            Counter,
+            &c(t.killed_stuck),
+        )?;
+        family(
+            &mut enc,
+            "msgc_idle_kills",
+            "Connections closed by idle_timeout",
+            Counter,
+            &c(t.killed_idle),
+        )?;
+        family(
+            &mut enc,
+            "msgc_publisher_pauses",
+            "Times a shard started holding publishers back",
+            Counter,
+            &c(t.pauses),
+        )?;
+        family(
+            &mut enc,
+            "msgc_gaps_sent",
+            "Gap notices issued for a lost link (per group and sender)",
+            Counter,
+            &c(t.gaps),
+        )?;
         family(
             &mut enc,
             "msgc_config_digest_mismatches",
@@ -131,20 +208,65 @@ impl Collector for ReportCollector {
             .iter()
             .flat_map(|l| {
                 [LinkState::Up, LinkState::Dialing, LinkState::Down].map(|s| {
-                    (vec![("peer", l.peer.clone()), ("state", s.as_str().to_string())], f64::from(u8::from(l.state == s)))
+                    (
+                        vec![("peer", l.peer.clone()), ("state", s.as_str().to_string())],
+                        f64::from(u8::from(l.state == s)),
+                    )
                 })
             })
             .collect();
-        family(&mut enc, "msgc_link_state", "Per configured peer: 1 for its link's current state", Gauge, &states)?;
-        family(&mut enc, "msgc_link_up", "Per configured peer: 1 if the link is up", Gauge, &link(&|l| f64::from(u8::from(l.state == LinkState::Up))))?;
-        family(&mut enc, "msgc_link_queued_messages", "Messages queued on the link", Gauge, &link(&|l| l.queued_messages as f64))?;
-        family(&mut enc, "msgc_link_queued_bytes", "Bytes queued on the link", Gauge, &link(&|l| l.queued_bytes as f64))?;
-        family(&mut enc, "msgc_client_backlog_max", "The longest client queue, in messages", Gauge, &g(r.max_client_backlog))?;
+        family(
+            &mut enc,
+            "msgc_link_state",
+            "Per configured peer: 1 for its link's current state",
+            Gauge,
+            &states,
+        )?;
+        family(
+            &mut enc,
+            "msgc_link_up",
+            "Per configured peer: 1 if the link is up",
+            Gauge,
+            &link(&|l| f64::from(u8::from(l.state == LinkState::Up))),
+        )?;
+        family(
+            &mut enc,
+            "msgc_link_queued_messages",
+            "Messages queued on the link",
+            Gauge,
+            &link(&|l| l.queued_messages as f64),
+        )?;
+        family(
+            &mut enc,
+            "msgc_link_queued_bytes",
+            "Bytes queued on the link",
+            Gauge,
+            &link(&|l| l.queued_bytes as f64),
+        )?;
+        family(
+            &mut enc,
+            "msgc_client_backlog_max",
+            "The longest client queue, in messages",
+            Gauge,
+            &g(r.max_client_backlog),
+        )?;
         let shard = |f: &dyn Fn(&crate::core::ShardReport) -> f64| -> Vec<(Vec<(&str, String)>, f64)> {
             r.shards.iter().map(|s| (vec![("shard", s.shard.to_string())], f(s))).collect()
         };
-        family(&mut enc, "msgc_memory_queued_bytes", "Outbound bytes queued, per shard", Gauge, &shard(&|s| s.queued_bytes as f64))?;
-        family(&mut enc, "msgc_memory_budget_bytes", "memory_budget, per shard", Gauge, &shard(&|s| s.memory_budget as f64))?;
+        family(
+            &mut enc,
+            "msgc_memory_queued_bytes",
+            "Outbound bytes queued, per shard",
+            Gauge,
+            &shard(&|s| s.queued_bytes as f64),
+        )?;
+        family(
+            &mut enc,
+            "msgc_memory_budget_bytes",
+            "memory_budget, per shard",
+            Gauge,
+            &shard(&|s| s.memory_budget as f64),
+        )?;
         family(
             &mut enc,
             "msgc_memory_budget_ratio",
@@ -152,15 +274,57 @@ impl Collector for ReportCollector {
             Gauge,
             &shard(&|s| s.queued_bytes as f64 / (s.memory_budget.max(1) as f64)),
         )?;
-        family(&mut enc, "msgc_shard_paused", "1 while the shard holds publishers back", Gauge, &shard(&|s| f64::from(u8::from(s.paused))))?;
-        family(&mut enc, "msgc_shard_hot_connections", "Connections holding publishers back, per shard", Gauge, &shard(&|s| s.hot as f64))?;
-        family(&mut enc, "msgc_shard_cpu_seconds", "CPU time of each shard thread (user + system)", Counter, &shard(&|s| s.cpu_seconds))?;
+        family(
+            &mut enc,
+            "msgc_shard_paused",
+            "1 while the shard holds publishers back",
+            Gauge,
+            &shard(&|s| f64::from(u8::from(s.paused))),
+        )?;
+        family(
+            &mut enc,
+            "msgc_shard_hot_connections",
+            "Connections holding publishers back, per shard",
+            Gauge,
+            &shard(&|s| s.hot as f64),
+        )?;
+        family(
+            &mut enc,
+            "msgc_shard_cpu_seconds",
+            "CPU time of each shard thread (user + system)",
+            Counter,
+            &shard(&|s| s.cpu_seconds),
+        )?;
         let p = &r.process;
-        family(&mut enc, "process_cpu_seconds", "CPU time of the whole process (user + system)", Counter, &one(p.cpu_seconds))?;
-        family(&mut enc, "process_resident_memory_bytes", "Resident memory", Gauge, &one(p.resident_bytes as f64))?;
+        family(
+            &mut enc,
+            "process_cpu_seconds",
+            "CPU time of the whole process (user + system)",
+            Counter,
+            &one(p.cpu_seconds),
+        )?;
+        family(
+            &mut enc,
+            "process_resident_memory_bytes",
+            "Resident memory",
+            Gauge,
+            &one(p.resident_bytes as f64),
+        )?;
         family(&mut enc, "process_open_fds", "Open file descriptors", Gauge, &one(p.open_fds as f64))?;
-        family(&mut enc, "process_max_fds", "Limit on open file descriptors (LimitNOFILE)", Gauge, &one(p.max_fds as f64))?;
-        family(&mut enc, "process_start_time_seconds", "Start time, seconds since the epoch", Gauge, &one(r.started))?;
+        family(
+            &mut enc,
+            "process_max_fds",
+            "Limit on open file descriptors (LimitNOFILE)",
+            Gauge,
+            &one(p.max_fds as f64),
+        )?;
+        family(
+            &mut enc,
+            "process_start_time_seconds",
+            "Start time, seconds since the epoch",
+            Gauge,
+            &one(r.started),
+        )?;
         Ok(())
     }
 }

@@ -233,7 +233,10 @@ impl Parser<'_> {
                 Some(a) => a,
                 None => return self.fail(format!("`{w}` is not a segment address (IP or IP:PORT)")),
             },
-            _ => return self.fail("Spread_Segment needs an address, as in Spread_Segment 192.168.0.255:4803 {"),
+            _ => {
+                return self
+                    .fail("Spread_Segment needs an address, as in Spread_Segment 192.168.0.255:4803 {")
+            }
         };
         // More segment addresses may follow before the block.
         while let Some(Tok::Word(w)) = self.peek() {
@@ -254,7 +257,9 @@ impl Parser<'_> {
                 Some(Tok::Word(w)) => daemons.push(self.daemon(w)?),
                 Some(other) => {
                     self.at -= 1;
-                    return self.fail(format!("unexpected {other:?} in a segment; expected a daemon name or address"));
+                    return self.fail(format!(
+                        "unexpected {other:?} in a segment; expected a daemon name or address"
+                    ));
                 }
                 None => return self.fail(format!("the segment opened at line {line} is never closed")),
             }
@@ -300,7 +305,10 @@ impl Parser<'_> {
                     Some(Tok::Word(w)) if matches!(w.as_str(), "D" | "C" | "M") => kinds.push_str(&w),
                     Some(Tok::Word(w)) => match ip(&w) {
                         Some(addr) => interfaces.push((std::mem::take(&mut kinds), addr)),
-                        None => return self.fail(format!("`{w}` is not an interface address (D, C or M, then an IP)")),
+                        None => {
+                            return self
+                                .fail(format!("`{w}` is not an interface address (D, C or M, then an IP)"))
+                        }
                     },
                     _ => return self.fail_at(line, format!("the interface block of {name} is not closed")),
                 }
@@ -318,7 +326,11 @@ pub fn parse(text: &str, file: &str) -> Result<SpreadConfig, SpreadError> {
     let toks = tokenize(text, file)?;
     let config = Parser { toks, at: 0, file }.config()?;
     if config.segments.is_empty() {
-        return Err(SpreadError { file: file.into(), line: 1, message: "no Spread_Segment in this file".into() });
+        return Err(SpreadError {
+            file: file.into(),
+            line: 1,
+            message: "no Spread_Segment in this file".into(),
+        });
     }
     let mut names: HashMap<String, usize> = HashMap::new();
     let mut addrs: HashMap<String, usize> = HashMap::new();
@@ -417,8 +429,16 @@ mod tests {
         let c = parse(text, "s.conf").unwrap();
         let s = &c.segments[0];
         assert_eq!((s.address.as_str(), s.port), ("10.0.0.255", SPREAD_DEFAULT_PORT));
-        let got: Vec<(String, String)> = s.daemons.iter().map(|d| (d.name.clone(), d.peer_address())).collect();
-        let want = [("a", "10.0.0.1"), ("b", "b"), ("10.0.0.3", "10.0.0.3"), ("c", "10.1.0.4"), ("d", "d"), ("e", "10.0.0.6")];
+        let got: Vec<(String, String)> =
+            s.daemons.iter().map(|d| (d.name.clone(), d.peer_address())).collect();
+        let want = [
+            ("a", "10.0.0.1"),
+            ("b", "b"),
+            ("10.0.0.3", "10.0.0.3"),
+            ("c", "10.1.0.4"),
+            ("d", "d"),
+            ("e", "10.0.0.6"),
+        ];
         assert_eq!(got, want.map(|(a, b)| (a.to_string(), b.to_string())));
     }
 

@@ -217,7 +217,8 @@ fn process_report() -> ProcessReport {
     // SAFETY: getrlimit writes a plain struct that we own.
     let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
     // SAFETY: `lim` is a valid, writable rlimit.
-    let max_fds = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 { lim.rlim_cur } else { 0 };
+    let max_fds =
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 { lim.rlim_cur } else { 0 };
     ProcessReport {
         cpu_seconds: rusage_seconds(libc::RUSAGE_SELF),
         resident_bytes: pages * page,

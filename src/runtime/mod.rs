@@ -63,7 +63,10 @@ pub(crate) enum Control {
     Reload(Limits),
     Peers(Vec<PeerSpec>),
     /// Answer with a report of the shard's state (per session if asked).
-    Report { sessions: bool, reply: tokio::sync::oneshot::Sender<crate::core::ShardReport> },
+    Report {
+        sessions: bool,
+        reply: tokio::sync::oneshot::Sender<crate::core::ShardReport>,
+    },
     /// Ask every client to move to another server; turn new ones away.
     Drain,
     Shutdown,
