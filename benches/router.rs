@@ -16,20 +16,25 @@ fn router(c: &mut Criterion) {
     let mut g = c.benchmark_group("fanout");
     for members in [1usize, 10, 100, 1000, 10_000] {
         let now = Instant::now();
-        let identity =
-            ServerIdentity { node_tag: NodeTag(1), node_name: Name::new("b").unwrap(), digest: 0, boot: 0 };
+        let identity = ServerIdentity {
+            node_tag: NodeTag(1),
+            node_name: Name::new("b").unwrap(),
+            digest: 0,
+            boot: 1,
+            entropy: [0; 32],
+        };
         let limits =
             Limits { max_backlog: usize::MAX / 2, memory_budget: usize::MAX / 2, ..Limits::default() };
         let mut core = ShardCore::new(0, 1, identity, limits);
         let group = GroupName::new("g").unwrap();
         let mut conns = Vec::new();
         for _ in 0..members {
-            let c = core.handle_accept(now);
+            let c = core.handle_accept(now, Default::default());
             core.handle_input(c, &mut BytesMut::from(&hello()[..]), now);
             core.handle_input(c, &mut BytesMut::from(&Frame::Join(group.clone()).to_bytes()[..]), now);
             conns.push(c);
         }
-        let publisher = core.handle_accept(now);
+        let publisher = core.handle_accept(now, Default::default());
         core.handle_input(publisher, &mut BytesMut::from(&hello()[..]), now);
         let sender = core.session_of(publisher).unwrap();
         let mut batch = Vec::new();

@@ -112,3 +112,36 @@ fn sigterm_stops_gracefully_and_sighup_with_a_bad_file_keeps_serving() {
         "{stderr}"
     );
 }
+
+/// A panic anywhere (here a shard thread, through a fail point) ends the process with a
+/// clear line and a non-zero exit, so a supervisor restarts it and clients fail over.
+#[test]
+fn a_panicking_shard_ends_the_process() {
+    let mut child = bin()
+        .args(["--listen", "127.0.0.1:0", "--threads", "2"])
+        .env("MSGC_FAILPOINT", "shard-panic")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let status = wait_exit(&mut child);
+    assert_eq!(status.code(), Some(70), "{status:?}");
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(err.contains("FATAL: panic on thread msgc-shard-0") && err.contains("fail point"), "{err}");
+}
+
+/// Options the vendor's files never set show up in --check-config with their defaults.
+#[test]
+fn check_config_shows_the_security_options() {
+    let conf = temp_conf(
+        "sec.conf",
+        "msgc_server { cluster_secret = \"0123456789abcdef0123\" max_connections = 99 }\n",
+    );
+    let out = bin().arg("--check-config").arg(&conf).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("max_connections 99") && text.contains("stall_timeout 1s"), "{text}");
+    assert!(text.contains("peer authentication (msgc): cluster secret"), "{text}");
+    assert!(!text.contains("0123456789abcdef0123"), "the secret must not be printed: {text}");
+}

@@ -134,3 +134,105 @@ async fn fails_over_to_the_next_relay_in_order() {
     until(&mut c, "view on relay B", |e| matches!(e, Event::View(v) if v.members.len() == 1)).await;
     drop(relay_b);
 }
+
+/// Waits for the next message, checking its number; skips views.
+async fn expect_messages(c: &mut Client, n: u64, check: impl Fn(u64, &[u8])) {
+    let mut seq = 0;
+    while seq < n {
+        match next(c).await {
+            Event::Message { seq: s, payload, .. } => {
+                seq += 1;
+                assert_eq!(s, seq, "in order, none missing");
+                check(s, &payload);
+            }
+            Event::View(_) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+async fn member_of(c: &mut Client, group: &str, members: usize) {
+    c.join(group).await.unwrap();
+    until(c, "view", |e| matches!(e, Event::View(v) if v.members.len() == members)).await;
+}
+
+#[tokio::test]
+async fn a_burst_is_batched_bounded_and_arrives_whole() {
+    let server = start_server(2, Limits::default());
+    let at = addr(&server).to_string();
+    let mut rx = Client::connect(opts(vec![at.clone()], "rx")).await.unwrap();
+    member_of(&mut rx, "burst", 1).await;
+    let tx = Client::connect(ClientOptions { send_queue_bytes: Some(4096), ..opts(vec![at], "tx") })
+        .await
+        .unwrap();
+    const N: u64 = 20_000;
+    // try_multicast never waits: with a 4 KiB queue it must refuse some, and every accepted
+    // message must arrive, in order.
+    let mut accepted = 0u64;
+    let mut refused = 0u64;
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while accepted < N / 2 && std::time::Instant::now() < deadline {
+        match tx.try_multicast("burst", &accepted.to_be_bytes()) {
+            Ok(()) => accepted += 1,
+            Err(ClientError::WouldBlock) => {
+                refused += 1;
+                tokio::task::yield_now().await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(accepted, N / 2);
+    assert!(refused > 0, "a 4 KiB queue never filled during a burst of {accepted}");
+    // send_many waits for room instead.
+    let rest: Vec<[u8; 8]> = (N / 2..N).map(|i| i.to_be_bytes()).collect();
+    assert_eq!(tx.send_many("burst", &rest).await.unwrap(), rest.len());
+    tx.flush().await.unwrap();
+    expect_messages(&mut rx, N, |seq, p| assert_eq!(p, (seq - 1).to_be_bytes())).await;
+    assert!(matches!(tx.try_multicast("", b"x"), Err(ClientError::BadGroup(_))));
+    assert!(matches!(tx.try_multicast("burst", &vec![0; 2 << 20]), Err(ClientError::TooLarge(_))));
+}
+
+#[tokio::test]
+async fn dropping_a_client_closes_its_connection_for_good() {
+    let server = start_server(1, Limits::default());
+    let at = addr(&server).to_string();
+    let mut watcher = Client::connect(opts(vec![at.clone()], "watcher")).await.unwrap();
+    member_of(&mut watcher, "g", 1).await;
+    let mut gone = Client::connect(opts(vec![at], "gone")).await.unwrap();
+    member_of(&mut gone, "g", 2).await;
+    until(&mut watcher, "view of 2", |e| matches!(e, Event::View(v) if v.members.len() == 2)).await;
+    drop(gone);
+    until(
+        &mut watcher,
+        "disconnect view",
+        |e| matches!(e, Event::View(v) if v.members.len() == 1 && v.cause == Cause::Disconnect),
+    )
+    .await;
+    // A client that kept redialing would rejoin within a few 100 ms reconnect intervals.
+    let quiet = tokio::time::timeout(Duration::from_millis(1500), watcher.next_event()).await;
+    assert!(quiet.is_err(), "something happened after the drop: {quiet:?}");
+}
+
+#[tokio::test]
+async fn publishing_waits_for_the_reconnection_instead_of_dropping() {
+    let server = start_server(1, Limits::default());
+    let at = addr(&server);
+    let mut c = Client::connect(opts(vec![at.to_string()], "c")).await.unwrap();
+    member_of(&mut c, "g", 1).await;
+    c.multicast("g", b"one").await.unwrap();
+    c.flush().await.unwrap();
+    server.shutdown();
+    until(&mut c, "disconnect", |e| matches!(e, Event::Disconnected { .. })).await;
+    // While disconnected nothing can be queued without waiting.
+    assert!(matches!(c.try_multicast("g", b"x"), Err(ClientError::WouldBlock)));
+    let _again = server_on(at, "again");
+    // multicast waits for the reconnection rather than failing or dropping.
+    tokio::time::timeout(DEADLINE, c.multicast("g", b"two")).await.expect("sent after reconnecting").unwrap();
+    c.flush().await.unwrap();
+    until(
+        &mut c,
+        "the message sent while reconnecting",
+        |e| matches!(e, Event::Message { payload, .. } if &payload[..] == b"two"),
+    )
+    .await;
+}

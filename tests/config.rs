@@ -87,10 +87,13 @@ fn example_deployments_parse() {
 fn every_option_is_read_case_insensitively() {
     let c = Config::parse_str(
         r#"MSGC_Server {
-             Connect_Timeout = 7  debug_level = "debug"  idle_timeout = 0.5
+             Connect_Timeout = 7  debug_level = "debug"  idle_timeout = 2.5
              keepalive_interval = 2  max_backlog = 10  messages_per_iter = 3
              port = 4810  reconnect_interval = 1  tcpbuf_size = 65536
              max_frame_size = 8192  memory_budget = 2097152  threads = 2
+             Stall_Timeout = 0.25  handshake_timeout = 3  max_connections = 100
+             max_handshakes = 9  max_groups_per_session = 8  max_group_members = 7
+             cluster_secret = "0123456789abcdef-secret"
              peers = [ A = "10.0.0.1" b = "10.0.0.2:4811" ]
            }
            msgc_client { bind_address = "10.0.0.9"  server = ( "r1:4809", "r2:4809" ) }
@@ -101,7 +104,11 @@ fn every_option_is_read_case_insensitively() {
     let s = &c.server;
     assert_eq!(s.connect_timeout, Duration::from_secs(7));
     assert_eq!(s.debug_level, DebugLevel::Debug);
-    assert_eq!(s.idle_timeout, Duration::from_millis(500));
+    assert_eq!(s.idle_timeout, Duration::from_millis(2500));
+    assert_eq!((s.stall_timeout, s.handshake_timeout), (Duration::from_millis(250), Duration::from_secs(3)));
+    assert_eq!((s.max_connections, s.max_handshakes), (100, 9));
+    assert_eq!((s.max_groups_per_session, s.max_group_members), (8, 7));
+    assert_eq!(s.cluster_secret, Some(msgc::core::ClusterSecret::new(b"0123456789abcdef-secret")));
     assert_eq!((s.max_backlog, s.messages_per_iter, s.port, s.tcpbuf_size), (10, 3, 4810, 65536));
     assert_eq!((s.max_frame_size, s.memory_budget, s.threads), (8192, 2097152, 2));
     assert_eq!(s.peers[0], Peer { name: "A".into(), addr: "10.0.0.1".into() });
@@ -117,6 +124,22 @@ fn errors_point_at_the_text() {
         ("msgc_server { tcpbuf_size = 1024 }", "t.conf:1:29:", "out of range: expected 4096"),
         ("msgc_server { idle_timeout = -1 }", "t.conf:1:30:", "out of range"),
         ("msgc_server { idle_timeout = ( 1 ) }", "t.conf:1:30:", "expected a number of seconds"),
+        // Zero durations mean "at once": every connection idle, a redial loop.
+        ("msgc_server { idle_timeout = 0 }", "t.conf:1:30:", "expected 0.1 to"),
+        ("msgc_server { reconnect_interval = 0 }", "t.conf:1:36:", "expected 0.1 to"),
+        ("msgc_server { keepalive_interval = 0 }", "t.conf:1:36:", "expected 0.1 to"),
+        ("msgc_server { connect_timeout = 0 }", "t.conf:1:33:", "expected 0.1 to"),
+        ("msgc_server { stall_timeout = 0 }", "t.conf:1:31:", "expected 0.1 to"),
+        ("msgc_server { handshake_timeout = 0.01 }", "t.conf:1:35:", "expected 0.1 to"),
+        ("msgc_client { idle_timeout = 0 }", "t.conf:1:30:", "expected 0.1 to"),
+        ("msgc_server { idle_timeout = 5 }", "t.conf:1:15:", "must be longer than keepalive_interval"),
+        ("msgc_server { max_connections = 0 }", "t.conf:1:33:", "out of range: expected 1"),
+        ("msgc_server { cluster_secret = \"short\" }", "t.conf:1:32:", "use at least 16"),
+        (
+            "msgc_server { cluster_secret_file = \"/nonexistent/x\" }",
+            "t.conf:1:15:",
+            "cannot read cluster_secret_file",
+        ),
         (
             "msgc_server {\n port = 1\n port = 2 }",
             "t.conf:3:2:",
@@ -158,6 +181,22 @@ fn include_errors() {
     assert!(e.contains("c.conf:1:1:") && e.contains("cannot read included file"), "{e}");
     let e = Config::load(&dir.join("nope.conf")).unwrap_err().to_string();
     assert!(e.contains("nope.conf") && e.contains("cannot read"), "{e}");
+    // Fan-out: each file includes the next twice; a bound stops it with a clear error.
+    for i in 0..12 {
+        std::fs::write(
+            dir.join(format!("f{i}.conf")),
+            format!("include \"f{0}.conf\"\ninclude \"f{0}.conf\"\n", i + 1),
+        )
+        .unwrap();
+    }
+    std::fs::write(dir.join("f12.conf"), "# leaf\n").unwrap();
+    let e = Config::load(&dir.join("f0.conf")).unwrap_err().to_string();
+    assert!(e.contains("more than 256 config files included"), "{e}");
+    // Size: a huge file is refused before it is read.
+    std::fs::write(dir.join("big.conf"), vec![b'#'; 5 << 20]).unwrap();
+    std::fs::write(dir.join("inc-big.conf"), "include \"big.conf\"").unwrap();
+    let e = Config::load(&dir.join("inc-big.conf")).unwrap_err().to_string();
+    assert!(e.contains("inc-big.conf:1:1:") && e.contains("config files are limited to"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

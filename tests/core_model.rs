@@ -38,6 +38,7 @@ impl Harness {
             node_name: Name::new("test").unwrap(),
             digest: 0,
             boot: 1,
+            entropy: [7; 32],
         };
         Harness {
             shards: (0..nshards)
@@ -83,7 +84,7 @@ impl Harness {
 
     fn connect(&mut self, name: &str) -> usize {
         let shard = (self.clients.len() % self.shards.len()) as u16;
-        let conn = self.shards[shard as usize].handle_accept(self.now);
+        let conn = self.shards[shard as usize].handle_accept(self.now, loopback());
         self.clients.push(Client {
             shard,
             conn,
@@ -229,7 +230,7 @@ fn frames_before_hello_and_double_join_are_errors() {
         other => panic!("{other:?}"),
     }
     // A raw connection that sends JOIN before HELLO.
-    let conn = h.shards[0].handle_accept(h.now);
+    let conn = h.shards[0].handle_accept(h.now, loopback());
     let mut buf = BytesMut::from(&join("g")[..]);
     assert_eq!(h.shards[0].handle_input(conn, &mut buf, h.now), Flow::Close);
 }
@@ -399,4 +400,9 @@ fn drain(h: &mut Harness, c: usize) -> Vec<String> {
             other => format!("{other:?}"),
         })
         .collect()
+}
+
+/// Connection metadata for a simulated connection from the loopback address.
+fn loopback() -> msgc::core::ConnMeta {
+    msgc::core::ConnMeta { remote: Some(([127, 0, 0, 1], 40000).into()), tls: None }
 }

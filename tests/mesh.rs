@@ -165,14 +165,20 @@ fn nine_servers_deliver_to_every_member() {
 }
 
 /// A fake peer server that completes the link handshake, announces one member of `g`, and
-/// then stops reading: its link must be killed at max_backlog and redialed, while local
-/// members keep receiving everything.
+/// then stops reading while it keeps sending keepalives: publishers are held back (a link
+/// is never killed for its backlog alone), and when the link makes no progress for two
+/// keepalive intervals it is killed and redialed; local members receive everything.
 #[test]
 fn a_link_that_stops_reading_is_killed_and_redialed() {
     use msgc::proto::{Handshake, Member, Name, NodeTag, PeerJoin, Role, SessionId};
     use std::io::{Read, Write};
 
-    let limits = Limits { max_backlog: 100, tcpbuf_size: 16384, ..mesh_limits() };
+    let limits = Limits {
+        max_backlog: 100,
+        tcpbuf_size: 16384,
+        keepalive_interval: Duration::from_millis(500),
+        ..mesh_limits()
+    };
     let server = start_node("stuck-node1", 2, limits);
     let fake = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     // "zz-fake" sorts after "stuck-node1", so the server dials it.
@@ -212,6 +218,14 @@ fn a_link_that_stops_reading_is_killed_and_redialed() {
         member,
     });
     link.write_all(&[welcome.to_bytes(), join.to_bytes()].concat()).unwrap();
+    // Alive (keepalives every 100 ms, for at most the test's deadline) but never reading.
+    let mut alive = link.try_clone().unwrap();
+    std::thread::spawn(move || {
+        let started = std::time::Instant::now();
+        while started.elapsed() < DEADLINE && alive.write_all(&Frame::Noop.to_bytes()).is_ok() {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
 
     let mut local = RawClient::connect(addr(&server), "local");
     local.join("g");
@@ -239,4 +253,60 @@ fn a_link_that_stops_reading_is_killed_and_redialed() {
     wait_for("stuck link counted", || server.stats().killed_stuck >= 1 && server.stats().links_down >= 1);
     // The server dials the peer again after reconnect_interval.
     wait_for("the server redials the peer", || fake.accept().is_ok());
+}
+
+/// Saturation is not a fault: publishers on every server at full speed, with small queues
+/// and buffers so that the links fill up at once. Publishers are slowed; no link is killed,
+/// no gap is sent, every subscriber gets everything in order.
+#[test]
+fn saturation_slows_publishers_and_never_kills_a_link() {
+    let limits = Limits {
+        max_backlog: 64,
+        tcpbuf_size: 16384,
+        memory_budget: 1 << 20,
+        // Subscribers read as fast as they can; the test is about links, not slow clients.
+        stall_timeout: Duration::from_secs(30),
+        ..mesh_limits()
+    };
+    let prefix = "saturate";
+    let servers: Vec<ServerHandle> =
+        names(prefix, 3).iter().map(|n| start_node(n, 2, limits.clone())).collect();
+    let table = peers_of(&names(prefix, 3), &servers);
+    for s in &servers {
+        s.set_peers(table.clone());
+    }
+    let mut subs: Vec<RawClient> =
+        (0..3).map(|i| RawClient::connect(addr(&servers[i]), &format!("sub{i}"))).collect();
+    for s in subs.iter_mut() {
+        s.join("firehose");
+    }
+    for s in subs.iter_mut() {
+        s.wait_view("firehose", 3);
+    }
+    let per_publisher = 2000;
+    let readers: Vec<_> = subs
+        .into_iter()
+        .map(|mut s| std::thread::spawn(move || expect_messages(&mut s, 3 * per_publisher).len()))
+        .collect();
+    let publishers: Vec<_> = (0..3)
+        .map(|i| {
+            let mut p = RawClient::connect(addr(&servers[i]), &format!("pub{i}"));
+            std::thread::spawn(move || {
+                let payload = vec![i as u8; 1024];
+                for _ in 0..per_publisher {
+                    p.mcast("firehose", &payload);
+                }
+                p
+            })
+        })
+        .collect();
+    let _publishers: Vec<RawClient> = publishers.into_iter().map(|p| p.join().expect("publisher")).collect();
+    for r in readers {
+        assert_eq!(r.join().expect("subscriber got everything in order"), 3 * per_publisher);
+    }
+    for s in &servers {
+        let st = s.stats();
+        assert_eq!((st.killed_stuck, st.links_down, st.gaps), (0, 0, 0), "{st:?}");
+    }
+    assert!(servers.iter().map(|s| s.stats().pauses).sum::<u64>() > 0, "publishers were held back");
 }

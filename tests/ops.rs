@@ -537,6 +537,10 @@ fn config_set_takes_effect_and_reload_brings_back_the_file() {
 
     // A client that sends nothing stays connected under the default idle_timeout (30 s)...
     let mut idle = RawClient::connect(server.addr, "idle");
+    // Checked as in a file: idle_timeout must stay longer than keepalive_interval.
+    let refused = server.ctl(&["config", "set", "idle_timeout", "1"]);
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("must be longer than keepalive_interval"));
+    server.ctl_ok(&["config", "set", "keepalive_interval", "0.5"]);
     let out = server.ctl_ok(&["config", "set", "idle_timeout", "1"]);
     assert_eq!(out, "idle_timeout = 1\n");
     // ...and is closed for it within a few seconds once it is 1 s.
@@ -555,7 +559,7 @@ fn config_set_takes_effect_and_reload_brings_back_the_file() {
     std::fs::write(&conf, "msgc_server {\n  max_backlog = 300\n}\n").unwrap();
     let r = server.ctl_json(&["reload"]);
     let changed: Vec<&str> = r["changed"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
-    assert_eq!(changed, ["idle_timeout", "max_backlog"]);
+    assert_eq!(changed, ["idle_timeout", "keepalive_interval", "max_backlog"]);
     assert_eq!(server.ctl_ok(&["config", "get", "max_backlog"]), "max_backlog = 300\n");
     // SIGHUP goes the same way.
     std::fs::write(&conf, "msgc_server {\n  max_backlog = 400\n}\n").unwrap();

@@ -46,7 +46,7 @@ fn frame() -> impl Strategy<Value = Frame> {
         group().prop_map(Frame::Join),
         group().prop_map(Frame::Leave),
         Just(Frame::Noop),
-        (0usize..14, any::<bool>(), "[ -~é]{0,40}").prop_map(|(c, fatal, message)| {
+        (0usize..17, any::<bool>(), "[ -~é]{0,40}").prop_map(|(c, fatal, message)| {
             let codes = [
                 ErrorCode::Malformed,
                 ErrorCode::UnknownKind,
@@ -61,6 +61,9 @@ fn frame() -> impl Strategy<Value = Frame> {
                 ErrorCode::Stuck,
                 ErrorCode::IdleTimeout,
                 ErrorCode::ShuttingDown,
+                ErrorCode::LimitReached,
+                ErrorCode::HandshakeTimeout,
+                ErrorCode::NotAuthorized,
                 ErrorCode::Draining,
             ];
             Frame::Error(ErrorFrame { code: codes[c], fatal, message })
@@ -113,8 +116,26 @@ fn frame() -> impl Strategy<Value = Frame> {
             group,
             session: SessionId(s)
         })),
-        (1u16..64, any::<u16>(), proptest::collection::vec((group(), any::<u64>(), any::<u64>()), 0..10))
-            .prop_map(|(shards, s, views)| Frame::PeerState(PeerState { shard: s % shards, shards, views })),
+        (
+            1u16..64,
+            any::<u16>(),
+            any::<bool>(),
+            proptest::collection::vec((group(), any::<u64>(), any::<u64>()), 0..10)
+        )
+            .prop_map(|(shards, s, more, views)| Frame::PeerState(PeerState {
+                shard: s % shards,
+                shards,
+                more,
+                views
+            })),
+        (any::<[u8; 32]>(), any::<[u8; 32]>(), any::<bool>()).prop_map(|(nonce, mac, challenge)| {
+            let a = PeerAuth { nonce, mac };
+            if challenge {
+                Frame::PeerChallenge(a)
+            } else {
+                Frame::PeerProof(a)
+            }
+        }),
     ]
 }
 

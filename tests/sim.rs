@@ -9,7 +9,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use msgc::core::{Flow, Limits, ServerIdentity, ShardCore, Take};
+use msgc::core::{Flow, Limits, PeerEntry, ServerIdentity, ShardCore, Take};
 use msgc::proto::{self, encode_mcast, Frame, GroupName, Handshake, Name, NodeTag, SessionId};
 
 const GROUPS: [&str; 2] = ["alpha", "beta"];
@@ -121,10 +121,13 @@ impl Sim {
             node_name: Name::new(&s.name).unwrap(),
             digest: 0,
             boot: s.generation * 1000 + i as u64,
+            entropy: [7; 32],
         };
         s.shards = (0..nshards).map(|k| ShardCore::new(k, nshards, identity.clone(), limits())).collect();
         for sh in &mut s.shards {
-            sh.set_peers(names.iter().cloned());
+            sh.set_peers(
+                names.iter().map(|n| PeerEntry { name: n.clone(), addrs: vec![[127, 0, 0, 1].into()] }),
+            );
         }
         s.alive = true;
     }
@@ -135,7 +138,7 @@ impl Sim {
             return;
         }
         let shard = (self.rng.below(self.servers[srv].shards.len() as u64)) as usize;
-        let conn = self.servers[srv].shards[shard].handle_accept(self.now);
+        let conn = self.servers[srv].shards[shard].handle_accept(self.now, loopback());
         let cl = &mut self.clients[c];
         cl.end = Some((srv, shard, conn));
         cl.inbox.clear();
@@ -311,8 +314,8 @@ impl Sim {
                     let dsh = self.rng.below(self.servers[i].shards.len() as u64) as usize;
                     let ash = self.rng.below(self.servers[j].shards.len() as u64) as usize;
                     let name = self.servers[j].name.clone();
-                    let d = self.servers[i].shards[dsh].handle_dial(&name, self.now);
-                    let a = self.servers[j].shards[ash].handle_accept(self.now);
+                    let d = self.servers[i].shards[dsh].handle_dial(&name, self.now, loopback());
+                    let a = self.servers[j].shards[ash].handle_accept(self.now, loopback());
                     self.links.push(((i, dsh, d), (j, ash, a)));
                 }
             }
@@ -584,4 +587,9 @@ fn the_next_oldest_server_takes_over_when_the_ordering_one_dies() {
     }
     sim.settle_and_check(2);
     assert!(sim.violations.is_empty(), "{:?}", sim.violations);
+}
+
+/// Connection metadata for a simulated connection from the loopback address.
+fn loopback() -> msgc::core::ConnMeta {
+    msgc::core::ConnMeta { remote: Some(([127, 0, 0, 1], 40000).into()), tls: None }
 }

@@ -85,6 +85,7 @@ fn main() -> ExitCode {
         }
     };
     let log = init_logging(&config.server);
+    runtime::exit_on_panic();
     let opts = match options(&config, &args) {
         Ok(o) => o,
         Err(e) => {
@@ -106,6 +107,15 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if !config.server.peers.is_empty() {
+        let l = limits(&config.server);
+        if !l.peer_tls && l.cluster_secret.is_none() {
+            tracing::warn!(
+                "the mesh is UNAUTHENTICATED: peer links are accepted from the addresses in peers only; \
+                 configure tls_certificate/tls_key/tls_ca or cluster_secret"
+            );
+        }
+    }
     let addrs: Vec<String> = server.local_addrs().iter().map(|a| a.to_string()).collect();
     // Always shown (the default debug_level, ERROR, hides info logs): where to connect.
     println!("msgc-server: listening on {}", addrs.join(" "));
@@ -523,11 +533,28 @@ fn check_config(path: &Path, args: &Args) -> ExitCode {
         s.digest()
     );
     println!(
-        "  msgc extensions: max_frame_size {}, memory_budget {}, threads {}, metrics_listen {}, \
-         control_socket {}, log_format {}",
+        "  limits (msgc): stall_timeout {:?}, handshake_timeout {:?}, max_connections {}, max_handshakes {}, \
+         max_groups_per_session {}, max_group_members {}, max_frame_size {}, memory_budget {}, threads {}",
+        s.stall_timeout,
+        s.handshake_timeout,
+        s.max_connections,
+        s.max_handshakes,
+        s.max_groups_per_session,
+        s.max_group_members,
         s.max_frame_size,
         s.memory_budget,
-        s.threads,
+        s.threads
+    );
+    let l = limits(s);
+    let auth = match (l.peer_tls, l.cluster_secret.is_some()) {
+        (true, true) => "mutual TLS and cluster secret",
+        (true, false) => "mutual TLS",
+        (false, true) => "cluster secret (HMAC challenge)",
+        (false, false) => "none: UNAUTHENTICATED, links accepted from the peers' addresses only",
+    };
+    println!("  peer authentication (msgc): {auth}");
+    println!(
+        "  operations (msgc): metrics_listen {}, control_socket {}, log_format {}",
         config.server_option("metrics_listen").unwrap_or_default(),
         config.server_option("control_socket").unwrap_or_default(),
         config.server_option("log_format").unwrap_or_default(),
@@ -603,10 +630,17 @@ fn limits(s: &ServerConfig) -> Limits {
         memory_budget: s.memory_budget,
         idle_timeout: s.idle_timeout,
         keepalive_interval: s.keepalive_interval,
-        stall_timeout: s.keepalive_interval.max(Duration::from_secs(1)),
+        stall_timeout: s.stall_timeout,
         tcpbuf_size: s.tcpbuf_size,
         connect_timeout: s.connect_timeout,
         reconnect_interval: s.reconnect_interval,
+        handshake_timeout: s.handshake_timeout,
+        max_connections: s.max_connections,
+        max_handshakes: s.max_handshakes,
+        max_groups_per_session: s.max_groups_per_session,
+        max_group_members: s.max_group_members,
+        peer_tls: false,
+        cluster_secret: s.cluster_secret.clone(),
     }
 }
 

@@ -1,9 +1,13 @@
 //! The client library: one TCP connection to a msgc server, with join, leave, multicast and
 //! a stream of events (messages, views, gaps, reconnections).
 //!
-//! Plain tokio, so it works inside any tokio runtime. The protocol state is the sans-io
-//! [`Session`]; the driver task owns the socket, reconnects by itself (trying the servers
-//! in order after `reconnect_interval` with jitter), rejoins its groups and reports the gap.
+//! Plain tokio, so it works inside any tokio runtime. The protocol state is sans-io: the
+//! [`Session`] (handshake, groups, sequence numbers, the bounded send queue) and the
+//! [`Inbound`] decoder. Publishers encode into the send queue directly and a writer task sends
+//! it in batches of up to `tcpbuf_size`; a reader task beside it hands events over in batches.
+//! The client reconnects by itself (trying the servers in order, the delay doubling from
+//! `reconnect_interval` up to 8 times that, with jitter), rejoins its groups and reports the
+//! gap. Dropping the [`Client`] ends its tasks; [`Client::close`] first sends what is queued.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), msgc::client::ClientError> {
@@ -22,22 +26,30 @@
 //! ```
 
 mod driver;
+pub(crate) mod events;
+mod inbound;
 mod session;
+mod transport;
 
-pub use session::{Session, SessionConfig};
+pub use inbound::Inbound;
+pub use session::{valid_group, Refused, Session, SessionConfig};
+pub use transport::{ReadHalf, WriteHalf};
 
+use std::iter::Peekable;
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
 
 use crate::config::ClientConfig;
 use crate::proto::{ErrorCode, Gap, GroupName, ProtoError, SessionId, View};
+
+use driver::{AbortOnDrop, Shared};
+use events::EventSource;
 
 /// What a client receives.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,6 +88,10 @@ pub enum ClientError {
     IdleTimeout,
     #[error("no server answered (tried {})", .tried.join(", "))]
     NoServer { tried: Vec<String> },
+    #[error("the send queue is full or the client is reconnecting; try again later")]
+    WouldBlock,
+    #[error("the connection was lost: {0}")]
+    Lost(String),
 }
 
 /// Options of a client; the vendor's `msgc_client` scope maps onto them.
@@ -94,6 +110,8 @@ pub struct ClientOptions {
     pub max_frame_size: usize,
     /// Events buffered for the application before the client stops reading the socket.
     pub max_backlog: usize,
+    /// Bytes of multicasts queued before `multicast` waits: `tcpbuf_size` unless set.
+    pub send_queue_bytes: Option<usize>,
 }
 
 impl Default for ClientOptions {
@@ -115,6 +133,7 @@ impl From<&ClientConfig> for ClientOptions {
             tcpbuf_size: c.tcpbuf_size,
             max_frame_size: c.max_frame_size,
             max_backlog: c.max_backlog,
+            send_queue_bytes: None,
         }
     }
 }
@@ -156,18 +175,14 @@ impl ClientBuilder {
     }
 }
 
-pub(crate) enum Command {
-    Join(GroupName),
-    Leave(GroupName),
-    Multicast(GroupName, Bytes),
-}
-
-/// A connection to a msgc server (see the module docs).
+/// A connection to a msgc server (see the module docs). Dropping it ends its tasks at once
+/// (what is still queued is not sent; [`close`](Client::close) sends it first).
 pub struct Client {
-    commands: mpsc::Sender<Command>,
-    events: mpsc::Receiver<Event>,
-    session: Arc<AtomicU64>,
-    task: tokio::task::JoinHandle<()>,
+    shared: Arc<Shared>,
+    events: EventSource,
+    connect_timeout: Duration,
+    /// Held for its Drop: the supervisor (and with it the reader and writer) ends with the client.
+    _task: AbortOnDrop,
 }
 
 impl Client {
@@ -175,16 +190,23 @@ impl Client {
         ClientBuilder::default()
     }
 
-    /// Connects to the first server that answers (in order) and starts the driver task.
+    /// Connects to the first server that answers (in order) and starts the client's tasks.
+    /// Must be called inside a tokio runtime.
     pub async fn connect(opts: ClientOptions) -> Result<Client, ClientError> {
-        let capacity = opts.max_backlog.clamp(16, 1 << 16);
-        let (cmd_tx, cmd_rx) = mpsc::channel(capacity);
-        let (ev_tx, ev_rx) = mpsc::channel(capacity);
-        let session = Arc::new(AtomicU64::new(0));
+        let cfg = SessionConfig {
+            name: opts.name.clone(),
+            keepalive_interval: opts.keepalive_interval,
+            idle_timeout: opts.idle_timeout,
+            max_frame_size: opts.max_frame_size,
+            send_queue_bytes: opts.send_queue_bytes.unwrap_or(opts.tcpbuf_size).max(1),
+        };
+        let shared = Arc::new(Shared::new(Session::new(cfg, Instant::now())));
+        let (sink, events) = events::event_queue(opts.max_backlog);
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(driver::run(opts, cmd_rx, ev_tx, session.clone(), ready_tx));
+        let connect_timeout = opts.connect_timeout;
+        let task = AbortOnDrop(tokio::spawn(driver::run(opts, shared.clone(), sink, ready_tx)));
         match ready_rx.await {
-            Ok(Ok(())) => Ok(Client { commands: cmd_tx, events: ev_rx, session, task }),
+            Ok(Ok(())) => Ok(Client { shared, events, connect_timeout, _task: task }),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(ClientError::Closed),
         }
@@ -192,47 +214,145 @@ impl Client {
 
     /// The current session id (it changes after a reconnection).
     pub fn session_id(&self) -> SessionId {
-        SessionId(self.session.load(Ordering::Relaxed))
+        SessionId(self.shared.session_id.load(Ordering::Relaxed))
     }
 
-    /// Joins a group; a view listing this client follows as an event. Membership starts
-    /// with that view: messages sent to the group before it arrives may not reach this client.
+    /// Joins a group (remembered across reconnections); a view listing this client follows
+    /// as an event. Membership starts with that view: messages sent to the group before it
+    /// arrives may not reach this client. Never waits.
     pub async fn join(&self, group: &str) -> Result<(), ClientError> {
         let g = GroupName::new(group).map_err(ClientError::BadGroup)?;
-        self.send(Command::Join(g)).await
+        self.shared.session().join(g);
+        self.shared.wake_writer.notify_one();
+        Ok(())
     }
 
+    /// Leaves a group; a view without this client follows. Never waits.
     pub async fn leave(&self, group: &str) -> Result<(), ClientError> {
         let g = GroupName::new(group).map_err(ClientError::BadGroup)?;
-        self.send(Command::Leave(g)).await
+        self.shared.session().leave(g);
+        self.shared.wake_writer.notify_one();
+        Ok(())
     }
 
-    /// Multicasts `payload` to `group` (membership not required). While the client is
-    /// reconnecting this waits (the command queue is bounded) rather than dropping.
-    pub async fn multicast(&self, group: &str, payload: Bytes) -> Result<(), ClientError> {
-        let g = GroupName::new(group).map_err(ClientError::BadGroup)?;
-        self.send(Command::Multicast(g, payload)).await
+    /// Multicasts `payload` to `group` (membership not required). The payload is copied into
+    /// the send queue; this returns once it is queued. While the queue is full or the client
+    /// is reconnecting it waits (the queue is bounded) rather than dropping.
+    pub async fn multicast(&self, group: &str, payload: impl AsRef<[u8]>) -> Result<(), ClientError> {
+        let payload = payload.as_ref();
+        if self.queue(group, &mut std::iter::once(payload).peekable())? == 1 {
+            return Ok(());
+        }
+        self.send_many(group, std::iter::once(payload)).await.map(|_| ())
     }
 
-    async fn send(&self, cmd: Command) -> Result<(), ClientError> {
-        self.commands.send(cmd).await.map_err(|_| ClientError::Closed)
+    /// Queues a multicast if there is room now, else `Err(WouldBlock)` (the queue is full or
+    /// the client is reconnecting). For callers that must not wait per message.
+    pub fn try_multicast(&self, group: &str, payload: &[u8]) -> Result<(), ClientError> {
+        match self.queue(group, &mut std::iter::once(payload).peekable())? {
+            1 => Ok(()),
+            _ => Err(ClientError::WouldBlock),
+        }
+    }
+
+    /// Multicasts every payload to `group` in order, queueing as many as fit at a time under
+    /// one lock, and waiting for room only when the queue is full. Returns how many were
+    /// queued (all of them unless an error is returned; on an error the ones before it are
+    /// queued).
+    pub async fn send_many<I>(&self, group: &str, payloads: I) -> Result<usize, ClientError>
+    where
+        I: IntoIterator,
+        I::Item: AsRef<[u8]>,
+    {
+        let mut payloads = payloads.into_iter().peekable();
+        let mut sent = 0;
+        let progress = self.shared.progress.notified();
+        tokio::pin!(progress);
+        loop {
+            // Registered before looking, so a wakeup between the look and the wait is kept.
+            progress.as_mut().enable();
+            sent += self.queue(group, &mut payloads)?;
+            if payloads.peek().is_none() {
+                return Ok(sent);
+            }
+            progress.as_mut().await;
+            progress.set(self.shared.progress.notified());
+        }
+    }
+
+    /// Queues payloads while there is room; returns how many. A refused one stays in `payloads`.
+    fn queue<I>(&self, group: &str, payloads: &mut Peekable<I>) -> Result<usize, ClientError>
+    where
+        I: Iterator,
+        I::Item: AsRef<[u8]>,
+    {
+        if !valid_group(group) {
+            return Err(ClientError::BadGroup(ProtoError::BadGroup));
+        }
+        let mut n = 0;
+        let was_empty;
+        {
+            let mut s = self.shared.session();
+            was_empty = s.queued_len() == 0;
+            while let Some(p) = payloads.peek() {
+                if s.multicast(group, p.as_ref())?.is_err() {
+                    break;
+                }
+                payloads.next();
+                n += 1;
+            }
+        }
+        if n > 0 && was_empty {
+            self.shared.wake_writer.notify_one();
+        }
+        Ok(n)
+    }
+
+    /// Waits until everything queued before this call has been handed to the socket.
+    /// `Err(Lost)` if the connection was lost first (those messages may not have arrived; the
+    /// receivers get a gap notice).
+    pub async fn flush(&self) -> Result<(), ClientError> {
+        let mark = self.shared.session().flush_mark();
+        let progress = self.shared.progress.notified();
+        tokio::pin!(progress);
+        loop {
+            progress.as_mut().enable();
+            match self.shared.session().flushed(mark) {
+                Some(true) => return Ok(()),
+                None => return Err(ClientError::Lost("before the queued messages were written".into())),
+                Some(false) => {}
+            }
+            progress.as_mut().await;
+            progress.set(self.shared.progress.notified());
+        }
     }
 
     /// The next event; `None` once the client is closed.
     pub async fn next_event(&mut self) -> Option<Event> {
-        self.events.recv().await
+        std::future::poll_fn(|cx| self.events.poll_next(cx)).await
     }
 
-    /// Closes the connection.
+    /// The next event if one is waiting; never waits. `Err(Closed)` once the client's tasks
+    /// are gone.
+    pub fn try_next_event(&mut self) -> Result<Option<Event>, ClientError> {
+        self.events.try_next().map_err(|()| ClientError::Closed)
+    }
+
+    /// Moves the event stream out (for a caller that reads events on its own task, as the
+    /// C library does); this handle then sees none.
+    pub(crate) fn take_events(&mut self) -> EventSource {
+        std::mem::replace(&mut self.events, events::closed())
+    }
+
+    /// Sends what is queued (waiting at most `connect_timeout`), then closes the connection.
     pub async fn close(self) {
-        drop(self.commands);
-        let _ = self.task.await;
+        let _ = tokio::time::timeout(self.connect_timeout, self.flush()).await;
     }
 }
 
 impl futures_core::Stream for Client {
     type Item = Event;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
-        self.events.poll_recv(cx)
+        self.events.poll_next(cx)
     }
 }

@@ -50,6 +50,23 @@ pub struct ServerConfig {
     pub memory_budget: usize,
     /// `threads` (msgc): shard threads, 0 = one per core. Default 0.
     pub threads: usize,
+    /// `stall_timeout` (msgc): seconds a client may hold publishers back before it is cut.
+    /// Default 1.
+    pub stall_timeout: Duration,
+    /// `handshake_timeout` (msgc): seconds a connection has to complete its handshake.
+    /// Default 10.
+    pub handshake_timeout: Duration,
+    /// `max_connections` (msgc): open connections per server. Default 65536.
+    pub max_connections: usize,
+    /// `max_handshakes` (msgc): connections in their handshake per server. Default 1024.
+    pub max_handshakes: usize,
+    /// `max_groups_per_session` (msgc): groups one session may join. Default 1024.
+    pub max_groups_per_session: usize,
+    /// `max_group_members` (msgc): members of one group. Default 4096.
+    pub max_group_members: usize,
+    /// `cluster_secret` or `cluster_secret_file` (msgc): the shared secret peers prove
+    /// with an HMAC challenge. Default none.
+    pub cluster_secret: Option<crate::core::ClusterSecret>,
     /// `metrics_listen` (msgc): where the HTTP endpoint serving `/metrics` (Prometheus) and
     /// `/varz` (JSON) listens; `""` is off. Default off.
     pub metrics_listen: Option<SocketAddr>,
@@ -162,6 +179,13 @@ impl Default for ServerConfig {
             max_frame_size: crate::proto::DEFAULT_MAX_FRAME,
             memory_budget: 64 << 20,
             threads: 0,
+            stall_timeout: Duration::from_secs(1),
+            handshake_timeout: Duration::from_secs(10),
+            max_connections: 65536,
+            max_handshakes: 1024,
+            max_groups_per_session: 1024,
+            max_group_members: 4096,
+            cluster_secret: None,
             metrics_listen: None,
             control_socket: Some(PathBuf::from(DEFAULT_CONTROL_SOCKET)),
             log_format: LogFormat::Text,

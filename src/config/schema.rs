@@ -25,6 +25,14 @@ pub(super) const SERVER_OPTIONS: &[&str] = &[
     "max_frame_size",
     "memory_budget",
     "threads",
+    "stall_timeout",
+    "handshake_timeout",
+    "max_connections",
+    "max_handshakes",
+    "max_groups_per_session",
+    "max_group_members",
+    "cluster_secret",
+    "cluster_secret_file",
     "metrics_listen",
     "control_socket",
     "log_format",
@@ -46,8 +54,16 @@ const CLIENT_OPTIONS: &[&str] = &[
 ];
 /// Longest time option accepted (a year), so that durations cannot overflow.
 const MAX_SECONDS: f64 = 31_536_000.0;
+/// Shortest time option accepted: 0 would mean "at once" (every connection idle, a redial
+/// loop with no pause), never what an operator wants.
+const MIN_SECONDS: f64 = 0.1;
 /// Deepest chain of includes.
 const MAX_INCLUDE_DEPTH: usize = 16;
+/// Most files one config may read, includes counted, and the largest file.
+const MAX_INCLUDE_FILES: usize = 256;
+const MAX_FILE_BYTES: u64 = 4 << 20;
+/// Shortest cluster secret accepted.
+const MIN_SECRET_LEN: usize = 16;
 
 /// Sets one of the options `msgc_server` and `msgc_client` share (same names, types and
 /// ranges) on `$cfg`; evaluates to whether `$key` was one of them.
@@ -97,20 +113,26 @@ macro_rules! set_shared {
 
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let mut entries = Vec::new();
-    read_file(path, &mut Vec::new(), &mut entries, None)?;
+    read_file(path, &mut Includes::default(), &mut entries, None)?;
     build(entries)
 }
 
 pub fn parse_str(text: &str, file: &str) -> Result<Config, ConfigError> {
     let mut entries = Vec::new();
-    let mut stack = Vec::new();
-    expand(parse(text, file)?, Path::new("."), &mut stack, &mut entries)?;
+    expand(parse(text, file)?, Path::new("."), &mut Includes::default(), &mut entries)?;
     build(entries)
+}
+
+/// The chain of files being read (to catch cycles) and how many were read in all.
+#[derive(Default)]
+struct Includes {
+    stack: Vec<PathBuf>,
+    files: usize,
 }
 
 fn read_file(
     path: &Path,
-    stack: &mut Vec<PathBuf>,
+    inc: &mut Includes,
     out: &mut Vec<Entry>,
     from: Option<&Pos>,
 ) -> Result<(), ConfigError> {
@@ -120,6 +142,24 @@ fn read_file(
         None => ConfigError::plain(format!("{shown}: cannot read config file: {e}")),
     };
     let canonical = path.canonicalize().map_err(io_err)?;
+    let here = || from.cloned().unwrap_or(Pos { file: shown.clone(), line: 0, col: 0 });
+    inc.files += 1;
+    if inc.files > MAX_INCLUDE_FILES {
+        let p = here();
+        return Err(ConfigError::at(
+            &p.file,
+            p.line,
+            p.col,
+            format!("more than {MAX_INCLUDE_FILES} config files included"),
+        ));
+    }
+    let size = std::fs::metadata(path).map_err(io_err)?.len();
+    if size > MAX_FILE_BYTES {
+        let p = here();
+        let msg = format!("{shown} is {size} bytes; config files are limited to {MAX_FILE_BYTES}");
+        return Err(ConfigError::at(&p.file, p.line, p.col, msg));
+    }
+    let stack = &mut inc.stack;
     if stack.contains(&canonical) {
         let p = from.cloned().unwrap_or(Pos { file: shown.clone(), line: 0, col: 0 });
         return Err(ConfigError::at(
@@ -136,8 +176,8 @@ fn read_file(
     let text = std::fs::read_to_string(path).map_err(io_err)?;
     stack.push(canonical);
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
-    let result = expand(parse(&text, &shown)?, &dir, stack, out);
-    stack.pop();
+    let result = expand(parse(&text, &shown)?, &dir, inc, out);
+    inc.stack.pop();
     result
 }
 
@@ -145,7 +185,7 @@ fn read_file(
 fn expand(
     entries: Vec<Entry>,
     dir: &Path,
-    stack: &mut Vec<PathBuf>,
+    inc: &mut Includes,
     out: &mut Vec<Entry>,
 ) -> Result<(), ConfigError> {
     for e in entries {
@@ -153,7 +193,7 @@ fn expand(
             Entry::Include { path, pos } => {
                 let p = Path::new(&path);
                 let full = if p.is_absolute() { p.to_path_buf() } else { dir.join(p) };
-                read_file(&full, stack, out, Some(&pos))?;
+                read_file(&full, inc, out, Some(&pos))?;
             }
             other => out.push(other),
         }
@@ -206,6 +246,20 @@ fn build(entries: Vec<Entry>) -> Result<Config, ConfigError> {
             _ => return Err(unknown(key, pos, "msgc_client", CLIENT_OPTIONS)),
         }
     }
+    if config.server.idle_timeout <= config.server.keepalive_interval {
+        let at = server_opts.iter().find(|(k, ..)| k == "idle_timeout" || k == "keepalive_interval");
+        let msg = format!(
+            "idle_timeout ({:?}) must be longer than keepalive_interval ({:?}), or quiet peers time each other out",
+            config.server.idle_timeout, config.server.keepalive_interval
+        );
+        return Err(match at {
+            Some((_, pos, _)) => err(pos, msg),
+            None => ConfigError::plain(msg),
+        });
+    }
+    if server_opts.iter().filter(|(k, ..)| k.starts_with("cluster_secret")).count() > 1 {
+        return Err(ConfigError::plain("give cluster_secret or cluster_secret_file, not both"));
+    }
     let mut ports = Vec::new();
     for (addr, pos) in &listens {
         let sa = listen_addr(addr).map_err(|m| err(pos, m))?;
@@ -243,6 +297,21 @@ fn set_server(s: &mut ServerConfig, key: &str, value: &Value) -> Result<bool, Co
         "port" => s.port = int(value, 1, 65535)? as u16,
         "memory_budget" => s.memory_budget = int(value, 1 << 20, u64::MAX >> 1)? as usize,
         "threads" => s.threads = int(value, 0, 1024)? as usize,
+        "stall_timeout" => s.stall_timeout = seconds(value)?,
+        "handshake_timeout" => s.handshake_timeout = seconds(value)?,
+        "max_connections" => s.max_connections = int(value, 1, 10_000_000)? as usize,
+        "max_handshakes" => s.max_handshakes = int(value, 1, 10_000_000)? as usize,
+        "max_groups_per_session" => s.max_groups_per_session = int(value, 1, 1_000_000)? as usize,
+        "max_group_members" => s.max_group_members = int(value, 1, 1_000_000)? as usize,
+        "cluster_secret" => s.cluster_secret = Some(secret(scalar(value, "a secret string")?, value)?),
+        "cluster_secret_file" => {
+            let path = Path::new(scalar(value, "a file name")?);
+            let text = std::fs::read(path).map_err(|e| {
+                err(value.pos(), format!("cannot read cluster_secret_file {}: {e}", path.display()))
+            })?;
+            let trimmed = String::from_utf8_lossy(&text).trim().to_string();
+            s.cluster_secret = Some(secret(&trimmed, value)?);
+        }
         "metrics_listen" => {
             let a = scalar(value, "an address such as \"127.0.0.1:9809\", or \"\" for off")?;
             s.metrics_listen =
@@ -294,6 +363,12 @@ pub fn set_server_option(config: &mut Config, key: &str, text: &str) -> Result<(
     };
     let mut server = config.server.clone();
     set_server(&mut server, &key, value)?;
+    if server.idle_timeout <= server.keepalive_interval {
+        return Err(ConfigError::plain(format!(
+            "idle_timeout ({:?}) must be longer than keepalive_interval ({:?}), or quiet peers time each other out",
+            server.idle_timeout, server.keepalive_interval
+        )));
+    }
     if key == "port" && !config.listener.listen.is_empty() {
         let ports: Vec<u16> =
             config.listener.listen.iter().filter_map(|l| listen_addr(l).ok()).map(|a| a.port()).collect();
@@ -307,6 +382,9 @@ pub fn set_server_option(config: &mut Config, key: &str, text: &str) -> Result<(
     config.server = server;
     Ok(())
 }
+
+/// What `config get` shows for a secret that is set.
+pub(super) const HIDDEN: &str = "(hidden)";
 
 /// `config get`: the running value of one `msgc_server` option, in the config syntax (what
 /// [`set_server_option`] reads back).
@@ -344,6 +422,20 @@ pub fn server_option(s: &ServerConfig, key: &str) -> Result<String, ConfigError>
         "max_frame_size" => s.max_frame_size.to_string(),
         "memory_budget" => s.memory_budget.to_string(),
         "threads" => s.threads.to_string(),
+        "stall_timeout" => secs(s.stall_timeout),
+        "handshake_timeout" => secs(s.handshake_timeout),
+        "max_connections" => s.max_connections.to_string(),
+        "max_handshakes" => s.max_handshakes.to_string(),
+        "max_groups_per_session" => s.max_groups_per_session.to_string(),
+        "max_group_members" => s.max_group_members.to_string(),
+        // Never shown: the control socket and /varz are no place for the cluster's secret.
+        "cluster_secret" | "cluster_secret_file" => {
+            if s.cluster_secret.is_some() {
+                HIDDEN.to_string()
+            } else {
+                quoted("")
+            }
+        }
         "metrics_listen" => quoted(&s.metrics_listen.map(|a| a.to_string()).unwrap_or_default()),
         "control_socket" => {
             quoted(&s.control_socket.as_ref().map(|p| p.display().to_string()).unwrap_or_default())
@@ -440,10 +532,22 @@ fn scalar<'a>(v: &'a Value, what: &str) -> Result<&'a str, ConfigError> {
 fn seconds(v: &Value) -> Result<Duration, ConfigError> {
     let s = scalar(v, "a number of seconds")?;
     let n: f64 = s.parse().map_err(|_| err(v.pos(), format!("expected a number of seconds, found `{s}`")))?;
-    if !n.is_finite() || !(0.0..=MAX_SECONDS).contains(&n) {
-        return Err(err(v.pos(), format!("{s} is out of range: expected 0 to {MAX_SECONDS} seconds")));
+    if !n.is_finite() || !(MIN_SECONDS..=MAX_SECONDS).contains(&n) {
+        return Err(err(
+            v.pos(),
+            format!("{s} is out of range: expected {MIN_SECONDS} to {MAX_SECONDS} seconds"),
+        ));
     }
     Ok(Duration::from_secs_f64(n))
+}
+
+fn secret(s: &str, v: &Value) -> Result<crate::core::ClusterSecret, ConfigError> {
+    if s.len() < MIN_SECRET_LEN {
+        let msg =
+            format!("the cluster secret is {} bytes; use at least {MIN_SECRET_LEN} (random) bytes", s.len());
+        return Err(err(v.pos(), msg));
+    }
+    Ok(crate::core::ClusterSecret::new(s.as_bytes()))
 }
 
 fn int(v: &Value, min: u64, max: u64) -> Result<u64, ConfigError> {
@@ -556,18 +660,18 @@ mod tests {
     #[test]
     fn every_option_reads_back_what_get_shows() {
         let text = r#"msgc_server {
-            idle_timeout = 2.5 debug_level = info max_backlog = 7 threads = 3
+            idle_timeout = 12.5 debug_level = info max_backlog = 7 threads = 3
             peers = [ a = "10.0.0.1" "b.example" = "[::1]:4810" "c d" = "x" ]
             metrics_listen = "127.0.0.1:9809" control_socket = "/tmp/x \"y\".sock" log_format = JSON
         }"#;
         let config = parse_str(text, "f").unwrap();
         let mut copy = Config::default();
-        for key in SERVER_OPTIONS {
+        for key in SERVER_OPTIONS.iter().filter(|k| !k.starts_with("cluster_secret")) {
             let shown = server_option(&config.server, key).unwrap();
             set_server_option(&mut copy, key, &shown).unwrap_or_else(|e| panic!("{key} = {shown}: {e}"));
         }
         assert_eq!(copy.server, config.server);
-        assert_eq!(server_option(&config.server, "idle_timeout").unwrap(), "2.5");
+        assert_eq!(server_option(&config.server, "idle_timeout").unwrap(), "12.5");
         assert_eq!(server_option(&config.server, "metrics_listen").unwrap(), "\"127.0.0.1:9809\"");
     }
 
@@ -581,6 +685,8 @@ mod tests {
         let e = set_server_option(&mut c, "max_backlog", "5 threads = 2").unwrap_err().to_string();
         assert!(e.contains("expected one value"), "{e}");
         assert!(set_server_option(&mut c, "log_format", "yaml").is_err());
+        let e = set_server_option(&mut c, "idle_timeout", "2").unwrap_err().to_string();
+        assert!(e.contains("must be longer than keepalive_interval"), "{e}");
         assert!(set_server_option(&mut c, "control_socket", &format!("\"{}\"", "x".repeat(200))).is_err());
         assert_eq!(c, Config::default(), "a failed set changes nothing");
         set_server_option(&mut c, "MAX_BACKLOG", "9").unwrap();

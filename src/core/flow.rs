@@ -22,14 +22,16 @@ impl ShardCore {
 
     /// Applies `max_backlog` and the high-water mark after `conn`'s queue grew.
     ///
-    /// Passing `max_backlog` kills at the next tick unless the writer made progress since
-    /// the previous one: a burst already in flight when publishers were paused (up to the
-    /// credit of another shard, or one large read) may overshoot briefly without the
-    /// receiver being stuck. Far beyond it (4×) the connection is killed at once.
+    /// Passing `max_backlog` kills a client at the next tick unless the writer made progress
+    /// since the previous one: a burst already in flight when publishers were paused (up to
+    /// the credit of another shard, or one large read) may overshoot briefly without the
+    /// receiver being stuck. Far beyond it (4×) a client is killed at once. A peer link is
+    /// never killed for its backlog: saturation between live servers is not a fault, it
+    /// holds publishers back (see `handle_timeout` for a link that stops reading).
     pub(super) fn check_backlog(&mut self, conn: ConnId) {
         let Some(c) = self.conns.get_mut(conn) else { return };
         let queued = c.outbox.messages();
-        if queued > self.limits.max_backlog.saturating_mul(4) {
+        if c.state != State::Peer && queued > self.limits.max_backlog.saturating_mul(4) {
             let why = format!("{queued} messages queued, far over max_backlog {}", self.limits.max_backlog);
             self.kill_stuck(conn, why);
         } else if !c.hot && queued > self.limits.high_water() {
@@ -80,6 +82,8 @@ impl ShardCore {
         let mut stalled = Vec::new();
         let mut keepalive = Vec::new();
         let mut over_backlog = Vec::new();
+        let mut handshakes = Vec::new();
+        let mut dead_links = Vec::new();
         for (id, c) in self.conns.iter_mut() {
             // When it started holding publishers back (noted at tick granularity).
             c.hot_since = if c.hot { Some(c.hot_since.unwrap_or(now)) } else { None };
@@ -90,14 +94,25 @@ impl ShardCore {
                         self.cut.push(id);
                     }
                 }
+                ref s if Self::in_handshake(s) && now.duration_since(c.opened) >= l.handshake_timeout => {
+                    handshakes.push(id)
+                }
                 _ if now.duration_since(c.last_rx) >= l.idle_timeout => idle.push(id),
-                _ if c.outbox.messages() > l.max_backlog
-                    && now.duration_since(c.last_progress) >= l.tick() =>
+                // A live server always reads its links (they are never paused); one that takes
+                // nothing for two keepalive intervals is hung, not saturated.
+                State::Peer
+                    if !c.outbox.is_empty() && now.duration_since(c.last_progress) >= l.dead_link() =>
+                {
+                    dead_links.push(id)
+                }
+                State::Client
+                    if c.outbox.messages() > l.max_backlog
+                        && now.duration_since(c.last_progress) >= l.tick() =>
                 {
                     over_backlog.push(id)
                 }
                 // Fast receivers are held to a slow one's pace for a bounded time only.
-                _ if c.hot_since.is_some_and(|t| now.duration_since(t) >= l.stall_timeout) => {
+                State::Client if c.hot_since.is_some_and(|t| now.duration_since(t) >= l.stall_timeout) => {
                     stalled.push(id)
                 }
                 State::Client | State::Peer
@@ -117,6 +132,17 @@ impl ShardCore {
                 format!("nothing received for {secs}s (idle_timeout)"),
                 now,
             );
+        }
+        for id in handshakes {
+            self.stats.killed_handshake += 1;
+            let secs = l.handshake_timeout.as_secs_f64();
+            let msg = format!("handshake not completed within {secs}s (handshake_timeout)");
+            self.fatal(id, ErrorCode::HandshakeTimeout, msg, now);
+        }
+        for id in dead_links {
+            let queued = self.conns[id].outbox.messages();
+            let why = format!("no write progress for {:?} with {queued} messages queued", l.dead_link());
+            self.kill_stuck(id, why);
         }
         for id in over_backlog {
             let queued = self.conns[id].outbox.messages();
@@ -140,7 +166,7 @@ impl ShardCore {
                 let largest = self
                     .conns
                     .iter()
-                    .filter(|(_, c)| c.state != State::Closing)
+                    .filter(|(_, c)| c.state == State::Client)
                     .max_by_key(|(_, c)| c.outbox.bytes())
                     .map(|(id, _)| id);
                 if let Some(id) = largest {

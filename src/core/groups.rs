@@ -24,6 +24,8 @@ pub struct Group {
     pub remote_shards: Vec<u16>,
     /// Other servers (by node tag) with at least one member.
     pub nodes: Vec<NodeTag>,
+    /// Members in the installed view.
+    pub members: usize,
     /// The VIEW frame installed last here, to ignore a copy of it (a server whose link
     /// comes up may be sent a group's current view more than once).
     pub installed: Bytes,
@@ -43,6 +45,19 @@ pub struct Owned {
 }
 
 impl Owned {
+    /// Whether `member` may join: under `max_members` (limits.0), and the VIEW listing it
+    /// still fits a frame of `max_frame` bytes (limits.1).
+    pub fn fits_one_more(&self, group: &GroupName, member: &Member, limits: (usize, usize)) -> bool {
+        let (max_members, max_frame) = limits;
+        if self.members.len() >= max_members {
+            return false;
+        }
+        // VIEW: header 6, cause 1, group length 1, ids 24, count 4, the group, the members.
+        let fixed = 36 + group.len();
+        let size: usize = self.members.values().chain([member]).map(|m| 9 + m.name.as_bytes().len()).sum();
+        fixed + size <= max_frame
+    }
+
     /// FNV-1a over the member session ids, to compare views between servers.
     pub fn digest(&self) -> u64 {
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;

@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use super::ClusterSecret;
+
 /// What the shard core needs from the `msgc_server` options. Changeable at runtime.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limits {
@@ -19,10 +21,28 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// `keepalive_interval`: a NOOP goes out after this much send silence.
     pub keepalive_interval: Duration,
-    /// How long a connection may hold publishers back (over its high-water mark, a quarter
-    /// of `max_backlog`) before it is killed as stuck, so fast receivers are held to a
-    /// slow one's pace for a bounded time. Tied to `keepalive_interval`.
+    /// `stall_timeout` (msgc): how long a client connection may hold publishers back (over
+    /// its high-water mark, a quarter of `max_backlog`) before it is cut as stuck, so fast
+    /// receivers are held to a slow one's pace for a bounded time. Default 1 s. Peer links
+    /// are never cut for being slow, only for making no write progress at all (see
+    /// [`Limits::dead_link`]).
     pub stall_timeout: Duration,
+    /// `handshake_timeout` (msgc): a connection must complete its handshake within this.
+    pub handshake_timeout: Duration,
+    /// `max_connections` (msgc): open connections per server (split evenly over shards).
+    pub max_connections: usize,
+    /// `max_handshakes` (msgc): connections still in their handshake, per server.
+    pub max_handshakes: usize,
+    /// `max_groups_per_session` (msgc): groups one session may be a member of, and groups
+    /// it may send to whose sequence numbers the server checks.
+    pub max_groups_per_session: usize,
+    /// `max_group_members` (msgc): members of one group (a VIEW must also fit `max_frame`).
+    pub max_group_members: usize,
+    /// Peer links must be mutual TLS, the certificate naming the peer (set when
+    /// `tls_certificate`, `tls_key` and `tls_ca` are configured).
+    pub peer_tls: bool,
+    /// `cluster_secret` (msgc): peers prove they know it with an HMAC challenge.
+    pub cluster_secret: Option<ClusterSecret>,
     /// `tcpbuf_size`: bytes per read and most bytes per vectored write.
     pub tcpbuf_size: usize,
     /// `connect_timeout`: how long dialing a peer may take.
@@ -40,7 +60,14 @@ impl Default for Limits {
             memory_budget: 64 << 20,
             idle_timeout: Duration::from_secs(30),
             keepalive_interval: Duration::from_secs(5),
-            stall_timeout: Duration::from_secs(5),
+            stall_timeout: Duration::from_secs(1),
+            handshake_timeout: Duration::from_secs(10),
+            max_connections: 65536,
+            max_handshakes: 1024,
+            max_groups_per_session: 1024,
+            max_group_members: 4096,
+            peer_tls: false,
+            cluster_secret: None,
             tcpbuf_size: 131072,
             connect_timeout: Duration::from_secs(60),
             reconnect_interval: Duration::from_secs(5),
@@ -59,9 +86,26 @@ impl Limits {
     pub fn low_water(&self) -> usize {
         self.max_backlog / 8
     }
+    /// Open connections one of `nshards` shards accepts.
+    pub fn connections_per_shard(&self, nshards: u16) -> usize {
+        self.max_connections.div_ceil(usize::from(nshards.max(1)))
+    }
+    /// Connections in their handshake one of `nshards` shards accepts.
+    pub fn handshakes_per_shard(&self, nshards: u16) -> usize {
+        self.max_handshakes.div_ceil(usize::from(nshards.max(1)))
+    }
+    /// A peer link that takes no bytes at all for this long while frames wait is hung and
+    /// is cut (twice `keepalive_interval`: a live, reading server always makes progress).
+    pub fn dead_link(&self) -> Duration {
+        self.keepalive_interval * 2
+    }
     /// How often the shard's timer should fire.
     pub fn tick(&self) -> Duration {
-        let shortest = self.keepalive_interval.min(self.idle_timeout).min(self.stall_timeout);
+        let shortest = self
+            .keepalive_interval
+            .min(self.idle_timeout)
+            .min(self.stall_timeout)
+            .min(self.handshake_timeout);
         (shortest / 4).clamp(Duration::from_millis(20), Duration::from_secs(1))
     }
 }

@@ -13,12 +13,13 @@ use bytes::{Bytes, BytesMut};
 
 use crate::proto::{
     Cause, ErrorCode, Frame, Gap, GapReason, GroupName, Handshake, McastHeader, Member, Name, NodeTag,
-    PeerJoin, PeerState, SessionId,
+    PeerAuth, PeerJoin, PeerState, SessionId, AUTH_LEN,
 };
 
-use super::shard::State;
+use super::auth::{proof, verify, Side};
+use super::shard::{State, MAX_COUNTER};
 use super::views::members_of;
-use super::{ConnId, Flow, LinkInfo, ShardCore, ShardMsg};
+use super::{ConnId, ConnMeta, Flow, LinkInfo, PeerEntry, ShardCore, ShardMsg};
 
 /// The peer side of a connection that is a link to another server.
 #[derive(Debug)]
@@ -33,10 +34,10 @@ pub(crate) struct PeerConn {
 }
 
 impl ShardCore {
-    /// Sets the names of the servers allowed to link to this one (the `peers` table,
-    /// self included or not). Case-insensitive.
-    pub fn set_peers(&mut self, names: impl IntoIterator<Item = String>) {
-        self.peer_names = names.into_iter().map(|n| n.to_lowercase()).collect();
+    /// Sets the servers allowed to link to us (the `peers` table, self included or not;
+    /// names are case-insensitive) and the addresses each may link from.
+    pub fn set_peers(&mut self, peers: impl IntoIterator<Item = PeerEntry>) {
+        self.peer_table = peers.into_iter().collect();
     }
 
     /// This server's node name.
@@ -69,33 +70,98 @@ impl ShardCore {
 
     /// The runtime connected to peer `expect`: queue our HELLO on the new connection. Its
     /// reader and writer tasks must each call `handle_task_done`.
-    pub fn handle_dial(&mut self, expect: &str, now: Instant) -> ConnId {
-        let conn = self.handle_accept(now);
-        self.conns[conn].state = State::Dialing { expect: expect.to_lowercase() };
+    pub fn handle_dial(&mut self, expect: &str, now: Instant, meta: ConnMeta) -> ConnId {
+        let conn = self.handle_accept(now, meta);
+        if self.conns[conn].state == State::Closing {
+            return conn; // refused at a limit
+        }
+        let dialing = State::Dialing { expect: expect.to_lowercase(), nonces: None, proven: false };
+        self.set_state(conn, dialing);
         let hello = Frame::Hello(self.handshake(SessionId(self.identity.boot)));
         self.send_frame(conn, hello.to_bytes());
         conn
     }
 
-    /// An inbound HELLO with role peer.
+    /// An inbound HELLO with role peer: the name must be in `peers` and proven by the
+    /// certificate or address, then by the cluster secret if one is configured.
     pub(super) fn handle_peer_hello(&mut self, conn: ConnId, h: Handshake, now: Instant) -> Flow {
         if let Err(why) = self.check_peer(&h, None) {
             return self.fatal(conn, ErrorCode::BadHandshake, why, now);
         }
+        if let Err(why) = self.authorize_inbound(conn, h.name.as_str()) {
+            return self.refuse_peer(conn, why, now);
+        }
+        if self.limits.cluster_secret.is_some() {
+            let nonce = self.new_nonce();
+            self.send_frame(conn, Frame::PeerChallenge(PeerAuth { nonce, mac: [0; AUTH_LEN] }).to_bytes());
+            self.set_state(conn, State::PeerAuth { hello: Box::new(h), nonce });
+            return Flow::Read;
+        }
+        self.accept_peer(conn, h);
+        Flow::Read
+    }
+
+    /// The dialer's PEER_PROOF answered our challenge: check it, prove ourselves, link up.
+    pub(super) fn handle_dialer_proof(&mut self, conn: ConnId, p: PeerAuth, now: Instant) -> Flow {
+        let State::PeerAuth { hello, nonce } = &self.conns[conn].state else { return Flow::Read };
+        let (h, challenge) = ((**hello).clone(), *nonce);
+        let Some(secret) = self.limits.cluster_secret.clone() else {
+            return self.refuse_peer(conn, "the cluster secret was removed during the handshake".into(), now);
+        };
+        let me = self.identity.node_name.as_str().to_string();
+        let dialer = h.name.as_str();
+        if !verify(&secret, Side::Dialer, &challenge, &p.nonce, dialer, &me, &p.mac) {
+            return self.refuse_peer(conn, format!("{dialer:?} failed to prove the cluster secret"), now);
+        }
+        // A link to the same server may have come up while we waited.
+        if let Err(why) = self.check_peer(&h, None) {
+            return self.fatal(conn, ErrorCode::BadHandshake, why, now);
+        }
+        let mac = proof(&secret, Side::Acceptor, &challenge, &p.nonce, dialer, &me);
+        self.send_frame(conn, Frame::PeerProof(PeerAuth { nonce: [0; AUTH_LEN], mac }).to_bytes());
+        self.accept_peer(conn, h);
+        Flow::Read
+    }
+
+    /// PEER_CHALLENGE on a link we dialed: answer with our proof.
+    pub(super) fn handle_challenge(&mut self, conn: ConnId, c: PeerAuth, now: Instant) -> Flow {
+        match self.answer_challenge(conn, &c) {
+            Ok(answer) => {
+                self.send_frame(conn, Frame::PeerProof(answer).to_bytes());
+                Flow::Read
+            }
+            Err(why) => self.refuse_peer(conn, why, now),
+        }
+    }
+
+    /// Sends WELCOME and brings the link up (inbound side).
+    fn accept_peer(&mut self, conn: ConnId, h: Handshake) {
         let welcome = Frame::Welcome(self.handshake(SessionId(self.identity.boot)));
         self.send_frame(conn, welcome.to_bytes());
         self.link_up(conn, h);
-        Flow::Read
+    }
+
+    /// A peer handshake failed authentication: logged loudly, counted, closed.
+    pub(super) fn refuse_peer(&mut self, conn: ConnId, why: String, now: Instant) -> Flow {
+        self.stats.auth_failures += 1;
+        tracing::error!(remote = ?self.conns[conn].meta.remote, "refusing peer link: {why}");
+        self.fatal(conn, ErrorCode::NotAuthorized, why, now)
     }
 
     /// WELCOME on a link we dialed.
     pub(super) fn handle_welcome(&mut self, conn: ConnId, w: Handshake, now: Instant) -> Flow {
-        let expect = match &self.conns[conn].state {
-            State::Dialing { expect } => expect.clone(),
-            _ => String::new(),
+        let (expect, proven) = match &self.conns[conn].state {
+            State::Dialing { expect, proven, .. } => (expect.clone(), *proven),
+            _ => (String::new(), false),
         };
         if let Err(why) = self.check_peer(&w, Some(&expect)) {
             return self.fatal(conn, ErrorCode::BadHandshake, why, now);
+        }
+        if let Err(why) = self.authorize_dialed(conn, &expect) {
+            return self.refuse_peer(conn, why, now);
+        }
+        if self.limits.cluster_secret.is_some() && !proven {
+            return self.refuse_peer(conn, format!("{expect:?} did not prove the cluster secret"), now);
         }
         self.link_up(conn, w);
         Flow::Read
@@ -107,8 +173,11 @@ impl ShardCore {
             if name != expect {
                 return Err(format!("dialed peer {expect:?} but {:?} answered", h.name.as_str()));
             }
-        } else if !self.peer_names.contains(&name) {
+        } else if !self.peer_table.iter().any(|p| p.name.eq_ignore_ascii_case(&name)) {
             return Err(format!("node {:?} is not in this server's peers", h.name.as_str()));
+        }
+        if h.id.0 == 0 {
+            return Err(format!("node {:?} announced no start time", h.name.as_str()));
         }
         if h.node_tag.0 == 0 || h.node_tag == self.identity.node_tag {
             return Err(format!("node {:?} has an invalid or clashing node tag", h.name.as_str()));
@@ -134,8 +203,8 @@ impl ShardCore {
         }
         tracing::info!(peer = %h.name, tag = format!("{:08x}", h.node_tag.0), "link up");
         self.stats.links_up += 1;
+        self.set_state(conn, State::Peer);
         let c = &mut self.conns[conn];
-        c.state = State::Peer;
         c.name = h.name.clone();
         c.peer = Some(Box::new(PeerConn {
             tag: h.node_tag,
@@ -167,13 +236,24 @@ impl ShardCore {
                 count += 1;
             }
         }
+        // The view ids, in as many PEER_STATE frames as it takes for each to fit max_frame.
+        let room = self.limits.max_frame.saturating_sub(64);
         let mut views = Vec::new();
+        let mut size = 0;
         for g in self.groups.owned_names() {
-            if let Some(o) = self.groups.get(g.as_bytes()).and_then(|x| x.owned.as_ref()) {
-                views.push((g, o.view_id, o.digest()));
+            let Some(o) = self.groups.get(g.as_bytes()).and_then(|x| x.owned.as_ref()) else { continue };
+            let entry = 17 + g.len();
+            if size + entry > room {
+                let (shard, shards, views) = (self.id, self.nshards, std::mem::take(&mut views));
+                Frame::PeerState(PeerState { shard, shards, more: true, views }).encode(&mut sync);
+                count += 1;
+                size = 0;
             }
+            size += entry;
+            views.push((g, o.view_id, o.digest()));
         }
-        Frame::PeerState(PeerState { shard: self.id, shards: self.nshards, views }).encode(&mut sync);
+        Frame::PeerState(PeerState { shard: self.id, shards: self.nshards, more: false, views })
+            .encode(&mut sync);
         self.send_to_link(tag, sync.freeze(), count + 1);
     }
 
@@ -190,13 +270,10 @@ impl ShardCore {
         self.stats.links_down += 1;
         for (group, senders) in p.recv {
             for (sender, last) in senders {
-                let gap = Gap {
-                    reason: GapReason::LinkLost,
-                    group: group.clone(),
-                    sender,
-                    first: last + 1,
-                    last: u64::MAX,
-                };
+                // The peer chose `last`: after u64::MAX nothing can be missing.
+                let Some(first) = last.checked_add(1) else { continue };
+                let gap =
+                    Gap { reason: GapReason::LinkLost, group: group.clone(), sender, first, last: u64::MAX };
                 self.stats.gaps += 1;
                 self.broadcast(ShardMsg::Gap { group: group.clone(), frame: Frame::Gap(gap).to_bytes() });
             }
@@ -214,8 +291,19 @@ impl ShardCore {
     ) -> Flow {
         // invariant: only called for connections in state Peer, which have a PeerConn.
         let tag = self.conns[conn].peer.as_ref().map(|p| p.tag).expect("peer link");
+        if let Err(why) = check_peer_frame(&frame, tag) {
+            return self.peer_violation(conn, why, now);
+        }
         match frame {
             Frame::View(v) => {
+                // Only the server that orders membership here publishes views. Not fatal:
+                // while the ordering server changes, an honest peer's view can be in flight;
+                // the new orderer republishes what matters.
+                if self.leader() != Some(tag) {
+                    self.stats.peer_violations += 1;
+                    tracing::warn!(peer = %self.conns[conn].name, group = %v.group, view = v.view_id, "dropping a VIEW from a server that does not order membership here");
+                    return Flow::Read;
+                }
                 let leaver = (v.cause == Cause::Leave).then_some(v.subject);
                 let members = members_of(&v);
                 let msg =
@@ -249,6 +337,9 @@ impl ShardCore {
                 for (group, view_id, digest) in st.views {
                     self.send_to_owner(&group.clone(), ShardMsg::ViewId { group, view_id, digest });
                 }
+                if st.more {
+                    return Flow::Read;
+                }
                 let (shard, shards) = (st.shard, st.shards);
                 let in_part = |s: &SessionId| (s.0 & 0xffff_ffff) % u64::from(shards) == u64::from(shard);
                 // invariant: only called for connections in state Peer, which have a PeerConn.
@@ -264,6 +355,14 @@ impl ShardCore {
             }
         }
         Flow::Read
+    }
+
+    /// A peer sent what an honest server never sends: logged, counted, the link closed
+    /// (it is redialed, and the state sync starts over).
+    fn peer_violation(&mut self, conn: ConnId, why: String, now: Instant) -> Flow {
+        self.stats.peer_violations += 1;
+        tracing::error!(peer = %self.conns[conn].name, "closing peer link, protocol violation: {why}");
+        self.fatal(conn, ErrorCode::BadSender, why, now)
     }
 
     /// Records the newest sequence number per sender in a run received from a link.
@@ -304,5 +403,34 @@ impl ShardCore {
             self.in_flight[shard as usize] += frames.len();
             self.outgoing[shard as usize].push(ShardMsg::Forward { from, tag, conn, frames, count });
         }
+    }
+}
+
+/// What an honest peer `tag` may send: requests only for its own sessions, numbers in range.
+fn check_peer_frame(frame: &Frame, tag: NodeTag) -> Result<(), String> {
+    let own = |s: SessionId, what: &str| {
+        if s.node() == tag {
+            Ok(())
+        } else {
+            Err(format!("{what} for session {s}, which belongs to another server"))
+        }
+    };
+    match frame {
+        Frame::View(v) if v.view_id == 0 || v.view_id >= MAX_COUNTER => {
+            Err(format!("VIEW id {} out of range", v.view_id))
+        }
+        Frame::View(v) if v.members.windows(2).any(|w| w[0].session >= w[1].session) => {
+            Err("VIEW members not in ascending session order".into())
+        }
+        Frame::PeerJoin(j) if !matches!(j.cause, Cause::Join | Cause::Network) => {
+            Err(format!("PEER_JOIN with cause {:?}", j.cause))
+        }
+        Frame::PeerJoin(j) => own(j.member.session, "PEER_JOIN"),
+        Frame::PeerLeave(l) if l.cause == Cause::Join => Err("PEER_LEAVE with cause Join".into()),
+        Frame::PeerLeave(l) => own(l.session, "PEER_LEAVE"),
+        Frame::PeerState(st) if st.views.iter().any(|(_, id, _)| *id >= MAX_COUNTER) => {
+            Err("PEER_STATE view id out of range".into())
+        }
+        _ => Ok(()),
     }
 }

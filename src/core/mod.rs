@@ -5,6 +5,7 @@
 //! clock: the runtime feeds it bytes, messages from other shards and `now`, and carries out
 //! what it asks (write these slices, wake that writer, cut this socket, send that batch).
 
+mod auth;
 mod flow;
 mod groups;
 mod limits;
@@ -14,6 +15,7 @@ mod outbox;
 mod shard;
 mod views;
 
+pub use auth::ClusterSecret;
 pub use groups::owner_of;
 pub use limits::Limits;
 pub use operator::{GroupReport, LinkReport, LinkState, SessionReport, ShardReport};
@@ -21,6 +23,7 @@ pub use outbox::{Outbox, MAX_IOV};
 pub use shard::{Flow, ServerIdentity, ShardCore, Take};
 
 use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -29,6 +32,31 @@ use crate::proto::{Cause, GroupName, Member, Name, NodeTag, SessionId};
 
 /// Index of a connection in its shard's table.
 pub type ConnId = usize;
+
+/// What the runtime knows about a new connection before any frame is read.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConnMeta {
+    /// The remote address of the socket.
+    pub remote: Option<SocketAddr>,
+    /// Set when the connection is TLS: what the verified certificate of the other side says.
+    pub tls: Option<TlsPeer>,
+}
+
+/// The verified certificate of the other end of a TLS connection.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsPeer {
+    /// DNS names (subject alternative names) and common name of the verified certificate;
+    /// empty if the other side presented none.
+    pub names: Vec<String>,
+}
+
+/// One server of the `peers` table as the core checks it: its name, and the addresses an
+/// inbound link from it may come from (used when peers are not otherwise authenticated).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerEntry {
+    pub name: String,
+    pub addrs: Vec<IpAddr>,
+}
 
 /// A link to another server that is up, as every shard of this server knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,6 +166,15 @@ pub struct Stats {
     pub links_down: u64,
     pub digest_mismatches: u64,
     pub gaps: u64,
+    /// Peer frames refused: forged or out-of-range input, VIEWs from a server that does not
+    /// order membership here, requests for sessions of another server.
+    pub peer_violations: u64,
+    /// Inbound peer handshakes refused (certificate, address or cluster secret).
+    pub auth_failures: u64,
+    /// Requests refused at a configured bound (connections, handshakes, groups, members).
+    pub limit_refusals: u64,
+    /// Connections closed for not completing their handshake within `handshake_timeout`.
+    pub killed_handshake: u64,
 }
 
 impl Stats {
@@ -158,5 +195,9 @@ impl Stats {
         self.links_down += o.links_down;
         self.digest_mismatches += o.digest_mismatches;
         self.gaps += o.gaps;
+        self.peer_violations += o.peer_violations;
+        self.auth_failures += o.auth_failures;
+        self.limit_refusals += o.limit_refusals;
+        self.killed_handshake += o.killed_handshake;
     }
 }

@@ -129,15 +129,16 @@ impl ShardCore {
             paused: self.reading_paused(),
             draining: self.draining,
             hot: self.hot_conns,
-            peer_names: self.peer_names.clone(),
+            peer_names: self.peer_table.iter().map(|p| p.name.to_lowercase()).collect(),
             links_up: self.links.iter().map(|l| l.name.as_str().to_string()).collect(),
             ..ShardReport::default()
         };
         for (_, c) in self.conns.iter() {
             match &c.state {
-                State::Handshake => r.handshaking += 1,
+                // An inbound peer proving who it is counts as a handshake too.
+                State::Handshake | State::PeerAuth { .. } => r.handshaking += 1,
                 State::Closing => r.closing += 1,
-                State::Dialing { expect } => {
+                State::Dialing { expect, .. } => {
                     r.dialing += 1;
                     r.links.push(LinkReport {
                         peer: expect.clone(),

@@ -19,10 +19,17 @@ use crate::proto::{
 
 use super::groups::GroupTable;
 use super::links::PeerConn;
-use super::{ConnId, Limits, LinkInfo, Outbox, ShardMsg, Stats};
+use super::{ConnId, ConnMeta, Limits, LinkInfo, Outbox, PeerEntry, ShardMsg, Stats};
 
 /// How long a closing connection may take to flush its last frames before it is cut.
 pub(super) const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// Largest frame accepted before the handshake completes (a HELLO with a 255-byte name,
+/// a PEER_PROOF or an ERROR fit), and the read size until then: a connection that has not
+/// said who it is costs a few KiB, whatever it announces.
+pub const HANDSHAKE_MAX_FRAME: usize = 2048;
+/// Largest view id and sequence number accepted from the network: far beyond any real
+/// count, and far enough from `u64::MAX` that arithmetic on them never overflows.
+pub const MAX_COUNTER: u64 = 1 << 62;
 
 /// What a reader should do after [`ShardCore::handle_input`].
 #[derive(Debug, PartialEq, Eq)]
@@ -54,15 +61,26 @@ pub struct ServerIdentity {
     pub digest: u64,
     /// Start time (ms since the epoch): the longest-running server orders membership.
     pub boot: u64,
+    /// Random bytes drawn by the runtime at startup: the key of this server's nonces.
+    pub entropy: [u8; 32],
 }
 
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum State {
     /// Accepted; waiting for HELLO.
     Handshake,
-    /// We dialed a peer and sent HELLO; waiting for WELCOME from `expect`.
+    /// We dialed a peer and sent HELLO; waiting for WELCOME from `expect`. With a cluster
+    /// secret: `nonces` (the acceptor's challenge, ours) once challenged, `proven` once the
+    /// acceptor proved the secret.
     Dialing {
         expect: String,
+        nonces: Option<([u8; proto::AUTH_LEN], [u8; proto::AUTH_LEN])>,
+        proven: bool,
+    },
+    /// A peer said HELLO; we sent PEER_CHALLENGE with `nonce` and wait for its PEER_PROOF.
+    PeerAuth {
+        hello: Box<Handshake>,
+        nonce: [u8; proto::AUTH_LEN],
     },
     Client,
     Peer,
@@ -77,8 +95,14 @@ pub(super) struct Conn {
     pub outbox: Outbox,
     /// Groups this session is a member of (as it asked; views follow from the owner).
     pub joined: HashSet<GroupName>,
-    /// Last sequence number sent to each group.
+    /// Last sequence number sent to each group (at most `max_groups_per_session` groups
+    /// remembered; see `handle_mcast_run`).
     pub sent: HashMap<GroupName, u64>,
+    /// Some `sent` entry was dropped to stay within bounds: a group not in `sent` may then
+    /// start at any sequence number (else the first MCAST to a group must be 1).
+    pub forgot_sent: bool,
+    pub meta: ConnMeta,
+    pub opened: Instant,
     /// Set for peer links.
     pub peer: Option<Box<PeerConn>>,
     pub last_rx: Instant,
@@ -104,8 +128,11 @@ pub struct ShardCore {
     pub(super) groups: GroupTable,
     /// Peer links that are up, on any shard of this server.
     pub(super) links: Vec<LinkInfo>,
-    /// Lower-cased names of the servers allowed to link to us (the `peers` table).
-    pub(super) peer_names: Vec<String>,
+    /// The servers allowed to link to us (the `peers` table).
+    pub(super) peer_table: Vec<PeerEntry>,
+    pub(super) nonce_counter: u64,
+    /// Connections in a handshake state.
+    pub(super) handshaking: usize,
     pub(super) next_serial: u32,
     pub(super) outgoing: Vec<Vec<ShardMsg>>,
     pub(super) wakeups: Vec<ConnId>,
@@ -142,7 +169,9 @@ impl ShardCore {
             sessions: HashMap::new(),
             groups: GroupTable::default(),
             links: Vec::new(),
-            peer_names: Vec::new(),
+            peer_table: Vec::new(),
+            nonce_counter: 0,
+            handshaking: 0,
             next_serial: 0,
             outgoing: (0..nshards).map(|_| Vec::new()).collect(),
             wakeups: Vec::new(),
@@ -188,6 +217,13 @@ impl ShardCore {
         self.over || self.remote_over.iter().any(|&o| o) || self.in_flight.iter().any(|&b| b > limit)
     }
 
+    /// Whether the reader of `conn` should wait: clients wait while publishers are held
+    /// back; peer links and handshakes are always read, so that servers never wait on each
+    /// other in a cycle and links drain into local queues.
+    pub fn reading_paused_for(&self, conn: ConnId) -> bool {
+        self.conns.get(conn).is_some_and(|c| c.state == State::Client) && self.reading_paused()
+    }
+
     /// True once after reading became allowed again: the runtime wakes its paused readers.
     pub fn take_resume(&mut self) -> bool {
         std::mem::take(&mut self.resume)
@@ -199,15 +235,30 @@ impl ShardCore {
     }
 
     /// A new connection; its reader and writer tasks must each call [`Self::handle_task_done`].
-    pub fn handle_accept(&mut self, now: Instant) -> ConnId {
+    /// Over `max_connections` or `max_handshakes` it is told why (LimitReached) and closed.
+    pub fn handle_accept(&mut self, now: Instant, meta: ConnMeta) -> ConnId {
         self.stats.accepted += 1;
-        self.conns.insert(Conn {
+        let over = if self.conns.len() >= self.limits.connections_per_shard(self.nshards) {
+            Some(format!("server full: max_connections {} reached", self.limits.max_connections))
+        } else if self.handshaking >= self.limits.handshakes_per_shard(self.nshards) {
+            Some(format!(
+                "too many connections in their handshake (max_handshakes {})",
+                self.limits.max_handshakes
+            ))
+        } else {
+            None
+        };
+        self.handshaking += 1;
+        let conn = self.conns.insert(Conn {
             state: State::Handshake,
             session: SessionId::NONE,
             name: Name::default(),
             outbox: Outbox::default(),
             joined: HashSet::new(),
             sent: HashMap::new(),
+            forgot_sent: false,
+            meta,
+            opened: now,
             peer: None,
             last_rx: now,
             last_tx: now,
@@ -216,7 +267,40 @@ impl ShardCore {
             hot: false,
             hot_since: None,
             tasks: 2,
-        })
+        });
+        if let Some(why) = over {
+            self.stats.limit_refusals += 1;
+            tracing::warn!(remote = ?self.conns[conn].meta.remote, "refusing connection: {why}");
+            self.fatal(conn, ErrorCode::LimitReached, why, now);
+        }
+        conn
+    }
+
+    /// How the reader of `conn` should size its reads: (bytes per read, largest frame).
+    /// Small until the handshake is done, so silent or lying connections cost little.
+    pub fn read_budget(&self, conn: ConnId) -> (usize, usize) {
+        match self.conns.get(conn).map(|c| &c.state) {
+            Some(State::Client | State::Peer) => (self.limits.tcpbuf_size, self.limits.max_frame),
+            _ => (HANDSHAKE_MAX_FRAME, HANDSHAKE_MAX_FRAME),
+        }
+    }
+
+    /// Whether `conn` is in one of the handshake states.
+    pub(super) fn in_handshake(state: &State) -> bool {
+        matches!(state, State::Handshake | State::Dialing { .. } | State::PeerAuth { .. })
+    }
+
+    /// Moves `conn` to `state`, keeping the count of handshaking connections.
+    pub(super) fn set_state(&mut self, conn: ConnId, state: State) {
+        let c = &mut self.conns[conn];
+        let was = Self::in_handshake(&c.state);
+        let now = Self::in_handshake(&state);
+        c.state = state;
+        match (was, now) {
+            (true, false) => self.handshaking -= 1,
+            (false, true) => self.handshaking += 1,
+            _ => {}
+        }
     }
 
     /// Handles the complete frames at the front of `buf` (bytes just read from `conn`),
@@ -239,7 +323,8 @@ impl ShardCore {
             if turns >= self.limits.messages_per_iter {
                 return Flow::Yield;
             }
-            let size = match proto::frame_len(buf, self.limits.max_frame) {
+            let (_, max_frame) = self.read_budget(conn);
+            let size = match proto::frame_len(buf, max_frame) {
                 Ok(Some(size)) if buf.len() >= size => size,
                 Ok(_) => return Flow::Read,
                 Err(e) => return self.protocol_error(conn, e, now),
@@ -290,7 +375,13 @@ impl ShardCore {
                 Err(e) => return self.protocol_error(conn, e, now),
             },
         };
-        let mut expect = last_seq.unwrap_or(0) + 1;
+        // The next sequence number this client must send to the group; None: any, as the
+        // group's counter was dropped to bound memory (see `forgot_sent`).
+        let mut expect = match last_seq {
+            Some(last) => Some(last + 1),
+            None if c.forgot_sent => None,
+            None => Some(1),
+        };
         let (mut end, mut count) = (0usize, 0u32);
         let mut violation = None;
         while end < buf.len() {
@@ -322,12 +413,19 @@ impl ShardCore {
                     violation = Some((ErrorCode::BadSender, msg));
                     break;
                 }
-                None if h.seq != expect => {
-                    let msg = format!("MCAST seq {} to this group, expected {expect}", h.seq);
-                    violation = Some((ErrorCode::BadSequence, msg));
-                    break;
-                }
-                None => expect += 1,
+                None => match expect {
+                    Some(e) if h.seq != e => {
+                        let msg = format!("MCAST seq {} to this group, expected {e}", h.seq);
+                        violation = Some((ErrorCode::BadSequence, msg));
+                        break;
+                    }
+                    _ if h.seq == 0 || h.seq >= MAX_COUNTER => {
+                        let msg = format!("MCAST seq {} out of range 1..2^62", h.seq);
+                        violation = Some((ErrorCode::BadSequence, msg));
+                        break;
+                    }
+                    _ => expect = Some(h.seq + 1),
+                },
             }
             end += size;
             count += 1;
@@ -345,12 +443,22 @@ impl ShardCore {
                     }
                 },
                 (None, Some(g)) => {
-                    c.sent.insert(g.clone(), expect - 1);
+                    if c.sent.len() >= self.limits.max_groups_per_session {
+                        // Bounded memory: forget one group's counter (its next MCAST may
+                        // then start anywhere) rather than refuse to send.
+                        let victim = c.sent.keys().next().cloned();
+                        if let Some(v) = victim {
+                            c.sent.remove(&v);
+                        }
+                        c.forgot_sent = true;
+                    }
+                    // invariant: count > 0, so some frame set `expect`.
+                    c.sent.insert(g.clone(), expect.map_or(0, |e| e - 1));
                     g
                 }
                 (None, None) => {
                     if let Some(last) = c.sent.get_mut(name) {
-                        *last = expect - 1;
+                        *last = expect.map_or(0, |e| e - 1);
                     }
                     // invariant: last_seq was Some, so the key is present.
                     c.sent.get_key_value(name).map(|(k, _)| k.clone()).expect("present")
@@ -477,6 +585,12 @@ impl ShardCore {
         match (&self.conns[conn].state, frame) {
             (State::Handshake, Frame::Hello(h)) => self.handle_hello(conn, h, now),
             (State::Dialing { .. }, Frame::Welcome(w)) => self.handle_welcome(conn, w, now),
+            (State::Dialing { .. }, Frame::PeerChallenge(c)) => self.handle_challenge(conn, c, now),
+            (State::Dialing { .. }, Frame::PeerProof(p)) => match self.check_acceptor_proof(conn, &p) {
+                Ok(()) => Flow::Read,
+                Err(why) => self.refuse_peer(conn, why, now),
+            },
+            (State::PeerAuth { .. }, Frame::PeerProof(p)) => self.handle_dialer_proof(conn, p, now),
             (_, Frame::Error(e)) => {
                 let c = &self.conns[conn];
                 tracing::info!(session = %c.session, name = %c.name, code = ?e.code, "remote reported: {}", e.message);
@@ -486,12 +600,17 @@ impl ShardCore {
                 }
                 Flow::Read
             }
-            (State::Handshake | State::Dialing { .. }, other) => {
+            (State::Handshake | State::Dialing { .. } | State::PeerAuth { .. }, other) => {
                 let msg = format!("expected a handshake first, got {}", other.name());
                 self.fatal(conn, ErrorCode::Unexpected, msg, now)
             }
             (_, Frame::Noop) => Flow::Read,
             (State::Client, Frame::Join(g)) => {
+                if let Err(why) = self.may_join(conn, &g) {
+                    self.stats.limit_refusals += 1;
+                    self.send_frame(conn, ErrorFrame::warn(ErrorCode::LimitReached, why).to_bytes());
+                    return Flow::Read;
+                }
                 let c = &mut self.conns[conn];
                 if !c.joined.insert(g.clone()) {
                     let f = ErrorFrame::warn(ErrorCode::AlreadyMember, format!("already a member of {g}"));
@@ -538,11 +657,9 @@ impl ShardCore {
         if self.draining {
             return self.fatal(conn, ErrorCode::Draining, super::operator::DRAINING.into(), now);
         }
-        self.next_serial = self.next_serial.checked_add(1).unwrap_or(1);
-        let serial = self.next_serial.wrapping_mul(u32::from(self.nshards)).wrapping_add(u32::from(self.id));
-        let session = SessionId::new(self.identity.node_tag, serial);
+        let session = self.next_session();
+        self.set_state(conn, State::Client);
         let c = &mut self.conns[conn];
-        c.state = State::Client;
         c.session = session;
         c.name = h.name;
         self.sessions.insert(session, conn);
@@ -550,6 +667,43 @@ impl ShardCore {
         let welcome = self.handshake(session);
         self.send_frame(conn, Frame::Welcome(welcome).to_bytes());
         Flow::Read
+    }
+
+    /// A session id not in use on this shard. Serials interleave over shards and wrap after
+    /// 2^32 / shards sessions; a serial still held by a live session is skipped.
+    fn next_session(&mut self) -> SessionId {
+        let per_shard = (u32::MAX - u32::from(self.nshards)) / u32::from(self.nshards);
+        loop {
+            self.next_serial = if self.next_serial >= per_shard { 1 } else { self.next_serial + 1 };
+            let serial = self.next_serial * u32::from(self.nshards) + u32::from(self.id);
+            let session = SessionId::new(self.identity.node_tag, serial);
+            // Terminates: this shard holds fewer sessions than serials.
+            if !self.sessions.contains_key(&session) {
+                return session;
+            }
+        }
+    }
+
+    /// Whether client `conn` may join `group`: groups per session, members per group, and
+    /// a VIEW that still fits `max_frame` with it.
+    fn may_join(&self, conn: ConnId, group: &GroupName) -> Result<(), String> {
+        let c = &self.conns[conn];
+        let l = &self.limits;
+        if c.joined.len() >= l.max_groups_per_session && !c.joined.contains(group) {
+            return Err(format!(
+                "member of max_groups_per_session ({}) groups already",
+                l.max_groups_per_session
+            ));
+        }
+        if let Some(g) = self.groups.get(group.as_bytes()) {
+            if g.members >= l.max_group_members {
+                return Err(format!("{group} has max_group_members ({}) members", l.max_group_members));
+            }
+            if g.installed.len() + proto::MEMBER_MAX_LEN > l.max_frame {
+                return Err(format!("the view of {group} would not fit max_frame_size ({})", l.max_frame));
+            }
+        }
+        Ok(())
     }
 
     /// This server's HELLO/WELCOME fields.
@@ -593,6 +747,10 @@ impl ShardCore {
             self.hot_conns -= 1;
         }
         let was = std::mem::replace(&mut c.state, State::Closing);
+        if Self::in_handshake(&was) {
+            self.handshaking -= 1;
+        }
+        let c = &mut self.conns[conn];
         let session = c.session;
         let groups: Vec<GroupName> = c.joined.drain().collect();
         let peer = c.peer.take();

@@ -45,20 +45,32 @@ impl ShardCore {
         via: Option<NodeTag>,
     ) {
         if let Some(leader) = self.leader() {
-            // A sync reaches every server; only the leader applies its copy. A join is
-            // forwarded, unless it came from the server we take for the leader (which then
-            // takes us for it): applying it breaks the loop.
+            // A sync reaches every server; only the leader applies its copy. Our own
+            // sessions' joins go to the leader. A join from the server we take for the
+            // leader (which then takes us for it) is applied: that breaks the loop. Another
+            // server's join is not relayed (peers speak only for their own sessions): its
+            // server's state sync delivers it once it links to the leader.
             if cause == Cause::Network {
                 return;
             }
-            if via != Some(leader) {
-                let frame = Frame::PeerJoin(PeerJoin { cause, group, member }).to_bytes();
-                self.send_to_link(leader, frame, 1);
-                return;
+            match via {
+                None => {
+                    let frame = Frame::PeerJoin(PeerJoin { cause, group, member }).to_bytes();
+                    self.send_to_link(leader, frame, 1);
+                    return;
+                }
+                Some(v) if v != leader => return,
+                Some(_) => {}
             }
         }
+        let limits = (self.limits.max_group_members, self.limits.max_frame);
         let owned = self.groups.entry(group.clone()).owned.get_or_insert_with(Default::default);
         let subject = member.session;
+        if !owned.members.contains_key(&subject) && !owned.fits_one_more(&group, &member, limits) {
+            self.stats.limit_refusals += 1;
+            tracing::warn!(%group, session = %subject, "join refused: max_group_members or max_frame_size reached");
+            return;
+        }
         let known = owned.members.insert(subject, member).is_some();
         if cause == Cause::Network {
             owned.dirty |= !known;
@@ -76,10 +88,14 @@ impl ShardCore {
         via: Option<NodeTag>,
     ) {
         if let Some(leader) = self.leader() {
-            if via != Some(leader) {
-                let frame = Frame::PeerLeave(PeerLeave { cause, group, session }).to_bytes();
-                self.send_to_link(leader, frame, 1);
-                return;
+            match via {
+                None => {
+                    let frame = Frame::PeerLeave(PeerLeave { cause, group, session }).to_bytes();
+                    self.send_to_link(leader, frame, 1);
+                    return;
+                }
+                Some(v) if v != leader => return,
+                Some(_) => {}
             }
         }
         let Some(owned) = self.groups.get_mut(group.as_bytes()).and_then(|g| g.owned.as_mut()) else {
@@ -97,7 +113,12 @@ impl ShardCore {
         let Some(owned) = self.groups.get_mut(group.as_bytes()).and_then(|g| g.owned.as_mut()) else {
             return;
         };
-        owned.view_id += 1;
+        // View ids come from peers too: one at u64::MAX must not wrap (or panic) here.
+        let Some(view_id) = owned.view_id.checked_add(1) else {
+            tracing::error!(%group, "view id space exhausted: no new view is published");
+            return;
+        };
+        owned.view_id = view_id;
         owned.dirty = false;
         let members: Arc<[Member]> = owned.members.values().cloned().collect();
         let view = View {
@@ -129,6 +150,9 @@ impl ShardCore {
         members: &Arc<[Member]>,
         leaver: Option<SessionId>,
     ) {
+        // A copy of the installed view changes nothing. (An older id is still installed:
+        // after a partition heals, the server that orders membership may number below what
+        // the other side reached, until its republish; see docs/mesh.md.)
         if self.groups.get(group.as_bytes()).is_some_and(|g| g.installed == frame) {
             return;
         }
@@ -163,6 +187,7 @@ impl ShardCore {
             g.local = local;
             g.remote_shards = remote_shards;
             g.nodes = nodes;
+            g.members = members.len();
             g.installed = frame.clone();
             if is_owner {
                 let owned = g.owned.get_or_insert_with(Default::default);

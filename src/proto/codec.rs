@@ -82,18 +82,27 @@ fn be_u64(b: &[u8]) -> u64 {
 
 /// Appends an MCAST frame built from its parts (the client's send path).
 pub fn encode_mcast(dst: &mut BytesMut, sender: SessionId, seq: u64, group: &GroupName, payload: &[u8]) {
+    encode_mcast_parts(dst, sender, seq, group.as_bytes(), payload)
+}
+
+/// [`encode_mcast`] with the group name as bytes, so that a sender need not build a
+/// [`GroupName`] per message. The caller guarantees `group` is a valid name (1..=255 bytes
+/// of UTF-8); a longer one would not fit its length field.
+pub fn encode_mcast_parts(dst: &mut BytesMut, sender: SessionId, seq: u64, group: &[u8], payload: &[u8]) {
+    debug_assert!(!group.is_empty() && group.len() <= MAX_GROUP_LEN);
     let len = MCAST_FIXED - 4 + group.len() + payload.len();
+    // The fixed fields are built on the stack and appended at once: this is the client's
+    // per-message path, and one copy beats eight capacity checks.
+    let mut head = [0u8; MCAST_FIXED];
+    head[0..4].copy_from_slice(&(len as u32).to_be_bytes());
+    head[4] = kind::MCAST;
+    head[6] = group.len() as u8;
+    head[8..16].copy_from_slice(&sender.0.to_be_bytes());
+    head[16..24].copy_from_slice(&seq.to_be_bytes());
     dst.reserve(4 + len);
-    dst.put_u32(len as u32);
-    dst.put_u8(kind::MCAST);
-    dst.put_u8(0);
-    dst.put_u8(group.len() as u8);
-    dst.put_u8(0);
-    dst.put_u64(sender.0);
-    dst.put_u64(seq);
-    dst.put_u64(0);
-    dst.put_slice(group.as_bytes());
-    dst.put_slice(payload);
+    dst.extend_from_slice(&head);
+    dst.extend_from_slice(group);
+    dst.extend_from_slice(payload);
 }
 
 /// Appends `frame` to `dst`.
@@ -129,13 +138,9 @@ pub fn encode(frame: &Frame, dst: &mut BytesMut) {
             dst.put_u8(kind::ERROR);
             dst.put_u8(if e.fatal { ERROR_FATAL } else { 0 });
             dst.put_u16(e.code as u16);
-            // Messages are ours; cut at a char boundary to fit the u16 length.
-            let mut end = e.message.len().min(1024);
-            while !e.message.is_char_boundary(end) {
-                end -= 1;
-            }
-            dst.put_u16(end as u16);
-            dst.put_slice(&e.message.as_bytes()[..end]);
+            let message = bounded_message(&e.message);
+            dst.put_u16(message.len() as u16);
+            dst.put_slice(message.as_bytes());
         }
         Frame::Mcast(m) => {
             dst.truncate(start);
@@ -192,7 +197,7 @@ pub fn encode(frame: &Frame, dst: &mut BytesMut) {
         }
         Frame::PeerState(st) => {
             dst.put_u8(kind::PEER_STATE);
-            dst.put_u8(0);
+            dst.put_u8(if st.more { STATE_MORE } else { 0 });
             dst.put_u16(st.shard);
             dst.put_u16(st.shards);
             dst.put_u32(st.views.len() as u32);
@@ -202,6 +207,13 @@ pub fn encode(frame: &Frame, dst: &mut BytesMut) {
                 dst.put_u64(*id);
                 dst.put_u64(*digest);
             }
+        }
+        Frame::PeerChallenge(a) | Frame::PeerProof(a) => {
+            let challenge = matches!(frame, Frame::PeerChallenge(_));
+            dst.put_u8(if challenge { kind::PEER_CHALLENGE } else { kind::PEER_PROOF });
+            dst.put_u8(0);
+            dst.put_slice(&a.nonce);
+            dst.put_slice(&a.mac);
         }
     }
     let len = (dst.len() - start - 4) as u32;
@@ -310,7 +322,9 @@ pub fn parse_whole(frame: Bytes) -> Result<Frame, ProtoError> {
             if ERROR_FIXED + mlen != f.len() {
                 return Err(ProtoError::Malformed("message length disagrees with frame length"));
             }
-            let message = String::from_utf8_lossy(&f[ERROR_FIXED..]).into_owned();
+            // Lenient (a message is only shown), and bounded like the messages we send, so
+            // that a received ERROR re-encodes to itself.
+            let message = bounded_message(&String::from_utf8_lossy(&f[ERROR_FIXED..])).to_string();
             Ok(Frame::Error(ErrorFrame { code: error_code(code), fatal: flags & ERROR_FATAL != 0, message }))
         }
         kind::MCAST => {
@@ -411,7 +425,9 @@ pub fn parse_whole(frame: Bytes) -> Result<Frame, ProtoError> {
             Ok(Frame::PeerLeave(PeerLeave { cause, group, session }))
         }
         kind::PEER_STATE => {
-            no_flags()?;
+            if flags & !STATE_MORE != 0 {
+                return Err(ProtoError::Malformed("reserved flag bits set"));
+            }
             if f.len() < 14 {
                 return Err(ProtoError::Malformed("PEER_STATE shorter than its fixed fields"));
             }
@@ -444,10 +460,32 @@ pub fn parse_whole(frame: Bytes) -> Result<Frame, ProtoError> {
             if at != f.len() {
                 return Err(ProtoError::Malformed("trailing bytes after PEER_STATE entries"));
             }
-            Ok(Frame::PeerState(PeerState { shard, shards, views }))
+            Ok(Frame::PeerState(PeerState { shard, shards, more: flags & STATE_MORE != 0, views }))
+        }
+        kind::PEER_CHALLENGE | kind::PEER_PROOF => {
+            no_flags()?;
+            if body.len() != 2 * AUTH_LEN {
+                return Err(ProtoError::Malformed("PEER_CHALLENGE/PEER_PROOF body is not 64 bytes"));
+            }
+            let mut a = PeerAuth { nonce: [0; AUTH_LEN], mac: [0; AUTH_LEN] };
+            a.nonce.copy_from_slice(&body[..AUTH_LEN]);
+            a.mac.copy_from_slice(&body[AUTH_LEN..]);
+            Ok(if k == kind::PEER_CHALLENGE { Frame::PeerChallenge(a) } else { Frame::PeerProof(a) })
         }
         other => Err(ProtoError::UnknownKind(other)),
     }
+}
+
+/// Longest ERROR message sent or kept, in bytes.
+pub const MAX_ERROR_MESSAGE: usize = 1024;
+
+/// `message` cut to at most [`MAX_ERROR_MESSAGE`] bytes, at a char boundary.
+fn bounded_message(message: &str) -> &str {
+    let mut end = message.len().min(MAX_ERROR_MESSAGE);
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    &message[..end]
 }
 
 fn cause_of(b: u8) -> Result<Cause, ProtoError> {
@@ -476,7 +514,10 @@ fn error_code(code: u16) -> ErrorCode {
         11 => Stuck,
         12 => IdleTimeout,
         13 => ShuttingDown,
-        14 => Draining,
+        14 => LimitReached,
+        15 => HandshakeTimeout,
+        16 => NotAuthorized,
+        17 => Draining,
         _ => Other,
     }
 }

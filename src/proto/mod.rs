@@ -6,7 +6,10 @@
 mod codec;
 mod ids;
 
-pub use codec::{decode, encode_mcast, frame_len, parse_whole, McastHeader, MCAST_FIXED};
+pub use codec::{
+    decode, encode_mcast, encode_mcast_parts, frame_len, parse_whole, McastHeader, MAX_ERROR_MESSAGE,
+    MCAST_FIXED,
+};
 pub use ids::{GroupName, Name, NodeTag, SessionId, MAX_GROUP_LEN, MAX_NAME_LEN};
 
 use bytes::Bytes;
@@ -23,6 +26,8 @@ pub const MIN_MAX_FRAME: usize = 4096;
 pub const MAX_MAX_FRAME: usize = 64 << 20;
 /// Default `max_frame_size` (1 MiB).
 pub const DEFAULT_MAX_FRAME: usize = 1 << 20;
+/// Most bytes one member adds to a VIEW: session id, name length, a 255-byte name.
+pub const MEMBER_MAX_LEN: usize = 8 + 1 + MAX_NAME_LEN;
 
 /// Frame kinds (byte 4 of every frame).
 pub mod kind {
@@ -40,12 +45,20 @@ pub mod kind {
     pub const PEER_JOIN: u8 = 0x41;
     pub const PEER_LEAVE: u8 = 0x42;
     pub const PEER_STATE: u8 = 0x43;
+    /// Peer handshake with a cluster secret: the acceptor's nonce.
+    pub const PEER_CHALLENGE: u8 = 0x44;
+    /// Peer handshake with a cluster secret: a nonce and an HMAC proving the secret.
+    pub const PEER_PROOF: u8 = 0x45;
     /// Last kind reserved for the server mesh.
     pub const PEER_LAST: u8 = 0x4f;
 }
 
 /// Flag bit of an ERROR frame: the sender closes the connection after it.
 pub const ERROR_FATAL: u8 = 0x01;
+/// Flag bit of a PEER_STATE frame: more PEER_STATE frames of the same part follow.
+pub const STATE_MORE: u8 = 0x01;
+/// Bytes of a nonce and of an HMAC-SHA256 in the peer authentication frames.
+pub const AUTH_LEN: usize = 32;
 
 /// Who is on the other end of a connection, as announced in HELLO.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -150,8 +163,14 @@ pub enum ErrorCode {
     Stuck = 11,
     IdleTimeout = 12,
     ShuttingDown = 13,
+    /// A configured bound was reached (connections, groups per session, members per group).
+    LimitReached = 14,
+    /// The handshake did not complete within the handshake timeout.
+    HandshakeTimeout = 15,
+    /// A peer could not prove it is the configured server it claims to be.
+    NotAuthorized = 16,
     /// The server is draining (an operator's `msgc-ctl drain`): reconnect to another server.
-    Draining = 14,
+    Draining = 17,
     /// A code this version does not know (kept so an old client can show it).
     Other = 0xffff,
 }
@@ -198,8 +217,19 @@ pub struct PeerLeave {
 pub struct PeerState {
     pub shard: u16,
     pub shards: u16,
+    /// More PEER_STATE frames of this part follow (a large state is split so that every
+    /// frame fits `max_frame_size`); the part is complete with the frame without it.
+    pub more: bool,
     /// Per group: the newest view id and a digest of that view's member list.
     pub views: Vec<(GroupName, u64, u64)>,
+}
+
+/// Between servers, during the handshake when a cluster secret is configured: the
+/// acceptor's challenge (`mac` all zero), or a side's proof of the secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerAuth {
+    pub nonce: [u8; AUTH_LEN],
+    pub mac: [u8; AUTH_LEN],
 }
 
 /// Every frame of version 1.
@@ -217,6 +247,8 @@ pub enum Frame {
     PeerJoin(PeerJoin),
     PeerLeave(PeerLeave),
     PeerState(PeerState),
+    PeerChallenge(PeerAuth),
+    PeerProof(PeerAuth),
 }
 
 /// A protocol violation by the remote side. Maps onto the ERROR code sent before closing.
@@ -265,6 +297,8 @@ impl Frame {
             Frame::PeerJoin(_) => "PEER_JOIN",
             Frame::PeerLeave(_) => "PEER_LEAVE",
             Frame::PeerState(_) => "PEER_STATE",
+            Frame::PeerChallenge(_) => "PEER_CHALLENGE",
+            Frame::PeerProof(_) => "PEER_PROOF",
         }
     }
 

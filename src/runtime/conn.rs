@@ -19,11 +19,13 @@ use super::shard::ShardRt;
 
 /// Reads frames and hands them to the core until the connection closes.
 pub async fn reader(shard: Rc<ShardRt>, id: ConnId, stream: Rc<TcpStream>) {
-    let tcpbuf = shard.core.borrow().limits().tcpbuf_size;
-    let mut buf = BytesMut::with_capacity(tcpbuf);
+    // Small until the handshake is done: a connection that has not said who it is costs a
+    // few KiB, whatever frame size it announces.
+    let (first, _) = shard.core.borrow().read_budget(id);
+    let mut buf = BytesMut::with_capacity(first);
     'read: loop {
-        shard.wait_for_reading().await;
-        let max_frame = shard.core.borrow().limits().max_frame;
+        shard.wait_for_reading(id).await;
+        let (tcpbuf, max_frame) = shard.core.borrow().read_budget(id);
         let room = reserve_for_next_read(&mut buf, tcpbuf, max_frame);
         // tokio-uring reads at the start of the buffer it is given: hand it the spare tail
         // (at most `room` bytes, so one read never carries more than tcpbuf_size or the

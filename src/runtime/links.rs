@@ -12,6 +12,7 @@ use std::rc::Rc;
 use tokio::sync::Notify;
 
 use super::shard::ShardRt;
+use crate::core::PeerEntry;
 use crate::mesh::{backoff_delay, should_dial, NodeName};
 
 /// A server in the `peers` table: its node name and `host:port` to dial.
@@ -38,11 +39,17 @@ fn dials(me: &str, other: &str) -> bool {
 
 /// Applies a (new) peers table on one shard: allowed names, dialers started and stopped,
 /// links to removed peers closed.
-pub fn apply_peers(shard: &Rc<ShardRt>, dialers: &mut Dialers, me: &str, peers: &[PeerSpec]) {
+pub fn apply_peers(
+    shard: &Rc<ShardRt>,
+    dialers: &mut Dialers,
+    me: &str,
+    peers: &[PeerSpec],
+    entries: Vec<PeerEntry>,
+) {
     let names: Vec<String> = peers.iter().map(|p| p.name.clone()).collect();
     {
         let mut core = shard.core.borrow_mut();
-        core.set_peers(names.iter().cloned());
+        core.set_peers(entries);
         core.close_links_except(&names);
     }
     shard.flush();
@@ -68,6 +75,31 @@ pub fn apply_peers(shard: &Rc<ShardRt>, dialers: &mut Dialers, me: &str, peers: 
             tokio_uring::spawn(dial_loop(shard.clone(), p.name.clone(), p.addr.clone(), stop));
         }
     }
+}
+
+/// The addresses each peer may link from: its `host:port` resolved now (a name that does
+/// not resolve is logged and gets no address: it can be dialed, not accepted, until the
+/// next reload).
+pub fn resolve(peers: &[PeerSpec]) -> Vec<PeerEntry> {
+    use std::net::ToSocketAddrs;
+    peers
+        .iter()
+        .map(|p| {
+            let addrs = match p.addr.to_socket_addrs() {
+                Ok(a) => {
+                    let mut ips: Vec<_> = a.map(|sa| sa.ip()).collect();
+                    ips.sort();
+                    ips.dedup();
+                    ips
+                }
+                Err(e) => {
+                    tracing::warn!(peer = %p.name, addr = %p.addr, "cannot resolve peer address: {e}");
+                    Vec::new()
+                }
+            };
+            PeerEntry { name: p.name.clone(), addrs }
+        })
+        .collect()
 }
 
 /// Stops every dialer of a shard (shutdown).

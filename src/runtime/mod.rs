@@ -61,7 +61,9 @@ impl Default for ServerOptions {
 /// What the shards are told from outside.
 pub(crate) enum Control {
     Reload(Limits),
-    Peers(Vec<PeerSpec>),
+    /// The peers table, with each peer's addresses resolved (for the unauthenticated
+    /// mesh's address check).
+    Peers(Vec<PeerSpec>, Vec<crate::core::PeerEntry>),
     /// Answer with a report of the shard's state (per session if asked).
     Report {
         sessions: bool,
@@ -113,7 +115,9 @@ impl ServerHandle {
             boot: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_millis() as u64)
-                .unwrap_or(0),
+                .unwrap_or(0)
+                .max(1),
+            entropy: os_entropy(),
         };
         let stats = Arc::new(Mutex::new(vec![Stats::default(); threads]));
         let (senders, receivers): (Vec<_>, Vec<_>) =
@@ -147,8 +151,9 @@ impl ServerHandle {
             .map_err(StartError::Thread)?;
         handles.push(acceptor);
         if !opts.peers.is_empty() {
+            let entries = links::resolve(&opts.peers);
             for tx in &senders {
-                let _ = tx.send(shard::Inbound::Control(Control::Peers(opts.peers.clone())));
+                let _ = tx.send(shard::Inbound::Control(Control::Peers(opts.peers.clone(), entries.clone())));
             }
         }
         tracing::info!(node = %identity.node_name, tag = format!("{:08x}", identity.node_tag.0), ?addrs, threads, "msgc-server listening");
@@ -191,9 +196,11 @@ impl ServerHandle {
     }
 
     /// Replaces the peers table: links to new peers form, links to removed ones close.
+    /// Names are resolved here, on the caller's thread, not on the shards.
     pub fn set_peers(&self, peers: Vec<PeerSpec>) {
+        let entries = links::resolve(&peers);
         for tx in &self.control {
-            let _ = tx.send(shard::Inbound::Control(Control::Peers(peers.clone())));
+            let _ = tx.send(shard::Inbound::Control(Control::Peers(peers.clone(), entries.clone())));
         }
     }
 
@@ -249,6 +256,20 @@ impl Drop for ServerHandle {
     }
 }
 
+/// Makes any panic, on any thread, end the process: logged with the thread's name, then
+/// exit code 70 (EX_SOFTWARE). A server with a dead shard or a dead connection task would
+/// otherwise live on half-working; exiting lets a supervisor (systemd) restart it and its
+/// clients fail over. `msgc-server` installs this at startup; embedders may too.
+pub fn exit_on_panic() {
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        let name = thread.name().unwrap_or("unnamed");
+        eprintln!("msgc-server: FATAL: panic on thread {name}: {info}; exiting (code 70) so the server restarts clean");
+        tracing::error!(thread = name, "FATAL: panic: {info}; exiting");
+        std::process::exit(70);
+    }));
+}
+
 /// A random, non-zero node tag: new at every start so session ids are never reused.
 fn random_node_tag() -> NodeTag {
     use std::hash::{BuildHasher, Hasher};
@@ -260,6 +281,30 @@ fn random_node_tag() -> NodeTag {
     h.write_u32(std::process::id());
     let tag = (h.finish() >> 32) as u32;
     NodeTag(tag.max(1))
+}
+
+/// 32 random bytes from the OS (the key of this run's handshake nonces). If
+/// /dev/urandom cannot be read, the process's hash keys and the clock stand in, and the
+/// server says so.
+fn os_entropy() -> [u8; 32] {
+    use std::io::Read;
+    let mut out = [0u8; 32];
+    let read = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut out));
+    if let Err(e) = read {
+        tracing::warn!("cannot read /dev/urandom ({e}); handshake nonces use weaker randomness");
+        use std::hash::{BuildHasher, Hasher};
+        for chunk in out.chunks_mut(8) {
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u128(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or(0),
+            );
+            chunk.copy_from_slice(&h.finish().to_be_bytes()[..chunk.len()]);
+        }
+    }
+    out
 }
 
 fn truncate_name(name: &str) -> &str {

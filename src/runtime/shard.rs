@@ -13,7 +13,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tokio::sync::Notify;
 use tokio_uring::net::TcpStream;
 
-use crate::core::{ConnId, Limits, ServerIdentity, ShardCore, ShardMsg, Stats};
+use crate::core::{ConnId, ConnMeta, Limits, ServerIdentity, ShardCore, ShardMsg, Stats};
 
 use super::Control;
 use super::{conn, links};
@@ -99,9 +99,9 @@ impl ShardRt {
                 tracing::info!(shard = self.id, "applying reloaded limits");
                 self.core.borrow_mut().set_limits(limits);
             }
-            Inbound::Control(Control::Peers(peers)) => {
+            Inbound::Control(Control::Peers(peers, entries)) => {
                 let mut dialers = self.dialers.borrow_mut();
-                links::apply_peers(self, &mut dialers, &self.node_name, &peers);
+                links::apply_peers(self, &mut dialers, &self.node_name, &peers, entries);
             }
             Inbound::Control(Control::Report { sessions, reply }) => {
                 let mut report = self.core.borrow().report(sessions, Instant::now());
@@ -163,13 +163,13 @@ impl ShardRt {
         self.flush();
     }
 
-    /// Waits until the core allows reading (publishers are held back under pressure).
-    pub async fn wait_for_reading(&self) {
+    /// Waits until the core allows reading `id` (publishers are held back under pressure).
+    pub async fn wait_for_reading(&self, id: ConnId) {
         loop {
             let notified = self.resume.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if !self.core.borrow().reading_paused() {
+            if !self.core.borrow().reading_paused_for(id) {
                 return;
             }
             notified.await;
@@ -247,11 +247,12 @@ pub fn adopt(shard: &Rc<ShardRt>, std: std::net::TcpStream, dialed: Option<(&str
     let _ = sock.set_nodelay(true);
     let _ = sock.set_send_buffer_size(tcpbuf);
     let _ = sock.set_recv_buffer_size(tcpbuf);
+    let meta = ConnMeta { remote: std.peer_addr().ok(), tls: None };
     let stream = Rc::new(TcpStream::from_std(std));
     let now = Instant::now();
     let (id, gone) = match dialed {
-        Some((peer, gone)) => (shard.core.borrow_mut().handle_dial(peer, now), Some(gone)),
-        None => (shard.core.borrow_mut().handle_accept(now), None),
+        Some((peer, gone)) => (shard.core.borrow_mut().handle_dial(peer, now, meta), Some(gone)),
+        None => (shard.core.borrow_mut().handle_accept(now, meta), None),
     };
     let wake = Rc::new(Notify::new());
     {
@@ -268,10 +269,14 @@ pub fn adopt(shard: &Rc<ShardRt>, std: std::net::TcpStream, dialed: Option<(&str
 
 /// Drives the core's timers and publishes counters.
 async fn tick(shard: Rc<ShardRt>, stats: Arc<Mutex<Vec<Stats>>>) {
+    // A fail point for the tests that a panicking shard ends the server (never set in
+    // production): MSGC_FAILPOINT=shard-panic makes shard 0 panic at its first tick.
+    let fail = shard.id == 0 && std::env::var_os("MSGC_FAILPOINT").is_some_and(|v| v == "shard-panic");
     loop {
         let now = Instant::now();
         let next = shard.core.borrow().poll_timeout(now);
         tokio::time::sleep_until(next.into()).await;
+        assert!(!fail, "fail point shard-panic");
         shard.core.borrow_mut().handle_timeout(Instant::now());
         shard.flush();
         publish_stats(&shard, &stats);

@@ -72,6 +72,11 @@ impl RawClient {
     /// A connected socket without a handshake.
     pub fn connect_raw(addr: SocketAddr) -> RawClient {
         let stream = TcpStream::connect(addr).expect("connect");
+        RawClient::from_stream(stream)
+    }
+
+    /// Wraps a socket connected (or accepted) elsewhere.
+    pub fn from_stream(stream: TcpStream) -> RawClient {
         stream.set_nodelay(true).unwrap();
         RawClient { stream, session: SessionId::NONE, buf: BytesMut::new(), seqs: Default::default() }
     }
