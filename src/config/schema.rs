@@ -228,7 +228,7 @@ fn build(entries: Vec<Entry>) -> Result<Config, ConfigError> {
     check_duplicates(&client_opts)?;
     let mut port_pos = None;
     for (key, pos, value) in &server_opts {
-        if !set_server(&mut config.server, key, value)? {
+        if !set_server(&mut config.server, key, pos, value)? {
             return Err(unknown(key, pos, "msgc_server", SERVER_OPTIONS));
         }
         if key == "port" {
@@ -288,7 +288,7 @@ fn build(entries: Vec<Entry>) -> Result<Config, ConfigError> {
 }
 
 /// Sets one `msgc_server` option; false if `key` (lower-cased) is not one.
-fn set_server(s: &mut ServerConfig, key: &str, value: &Value) -> Result<bool, ConfigError> {
+fn set_server(s: &mut ServerConfig, key: &str, pos: &Pos, value: &Value) -> Result<bool, ConfigError> {
     if set_shared!(s, key, value) {
         return Ok(true);
     }
@@ -306,9 +306,8 @@ fn set_server(s: &mut ServerConfig, key: &str, value: &Value) -> Result<bool, Co
         "cluster_secret" => s.cluster_secret = Some(secret(scalar(value, "a secret string")?, value)?),
         "cluster_secret_file" => {
             let path = Path::new(scalar(value, "a file name")?);
-            let text = std::fs::read(path).map_err(|e| {
-                err(value.pos(), format!("cannot read cluster_secret_file {}: {e}", path.display()))
-            })?;
+            let text = std::fs::read(path)
+                .map_err(|e| err(pos, format!("cannot read cluster_secret_file {}: {e}", path.display())))?;
             let trimmed = String::from_utf8_lossy(&text).trim().to_string();
             s.cluster_secret = Some(secret(&trimmed, value)?);
         }
@@ -357,12 +356,12 @@ pub fn set_server_option(config: &mut Config, key: &str, text: &str) -> Result<(
     }
     let file = format!("value of {key}");
     let entries = parse(&format!("{key} = {text}\n"), &file)?;
-    let value = match entries.as_slice() {
-        [Entry::Option { key: k, value, .. }] if k.eq_ignore_ascii_case(&key) => value,
+    let (value, pos) = match entries.as_slice() {
+        [Entry::Option { key: k, value, pos }] if k.eq_ignore_ascii_case(&key) => (value, pos),
         _ => return Err(ConfigError::plain(format!("expected one value for {key}, found `{text}`"))),
     };
     let mut server = config.server.clone();
-    set_server(&mut server, &key, value)?;
+    set_server(&mut server, &key, pos, value)?;
     if server.idle_timeout <= server.keepalive_interval {
         return Err(ConfigError::plain(format!(
             "idle_timeout ({:?}) must be longer than keepalive_interval ({:?}), or quiet peers time each other out",
