@@ -553,13 +553,16 @@ fn config_set_takes_effect_and_reload_brings_back_the_file() {
     assert!(closed_at.elapsed() < Duration::from_secs(15));
     assert_eq!(server.ctl_json(&["status"])["totals"]["killed_idle"], 1);
 
+    // A max_connections the descriptor limit cannot hold is applied, with a warning.
+    let out = server.ctl_ok(&["config", "set", "max_connections", "10000000"]);
+    assert!(out.contains("note: the open-files limit"), "{out}");
     server.ctl_ok(&["config", "set", "max_backlog", "200"]);
     assert_eq!(server.ctl_ok(&["config", "get", "max_backlog"]), "max_backlog = 200\n");
     // A reload rereads the file: the file's values replace those set by hand.
     std::fs::write(&conf, "msgc_server {\n  max_backlog = 300\n}\n").unwrap();
     let r = server.ctl_json(&["reload"]);
     let changed: Vec<&str> = r["changed"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
-    assert_eq!(changed, ["idle_timeout", "keepalive_interval", "max_backlog"]);
+    assert_eq!(changed, ["idle_timeout", "keepalive_interval", "max_backlog", "max_connections"]);
     assert_eq!(server.ctl_ok(&["config", "get", "max_backlog"]), "max_backlog = 300\n");
     // SIGHUP goes the same way.
     std::fs::write(&conf, "msgc_server {\n  max_backlog = 400\n}\n").unwrap();
@@ -587,6 +590,31 @@ fn config_set_takes_effect_and_reload_brings_back_the_file() {
     server.signal(libc::SIGTERM);
     let mut server = server;
     assert!(server.wait_exit(DEADLINE).success());
+}
+
+#[test]
+fn a_descriptor_limit_below_max_connections_is_reported() {
+    let dir = TempDir::new("nofile");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_msgc-server"));
+    cmd.args(["--listen", "127.0.0.1:0", "--threads", "1", "--control"]).arg(dir.path("msgc.sock"));
+    // SAFETY: setrlimit is async-signal-safe; the closure touches nothing else.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit { rlim_cur: 1024, rlim_max: 1024 };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.env_remove("RUST_LOG").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(line.contains("open-files limit (1024) is below max_connections (65536)"), "{line:?}");
 }
 
 #[test]

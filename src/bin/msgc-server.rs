@@ -93,6 +93,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(n) = fd_headroom(config.server.max_connections) {
+        // An error, so that the default debug_level shows it: connections will fail.
+        tracing::error!("{n}");
+    }
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -375,6 +379,9 @@ impl Daemon<'_> {
                 notes.push("tcpbuf_size applies to connections made from now on".to_string());
             }
         }
+        if new.server.max_connections != self.config.server.max_connections {
+            notes.extend(fd_headroom(new.server.max_connections));
+        }
         if new.server.log_format != self.config.server.log_format {
             notes.push("log_format takes effect at the next restart".to_string());
         }
@@ -499,6 +506,28 @@ fn changed_options(old: &Config, new: &Config) -> Vec<String> {
         .filter(|k| old.server_option(k).ok() != new.server_option(k).ok())
         .map(|k| k.to_string())
         .collect()
+}
+
+/// Descriptors the server needs beyond one per connection: listeners, io_uring rings,
+/// shard channels, the control socket and metrics endpoint, log and config files.
+const FD_MARGIN: u64 = 256;
+
+/// A warning when the open-files limit cannot hold `max_connections` connections.
+fn fd_headroom(max_connections: usize) -> Option<String> {
+    // SAFETY: getrlimit writes a plain struct that we own.
+    let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: `lim` is a valid, writable rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return None;
+    }
+    let need = max_connections as u64 + FD_MARGIN;
+    (lim.rlim_cur < need).then(|| {
+        format!(
+            "the open-files limit ({}) is below max_connections ({max_connections}) + {FD_MARGIN}: \
+             connections will fail before max_connections; raise LimitNOFILE (or ulimit -n) to at least {need}",
+            lim.rlim_cur
+        )
+    })
 }
 
 fn bind_metrics(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {

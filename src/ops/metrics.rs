@@ -338,7 +338,10 @@ pub fn varz(report: &ServerReport, config: &ServerConfig) -> serde_json::Value {
         .iter()
         .filter_map(|k| {
             let c = Config { server: config.clone(), ..Config::default() };
-            c.server_option(k).ok().map(|v| (k.to_string(), json!(v)))
+            // Strings shown unquoted (the config syntax's quoting is JSON's for these).
+            let v = c.server_option(k).ok()?;
+            let v = if v.starts_with('"') { serde_json::from_str::<String>(&v).unwrap_or(v) } else { v };
+            Some((k.to_string(), json!(v)))
         })
         .collect();
     json!({
