@@ -90,6 +90,7 @@ enum ConfigCommand {
     /// Change one option and apply it live, exactly as a reload would; prints the running
     /// value. The file is not changed: a later reload brings back the file's value.
     Set {
+        /// Option name (e.g. max_backlog).
         key: String,
         /// The value in the config file syntax: 100, 2.5, INFO, "127.0.0.1:9809",
         /// '[ node1 = "10.0.0.1" node2 = "10.0.0.2" ]'.
