@@ -145,8 +145,12 @@ enum FrameSpec {
 }
 
 fn name(i: u8) -> Name {
-    // invariant: the names are short ASCII.
-    Name::new(NAMES[usize::from(i) % NAMES.len()]).expect("valid name")
+    // One more than the pool: the longest name, so views outgrow small frames quickly.
+    static LONG: OnceLock<String> = OnceLock::new();
+    let long = LONG.get_or_init(|| "n".repeat(proto::MAX_NAME_LEN));
+    let s = NAMES.get(usize::from(i) % (NAMES.len() + 1)).copied().unwrap_or(long);
+    // invariant: at most MAX_NAME_LEN bytes of ASCII.
+    Name::new(s).expect("valid name")
 }
 
 fn group(g: Grp) -> GroupName {
