@@ -268,11 +268,10 @@ fn loopback() -> msgc::core::ConnMeta {
 
 /// Core target: a linked server announces 16 members with 255-byte names in a group with a
 /// long name; at the smallest frame limit (4 KiB) the VIEW this server then sends to the
-/// link is 4205 bytes, which no receiver accepts (it closes the link, which comes back and
-/// gets the view again). Issue 8 item 3: members per group bounded, or views split. The
-/// same happens at the default 1 MiB limit with about 4000 such members.
+/// link was 4205 bytes, which no receiver accepts (it closes the link, which comes back and
+/// gets the view again). The same happened at the default 1 MiB limit with about 4000 such
+/// members. Fixed by issue 8 item 3: a member whose view would not fit is refused.
 #[test]
-#[ignore = "issue 8 item 3: views are not bounded by max_frame yet"]
 fn a_view_never_exceeds_the_frame_limit() {
     let max_frame = proto::MIN_MAX_FRAME;
     let mut s = OneShard::with_limits(Limits { max_frame, ..Limits::default() });
