@@ -42,6 +42,8 @@ struct Input {
     max_backlog: u8,
     messages_per_iter: u8,
     small_budget: bool,
+    /// Tiny resource bounds, so that every one of them is reached.
+    small_bounds: bool,
     ops: Vec<Op>,
 }
 
@@ -199,6 +201,18 @@ impl Harness {
             memory_budget: if input.small_budget { 4096 } else { 64 << 20 },
             tcpbuf_size: 4096,
             ..Limits::default()
+        };
+        let limits = if input.small_bounds {
+            Limits {
+                max_connections: 6,
+                max_handshakes: 2,
+                max_groups_per_session: 2,
+                max_group_members: 3,
+                handshake_timeout: Duration::from_millis(500),
+                ..limits
+            }
+        } else {
+            limits
         };
         let identity = ServerIdentity {
             node_tag: NodeTag(OUR_TAG),
