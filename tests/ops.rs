@@ -364,13 +364,17 @@ impl Server {
         let addr =
             line.trim().rsplit(' ').next().unwrap().parse().unwrap_or_else(|_| panic!("bad line {line:?}"));
         let metrics = extra.contains(&"--metrics").then(|| {
-            let mut line = String::new();
-            out.read_line(&mut line).unwrap();
-            let a = line
-                .trim()
-                .strip_prefix("msgc-server: metrics on http://")
-                .unwrap_or_else(|| panic!("{line:?}"));
-            a.strip_suffix("/metrics").unwrap().parse().unwrap()
+            // After the banner's other lines (the io backend), at most a few.
+            let mut seen = Vec::new();
+            for _ in 0..5 {
+                let mut line = String::new();
+                out.read_line(&mut line).unwrap();
+                if let Some(a) = line.trim().strip_prefix("msgc-server: metrics on http://") {
+                    return a.strip_suffix("/metrics").unwrap().parse().unwrap();
+                }
+                seen.push(line);
+            }
+            panic!("no metrics line in {seen:?}");
         });
         // Keep reading stdout so that later lines never block the server.
         std::thread::spawn(move || {
