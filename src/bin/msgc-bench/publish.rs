@@ -1,0 +1,273 @@
+//! Publisher threads: each drives several publisher connections on non-blocking sockets,
+//! waiting in `ppoll` (nanosecond timeouts, 1 µs timer slack) so that paced runs send on
+//! time. A publisher's socket has exactly one writer, this thread, which also reads and
+//! answers what the server sends back (a NATS PING gets its PONG between two whole
+//! messages, never inside one). No async runtime and no measurement logic beyond counting.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+
+use crate::cpu::{sample_this_thread, ThreadSample, ThreadUse};
+use crate::fanout::{ns, Shared, Window};
+use crate::stats::stamp;
+use crate::targets::{next_reply, publisher_handshake, Encoder, Reply, Target, SEND_BUFFER};
+
+/// Bytes encoded at once at max rate, and the most a paced publisher encodes in one go.
+const BATCH: usize = 64 * 1024;
+/// A paced publisher that cannot write stops queueing once this much is pending; the
+/// messages it holds back are sent late and their lateness counts as latency.
+const MAX_PENDING: usize = 4 << 20;
+/// How long a publisher may take to write out what it encoded before the window closed.
+const FLUSH_DEADLINE: Duration = Duration::from_secs(5);
+/// Longest single wait, so the window's edges are noticed promptly.
+const MAX_WAIT_NS: u64 = 50_000_000;
+
+/// One publisher connection, connected and through its handshake.
+pub struct PubConn {
+    target: Target,
+    stream: TcpStream,
+    /// Index in the run (its stamp's publisher field).
+    pub index: u32,
+    encoder: Encoder,
+    seq: u64,
+    out: BytesMut,
+    inbound: BytesMut,
+    /// Pacing: this publisher's first message is due at the window's start plus this.
+    phase_ns: u64,
+    failed: Option<String>,
+}
+
+impl PubConn {
+    pub fn connect(
+        target: &Target,
+        index: usize,
+        publishers: usize,
+        group: &str,
+        size: usize,
+        interval_ns: f64,
+    ) -> Result<PubConn, String> {
+        let addr = target.addr(index);
+        let mut stream =
+            TcpStream::connect(addr).map_err(|e| format!("publisher cannot connect to {addr}: {e}"))?;
+        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        // Like the msgc client (SO_SNDBUF = tcpbuf_size): a publisher's own kernel buffer
+        // is not allowed to hide megabytes of queueing from the latency figures.
+        let _ = socket2::SockRef::from(&stream).set_send_buffer_size(SEND_BUFFER);
+        let session =
+            publisher_handshake(target, &mut stream, index).map_err(|e| format!("publisher {addr}: {e}"))?;
+        stream.set_nonblocking(true).map_err(|e| e.to_string())?;
+        Ok(PubConn {
+            target: target.clone(),
+            stream,
+            index: index as u32,
+            encoder: Encoder::new(target, session, group, size)?,
+            seq: 0,
+            out: BytesMut::with_capacity(2 * BATCH),
+            inbound: BytesMut::with_capacity(4096),
+            // Spread the publishers' sends evenly over one interval.
+            phase_ns: (interval_ns * index as f64 / publishers.max(1) as f64) as u64,
+            failed: None,
+        })
+    }
+
+    fn due(&self, k: u64, start: u64, interval_ns: f64) -> u64 {
+        start + self.phase_ns + (k as f64 * interval_ns) as u64
+    }
+
+    /// Writes as much of `out` as the socket takes. False when it would block.
+    fn flush(&mut self) -> bool {
+        while !self.out.is_empty() && self.failed.is_none() {
+            match self.stream.write(&self.out) {
+                Ok(0) => self.failed = Some("the server closed the connection".into()),
+                Ok(n) => self.out.advance(n),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => self.failed = Some(e.to_string()),
+            }
+        }
+        true
+    }
+
+    /// Reads and handles what the server sent.
+    fn read_replies(&mut self) {
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => {
+                    self.failed.get_or_insert_with(|| "the server closed the connection".into());
+                    return;
+                }
+                Ok(n) => self.inbound.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.failed.get_or_insert(e.to_string());
+                    return;
+                }
+            }
+        }
+        loop {
+            match next_reply(&self.target, &mut self.inbound) {
+                // `out` only ever holds whole messages, so the PONG lands between two.
+                Ok(Some(Reply::Ping)) => self.out.extend_from_slice(b"PONG\r\n"),
+                Ok(Some(Reply::Error(e))) => {
+                    self.failed.get_or_insert(format!("server error: {e}"));
+                }
+                Ok(Some(Reply::Other)) => {}
+                Ok(None) => break,
+                Err(e) => {
+                    self.failed.get_or_insert(e);
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// What one publisher thread did.
+pub struct PubThreadResult {
+    /// Per publisher: (index, last sequence number if everything encoded was written).
+    pub finals: Vec<(u32, Option<u64>)>,
+    pub errors: Vec<String>,
+    pub cpu: Option<ThreadUse>,
+}
+
+/// Runs `conns` until the window closes, then writes out what is pending (bounded).
+/// `rate_per_publisher` 0 means as fast as the connections accept.
+pub fn run_thread(
+    mut conns: Vec<PubConn>,
+    size: usize,
+    interval_ns: f64,
+    window: Window,
+    shared: &Shared,
+) -> PubThreadResult {
+    // SAFETY: prctl(PR_SET_TIMERSLACK) takes an unsigned long and affects this thread only.
+    // 1 µs instead of the default 50 µs lets ppoll wake when a paced message is due.
+    unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1000 as libc::c_ulong) };
+    let paced = interval_ns > 0.0;
+    let mut payload = vec![0u8; size];
+    let mut cpu_from: Option<ThreadSample> = None;
+    let mut fds: Vec<libc::pollfd> = Vec::with_capacity(conns.len());
+    let cpu_until = loop {
+        let now = ns();
+        if cpu_from.is_none() && now >= window.from {
+            cpu_from = sample_this_thread(now);
+        }
+        if now >= window.until {
+            break sample_this_thread(now);
+        }
+        let mut counted = 0;
+        let mut next_due = now + MAX_WAIT_NS;
+        for c in conns.iter_mut().filter(|c| c.failed.is_none()) {
+            if !paced {
+                // Max rate: a new batch once the last one is written, stamped with now.
+                if c.out.is_empty() {
+                    while c.out.len() < BATCH {
+                        c.seq += 1;
+                        stamp(&mut payload, now, c.index, c.seq);
+                        c.encoder.encode(&mut c.out, &payload);
+                        counted += u64::from(now >= window.from);
+                    }
+                }
+            } else {
+                // Paced: every message that is due, stamped with the time it was due.
+                let mut added = 0;
+                loop {
+                    let at = c.due(c.seq, window.start, interval_ns);
+                    if at > now || at >= window.until {
+                        next_due = next_due.min(at);
+                        break;
+                    }
+                    if c.out.len() >= MAX_PENDING {
+                        // Blocked: woken by writability.
+                        break;
+                    }
+                    if added >= BATCH {
+                        // More is due: come back at once, after a look at the others.
+                        next_due = now;
+                        break;
+                    }
+                    c.seq += 1;
+                    stamp(&mut payload, at, c.index, c.seq);
+                    let before = c.out.len();
+                    c.encoder.encode(&mut c.out, &payload);
+                    added += c.out.len() - before;
+                    counted += u64::from(at >= window.from);
+                }
+            }
+            c.flush();
+        }
+        shared.published.fetch_add(counted, Ordering::Relaxed);
+        // Wait for writability of blocked connections, replies, or the next due message.
+        let boundary = if now < window.from { window.from } else { window.until };
+        let mut wake = boundary.min(next_due);
+        let any_idle_max_rate = !paced && conns.iter().any(|c| c.failed.is_none() && c.out.is_empty());
+        if any_idle_max_rate {
+            wake = now;
+        }
+        poll(&mut conns, &mut fds, wake.saturating_sub(now));
+    };
+    // Write out what was encoded before the window closed, so every counted message is sent.
+    let deadline = ns() + FLUSH_DEADLINE.as_nanos() as u64;
+    loop {
+        let mut pending = false;
+        for c in conns.iter_mut().filter(|c| c.failed.is_none()) {
+            pending |= !c.flush();
+        }
+        let now = ns();
+        if !pending || now >= deadline {
+            break;
+        }
+        poll(&mut conns, &mut fds, (deadline - now).min(MAX_WAIT_NS));
+    }
+    let cpu = match (cpu_from, cpu_until) {
+        (Some(a), Some(b)) => ThreadUse::between(a, b),
+        _ => None,
+    };
+    let mut errors = Vec::new();
+    let finals = conns
+        .iter()
+        .map(|c| {
+            if let Some(e) = &c.failed {
+                errors.push(format!("publisher {}: {e}", c.index));
+            }
+            let complete = c.failed.is_none() && c.out.is_empty();
+            (c.index, complete.then_some(c.seq))
+        })
+        .collect();
+    PubThreadResult { finals, errors, cpu }
+}
+
+/// Waits up to `timeout_ns` for any connection to become writable (if it has output
+/// pending) or readable, then reads what arrived.
+fn poll(conns: &mut [PubConn], fds: &mut Vec<libc::pollfd>, timeout_ns: u64) {
+    fds.clear();
+    for c in conns.iter() {
+        let mut events = libc::POLLIN;
+        if !c.out.is_empty() {
+            events |= libc::POLLOUT;
+        }
+        let fd = if c.failed.is_none() { c.stream.as_raw_fd() } else { -1 };
+        fds.push(libc::pollfd { fd, events, revents: 0 });
+    }
+    let ts = libc::timespec {
+        tv_sec: (timeout_ns / 1_000_000_000) as libc::time_t,
+        tv_nsec: (timeout_ns % 1_000_000_000) as libc::c_long,
+    };
+    // SAFETY: `fds` is a valid array of `fds.len()` pollfds and `ts` a valid timespec; a
+    // null signal mask leaves the thread's mask unchanged.
+    let n = unsafe { libc::ppoll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, &ts, std::ptr::null()) };
+    if n <= 0 {
+        return;
+    }
+    for (c, fd) in conns.iter_mut().zip(fds.iter()) {
+        if fd.revents & (libc::POLLIN | libc::POLLERR | libc::POLLHUP) != 0 {
+            c.read_replies();
+        }
+    }
+}
