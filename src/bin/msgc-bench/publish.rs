@@ -58,7 +58,7 @@ impl PubConn {
         // Like the msgc client (SO_SNDBUF = tcpbuf_size): a publisher's own kernel buffer
         // is not allowed to hide megabytes of queueing from the latency figures.
         let _ = socket2::SockRef::from(&stream).set_send_buffer_size(SEND_BUFFER);
-        let session =
+        let (session, rest) =
             publisher_handshake(target, &mut stream, index).map_err(|e| format!("publisher {addr}: {e}"))?;
         stream.set_nonblocking(true).map_err(|e| e.to_string())?;
         Ok(PubConn {
@@ -68,7 +68,7 @@ impl PubConn {
             encoder: Encoder::new(target, session, group, size)?,
             seq: 0,
             out: BytesMut::with_capacity(2 * BATCH),
-            inbound: BytesMut::with_capacity(4096),
+            inbound: BytesMut::from(&rest[..]),
             // Spread the publishers' sends evenly over one interval.
             phase_ns: (interval_ns * index as f64 / publishers.max(1) as f64) as u64,
             failed: None,
@@ -111,6 +111,10 @@ impl PubConn {
                 }
             }
         }
+        self.handle_replies();
+    }
+
+    fn handle_replies(&mut self) {
         loop {
             match next_reply(&self.target, &mut self.inbound) {
                 // `out` only ever holds whole messages, so the PONG lands between two.
@@ -150,6 +154,10 @@ pub fn run_thread(
     // 1 µs instead of the default 50 µs lets ppoll wake when a paced message is due.
     unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1000 as libc::c_ulong) };
     let paced = interval_ns > 0.0;
+    for c in conns.iter_mut() {
+        // What arrived with the handshake's last reply.
+        c.handle_replies();
+    }
     let mut payload = vec![0u8; size];
     let mut cpu_from: Option<ThreadSample> = None;
     let mut fds: Vec<libc::pollfd> = Vec::with_capacity(conns.len());
@@ -158,15 +166,15 @@ pub fn run_thread(
         if cpu_from.is_none() && now >= window.from {
             cpu_from = sample_this_thread(now);
         }
-        if now >= window.until {
-            break sample_this_thread(now);
-        }
+        // At the close, a paced publisher still sends what was due before it (late, if this
+        // thread was held up), so a run publishes exactly its schedule.
+        let closing = now >= window.until;
         let mut counted = 0;
         let mut next_due = now + MAX_WAIT_NS;
         for c in conns.iter_mut().filter(|c| c.failed.is_none()) {
             if !paced {
                 // Max rate: a new batch once the last one is written, stamped with now.
-                if c.out.is_empty() {
+                if c.out.is_empty() && !closing {
                     while c.out.len() < BATCH {
                         c.seq += 1;
                         stamp(&mut payload, now, c.index, c.seq);
@@ -187,7 +195,7 @@ pub fn run_thread(
                         // Blocked: woken by writability.
                         break;
                     }
-                    if added >= BATCH {
+                    if added >= BATCH && !closing {
                         // More is due: come back at once, after a look at the others.
                         next_due = now;
                         break;
@@ -203,6 +211,9 @@ pub fn run_thread(
             c.flush();
         }
         shared.published.fetch_add(counted, Ordering::Relaxed);
+        if closing {
+            break sample_this_thread(now);
+        }
         // Wait for writability of blocked connections, replies, or the next due message.
         let boundary = if now < window.from { window.from } else { window.until };
         let mut wake = boundary.min(next_due);
@@ -269,5 +280,124 @@ fn poll(conns: &mut [PubConn], fds: &mut Vec<libc::pollfd>, timeout_ns: u64) {
         if fd.revents & (libc::POLLIN | libc::POLLERR | libc::POLLHUP) != 0 {
             c.read_replies();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader};
+    use std::net::TcpListener;
+    use std::sync::atomic::{AtomicBool, AtomicU64};
+
+    /// A fake nats-server on loopback that checks every byte a publisher sends: only whole
+    /// `PUB` messages and `PONG`s may arrive. While the publisher writes, it sends up to
+    /// `pings` PINGs. Returns (messages, pongs) once the publisher closes.
+    fn strict_nats_server(listener: TcpListener, size: usize, pings: u32) -> Result<(u64, u32), String> {
+        let (mut s, _) = listener.accept().map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+        s.write_all(b"INFO {}\r\n").map_err(|e| e.to_string())?;
+        let mut r = BufReader::new(s.try_clone().map_err(|e| e.to_string())?);
+        let mut line = String::new();
+        let next_line = |r: &mut BufReader<TcpStream>, line: &mut String| -> Result<usize, String> {
+            line.clear();
+            r.read_line(line).map_err(|e| e.to_string())
+        };
+        next_line(&mut r, &mut line)?;
+        if !line.starts_with("CONNECT ") {
+            return Err(format!("expected CONNECT, got {line:?}"));
+        }
+        next_line(&mut r, &mut line)?;
+        if line != "PING\r\n" {
+            return Err(format!("expected PING, got {line:?}"));
+        }
+        s.write_all(b"PONG\r\n").map_err(|e| e.to_string())?;
+        let (mut msgs, mut pongs, mut pinged) = (0u64, 0u32, 0u32);
+        let mut payload = vec![0u8; size + 2];
+        while next_line(&mut r, &mut line)? > 0 {
+            if line == "PONG\r\n" {
+                pongs += 1;
+            } else if line == format!("PUB bench.g0 {size}\r\n") {
+                r.read_exact(&mut payload).map_err(|e| format!("payload {msgs}: {e}"))?;
+                if &payload[size..] != b"\r\n" {
+                    return Err(format!("message {msgs} does not end with CRLF"));
+                }
+                msgs += 1;
+                if msgs % 500 == 0 && pinged < pings {
+                    pinged += 1;
+                    s.write_all(b"PING\r\n").map_err(|e| e.to_string())?;
+                }
+            } else {
+                return Err(format!("unexpected bytes after {msgs} messages: {line:?}"));
+            }
+        }
+        Ok((msgs, pongs))
+    }
+
+    fn shared() -> Shared {
+        Shared { received: AtomicU64::new(0), published: AtomicU64::new(0), stop: AtomicBool::new(false) }
+    }
+
+    #[test]
+    fn a_nats_publisher_answers_pings_between_whole_messages() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let target = Target::Nats(vec![listener.local_addr().unwrap()]);
+        let server = std::thread::spawn(move || strict_nats_server(listener, 64, 3));
+        let conn = PubConn::connect(&target, 0, 1, "bench.g0", 64, 0.0).unwrap();
+        let now = ns();
+        // Long enough for the 1500 messages that draw three PINGs even on a loaded machine.
+        let window = Window { start: now, from: now, until: now + 2_000_000_000 };
+        let shared = shared();
+        let r = run_thread(vec![conn], 64, 0.0, window, &shared);
+        let (msgs, pongs) = server.join().unwrap().unwrap();
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        assert!(msgs >= 1500, "the PINGs need 1500 messages; {msgs} arrived");
+        assert_eq!(r.finals, vec![(0, Some(msgs))], "every message encoded arrived whole");
+        assert_eq!(pongs, 3);
+        assert!(shared.published.load(Ordering::Relaxed) <= msgs);
+    }
+
+    #[test]
+    fn a_paced_publisher_sends_exactly_its_schedule() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let target = Target::Nats(vec![listener.local_addr().unwrap()]);
+        let server = std::thread::spawn(move || strict_nats_server(listener, 32, 0));
+        // One message per millisecond for 200 ms, 50 ms of it before the window.
+        let conn = PubConn::connect(&target, 0, 1, "bench.g0", 32, 1e6).unwrap();
+        let now = ns();
+        let window = Window { start: now, from: now + 50_000_000, until: now + 200_000_000 };
+        let shared = shared();
+        let r = run_thread(vec![conn], 32, 1e6, window, &shared);
+        let (msgs, _) = server.join().unwrap().unwrap();
+        assert_eq!(msgs, 200);
+        assert_eq!(r.finals, vec![(0, Some(200))]);
+        assert_eq!(shared.published.load(Ordering::Relaxed), 150, "only the window's messages count");
+    }
+
+    #[test]
+    fn a_server_error_is_reported() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let target = Target::Nats(vec![listener.local_addr().unwrap()]);
+        let server = std::thread::spawn(move || -> std::io::Result<()> {
+            let (mut s, _) = listener.accept()?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            let mut r = BufReader::new(s.try_clone()?);
+            let mut line = String::new();
+            r.read_line(&mut line)?; // CONNECT
+            r.read_line(&mut line)?; // PING
+            s.write_all(b"PONG\r\n-ERR 'Maximum Payload Violation'\r\n")?;
+            // Read until the publisher gives up (bounded by the read timeout).
+            let mut sink = [0u8; 65536];
+            while r.get_mut().read(&mut sink)? > 0 {}
+            Ok(())
+        });
+        let conn = PubConn::connect(&target, 0, 1, "bench.g0", 32, 0.0).unwrap();
+        let now = ns();
+        let window = Window { start: now, from: now, until: now + 200_000_000 };
+        let r = run_thread(vec![conn], 32, 0.0, window, &shared());
+        server.join().unwrap().unwrap();
+        assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
+        assert!(r.errors[0].contains("Maximum Payload Violation"), "{:?}", r.errors);
+        assert_eq!(r.finals, vec![(0, None)], "a failed publisher's tail is not checked");
     }
 }

@@ -71,11 +71,11 @@ fn read_frame(stream: &mut TcpStream) -> std::io::Result<Frame> {
 }
 
 /// Reads CRLF-terminated lines from a blocking stream until `done` accepts one, answering
-/// the server's PINGs (NATS) on the way.
+/// the server's PINGs (NATS) on the way. Returns the bytes read after that line.
 fn read_lines_until(
     stream: &mut TcpStream,
     mut done: impl FnMut(&[u8]) -> Result<bool, String>,
-) -> Result<(), String> {
+) -> Result<Vec<u8>, String> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
@@ -84,7 +84,7 @@ fn read_lines_until(
             if line == b"PING" {
                 stream.write_all(b"PONG\r\n").map_err(|e| e.to_string())?;
             } else if done(&line)? {
-                return Ok(());
+                return Ok(buf);
             }
         }
         if buf.len() > 1 << 20 {
@@ -99,14 +99,19 @@ fn read_lines_until(
 }
 
 /// Publisher `i`'s handshake on a fresh blocking connection; returns its msgc session id
-/// (`NONE` for the other systems). NATS publishers wait for the PONG to their PING, so the
-/// server has processed CONNECT before the first PUB.
-pub fn publisher_handshake(target: &Target, stream: &mut TcpStream, i: usize) -> Result<SessionId, String> {
+/// (`NONE` for the other systems) and what the server sent after the handshake (to be
+/// handled as replies). NATS publishers wait for the PONG to their PING, so the server has
+/// processed CONNECT before the first PUB.
+pub fn publisher_handshake(
+    target: &Target,
+    stream: &mut TcpStream,
+    i: usize,
+) -> Result<(SessionId, Vec<u8>), String> {
     match target {
         Target::Msgc(_) => {
             stream.write_all(&hello(&format!("pub{i}"))).map_err(|e| e.to_string())?;
             match read_frame(stream).map_err(|e| format!("handshake: {e}"))? {
-                Frame::Welcome(w) => Ok(w.id),
+                Frame::Welcome(w) => Ok((w.id, Vec::new())),
                 other => Err(format!("answered HELLO with {}", other.name())),
             }
         }
@@ -114,15 +119,15 @@ pub fn publisher_handshake(target: &Target, stream: &mut TcpStream, i: usize) ->
             stream
                 .write_all(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\nPING\r\n")
                 .map_err(|e| e.to_string())?;
-            read_lines_until(stream, |line| {
+            let rest = read_lines_until(stream, |line| {
                 if line.starts_with(b"-ERR") {
                     return Err(String::from_utf8_lossy(line).into_owned());
                 }
                 Ok(line == b"PONG")
             })?;
-            Ok(SessionId::NONE)
+            Ok((SessionId::NONE, rest))
         }
-        Target::Redis(_) => Ok(SessionId::NONE),
+        Target::Redis(_) => Ok((SessionId::NONE, Vec::new())),
     }
 }
 
@@ -390,5 +395,54 @@ mod tests {
             items(&redis, b"*3\r\n$9\r\nsubscribe\r\n$1\r\ng\r\n:1\r\n*3\r\n$7\r\nmessage\r\n$1\r\ng\r\n$2\r\nhi\r\n*3\r\n$7\r\nmess"),
             vec!["subscribed", "msg hi"]
         );
+    }
+
+    fn replies(target: &Target, bytes: &[u8]) -> (Vec<Reply>, usize) {
+        let mut buf = BytesMut::from(bytes);
+        let mut out = Vec::new();
+        while let Some(r) = next_reply(target, &mut buf).unwrap() {
+            out.push(r);
+        }
+        (out, buf.len())
+    }
+
+    #[test]
+    fn publisher_replies_are_recognised_and_partial_ones_kept() {
+        let nats = Target::Nats(vec!["127.0.0.1:1".parse().unwrap()]);
+        let (r, left) = replies(&nats, b"INFO {}\r\nPING\r\n-ERR 'Slow Consumer'\r\nPI");
+        assert_eq!(r, vec![Reply::Other, Reply::Ping, Reply::Error("-ERR 'Slow Consumer'".into())]);
+        assert_eq!(left, 2);
+        let redis = Target::Redis("127.0.0.1:1".parse().unwrap());
+        let (r, _) = replies(&redis, b":8\r\n-ERR wrong\r\nPING\r\n");
+        assert_eq!(r, vec![Reply::Other, Reply::Error("-ERR wrong".into()), Reply::Other]);
+        let msgc = Target::Msgc(vec!["127.0.0.1:1".parse().unwrap()]);
+        let mut bytes = Frame::Noop.to_bytes().to_vec();
+        bytes.extend_from_slice(&proto::ErrorFrame::fatal(proto::ErrorCode::Malformed, "bad").to_bytes());
+        let (r, left) = replies(&msgc, &bytes);
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[0], Reply::Other);
+        assert!(matches!(&r[1], Reply::Error(e) if e.contains("bad")), "{r:?}");
+        assert_eq!(left, 0);
+    }
+
+    #[test]
+    fn encodes_whole_messages_in_each_protocol() {
+        let payload = b"0123456789";
+        let mut out = BytesMut::new();
+        let nats = Target::Nats(vec!["127.0.0.1:1".parse().unwrap()]);
+        Encoder::new(&nats, SessionId::NONE, "bench.g0", 10).unwrap().encode(&mut out, payload);
+        assert_eq!(&out[..], b"PUB bench.g0 10\r\n0123456789\r\n");
+        out.clear();
+        let redis = Target::Redis("127.0.0.1:1".parse().unwrap());
+        Encoder::new(&redis, SessionId::NONE, "g", 10).unwrap().encode(&mut out, payload);
+        assert_eq!(&out[..], b"*3\r\n$7\r\nPUBLISH\r\n$1\r\ng\r\n$10\r\n0123456789\r\n");
+        out.clear();
+        let msgc = Target::Msgc(vec!["127.0.0.1:1".parse().unwrap()]);
+        let mut e = Encoder::new(&msgc, SessionId(7), "g", 10).unwrap();
+        e.encode(&mut out, payload);
+        e.encode(&mut out, payload);
+        // Two frames a subscriber parses back to the same payloads.
+        let got = items(&msgc, &out);
+        assert_eq!(got, vec!["msg 0123456789", "msg 0123456789"]);
     }
 }
