@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Checks msgc-bench's NATS and Redis drivers against independent clients on the same
-# workload (1 publisher -> SUBS subscribers, SIZE-byte messages, max rate, loopback):
+# workload (1 publisher -> SUBS subscribers, SIZE-byte messages, loopback):
 #   NATS:  benches/fanoutcheck (Go, publisher and subscribers on the Go NATS client from
-#          Debian's golang-github-nats-io-go-nats-dev), against the same nats-server build.
+#          Debian's golang-github-nats-io-go-nats-dev), against the same nats-server build,
+#          at max rate and at a fixed RATE (msg/s published).
 #   Redis: redis-benchmark publishes (PUBLISH, pipelined, one connection) while fanoutcheck's
-#          minimal RESP subscribers count the pushes.
+#          minimal RESP subscribers count the pushes; max rate only (redis-benchmark has no
+#          pacing).
 # Both count deliveries by receive time over DURATION seconds after WARMUP seconds. Each
-# system gets RUNS alternating pairs (a fresh server per run); the script prints both
+# case gets RUNS alternating pairs (a fresh server per run); the script prints both
 # figures, their ratio, and fails when the means differ by more than TOLERANCE percent.
+# Each client's own CPU is printed too: on a small shared machine a client that costs more
+# CPU per message leaves less to the server, which moves max-rate figures.
 # Writes tuning/results/check-drivers-<date>.md. Needs: apt-get install -y golang-go
 # golang-github-nats-io-go-nats-dev nats-server redis-server (redis-tools).
 set -euo pipefail
@@ -19,7 +23,8 @@ SIZE=${SIZE:-128}
 RUNS=${RUNS:-2}
 TOLERANCE=${TOLERANCE:-20}
 PIPELINE=${PIPELINE:-256}
-SYSTEMS=${SYSTEMS:-"nats redis"}
+RATE=${RATE:-50000}
+CASES=${CASES:-"nats:0 nats:$RATE redis:0"}
 OUT=tuning/results/check-drivers-$(date -u +%Y%m%d-%H%M%S).md
 
 for tool in go nats-server redis-server redis-benchmark python3; do
@@ -56,18 +61,18 @@ start_server() { # system -> PORT SERVER_PID
 stop_server() { kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; }
 load() { cut -d' ' -f1 /proc/loadavg; }
 
-bench_run() { # system -> JSON line
+bench_run() { # system rate -> JSON line
   start_server "$1"
-  "$BENCH" fanout --target "$1://127.0.0.1:$PORT" -p 1 -s "$SUBS" --size "$SIZE" \
+  "$BENCH" fanout --target "$1://127.0.0.1:$PORT" -p 1 -s "$SUBS" --size "$SIZE" --rate "$2" \
     --duration "$DURATION" --warmup "$WARMUP" --json
   stop_server
 }
 
-independent_run() { # system -> JSON line
+independent_run() { # system rate -> JSON line
   start_server "$1"
   case "$1" in
     nats)
-      "$TMP/fanoutcheck" -system nats -addr 127.0.0.1:"$PORT" -subs "$SUBS" -size "$SIZE" \
+      "$TMP/fanoutcheck" -system nats -addr 127.0.0.1:"$PORT" -subs "$SUBS" -size "$SIZE" -rate "$2" \
         -duration "$DURATION" -warmup "$WARMUP"
       ;;
     redis)
@@ -89,17 +94,18 @@ independent_run() { # system -> JSON line
 
 RESULTS="$TMP/results.jsonl"
 : >"$RESULTS"
-for sys in $SYSTEMS; do
+for case in $CASES; do
+  sys=${case%%:*} rate=${case#*:}
   for run in $(seq 1 "$RUNS"); do
     # Alternate which client goes first, so a trend in the machine's load hits both.
     order="bench independent"
     [ $((run % 2)) -eq 0 ] && order="independent bench"
     for who in $order; do
       l=$(load)
-      echo "== $sys run $run: $who (load $l)" >&2
-      if [ "$who" = bench ]; then j=$(bench_run "$sys"); else j=$(independent_run "$sys"); fi
-      python3 -c 'import json,sys; r=json.loads(sys.argv[4]); print(json.dumps({"system":sys.argv[1],"client":sys.argv[2],"load":float(sys.argv[3]),"result":r}))' \
-        "$sys" "$who" "$l" "$j" >>"$RESULTS"
+      echo "== $sys rate $rate, run $run: $who (load $l)" >&2
+      if [ "$who" = bench ]; then j=$(bench_run "$sys" "$rate"); else j=$(independent_run "$sys" "$rate"); fi
+      python3 -c 'import json,sys; r=json.loads(sys.argv[5]); print(json.dumps({"system":sys.argv[1],"rate":int(sys.argv[2]),"client":sys.argv[3],"load":float(sys.argv[4]),"result":r}))' \
+        "$sys" "$rate" "$who" "$l" "$j" >>"$RESULTS"
     done
   done
 done
@@ -113,32 +119,38 @@ import json, sys
 src, out, tol, subs, size, dur, warm, pipe, cpu, cores, kernel, commit = sys.argv[1:13]
 rows = [json.loads(l) for l in open(src) if l.strip()]
 lines = [
-    f"# msgc-bench drivers against independent clients, 1 -> {subs}, {size} B, max rate",
+    f"# msgc-bench drivers against independent clients, 1 -> {subs}, {size} B",
     "",
     f"- CPU: {cpu}, {cores} cores; kernel {kernel}; commit {commit}; {dur} s measured after {warm} s warm-up",
-    "- independent: NATS `benches/fanoutcheck` (Go NATS client); Redis `redis-benchmark -c 1 -P "
-    f"{pipe} PUBLISH` with `benches/fanoutcheck -system redis` subscribers",
-    "- `load` is the 1-minute load average before the run (other work on the machine)",
+    "- independent: NATS `benches/fanoutcheck` (Go NATS client, publisher and subscribers); Redis "
+    f"`redis-benchmark -c 1 -P {pipe} PUBLISH` with `benches/fanoutcheck -system redis` subscribers",
+    "- `load`: 1-minute load average before the run (other work on the machine); `client cpu`: the client "
+    "process's own CPU over the window (100 = one core; for Redis, the independent side counts only its "
+    "subscribers)",
     "",
-    "| system | client | run load | delivered msg/s | published msg/s | disconnects | load generator saturated |",
-    "|---|---|---|---|---|---|---|",
+    "| system | rate | client | load | delivered msg/s | published msg/s | disconnects | client cpu % |",
+    "|---|---|---|---|---|---|---|---|",
 ]
 means, failed = {}, False
 for r in rows:
     res = r["result"]
     d = res["delivered_msgs_per_s"]
-    means.setdefault(r["system"], {}).setdefault(r["client"], []).append(d)
-    sat = res.get("load_generator", {}).get("saturated")
-    lines.append(f"| {r['system']} | {'msgc-bench' if r['client']=='bench' else 'independent'} | {r['load']:.1f} | {d:,.0f} | "
-                 f"{res.get('published_msgs_per_s', 0):,.0f} | {res.get('disconnects', 0)} | {'-' if sat is None else sat} |")
-lines += ["", "| system | msgc-bench mean | independent mean | ratio | verdict |", "|---|---|---|---|---|"]
-for sysname, m in means.items():
+    case = (r["system"], r["rate"])
+    means.setdefault(case, {}).setdefault(r["client"], []).append(d)
+    cpu_pct = res.get("client_cpu_percent", res.get("load_generator", {}).get("cpu_percent"))
+    name = "msgc-bench" if r["client"] == "bench" else "independent"
+    lines.append(f"| {r['system']} | {r['rate'] or 'max'} | {name} | {r['load']:.1f} | {d:,.0f} | "
+                 f"{res.get('published_msgs_per_s', 0):,.0f} | {res.get('disconnects', 0)} | "
+                 f"{'-' if cpu_pct is None else f'{cpu_pct:.0f}'} |")
+lines += ["", "| system | rate | msgc-bench mean | independent mean | ratio | verdict |", "|---|---|---|---|---|---|"]
+for (sysname, rate), m in means.items():
     b = sum(m["bench"]) / len(m["bench"])
     i = sum(m["independent"]) / len(m["independent"])
     ratio = b / i if i else float("inf")
     ok = abs(ratio - 1) * 100 <= float(tol)
     failed |= not ok
-    lines.append(f"| {sysname} | {b:,.0f} | {i:,.0f} | {ratio:.2f} | {'ok' if ok else 'OFF by more than ' + tol + ' %'} |")
+    lines.append(f"| {sysname} | {rate or 'max'} | {b:,.0f} | {i:,.0f} | {ratio:.2f} | "
+                 f"{'ok' if ok else 'OFF by more than ' + tol + ' %'} |")
 text = "\n".join(lines) + "\n"
 open(out, "w").write(text)
 print(text)

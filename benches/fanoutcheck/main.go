@@ -20,6 +20,7 @@ import (
 	"os"
 	"strconv"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -34,6 +35,8 @@ type result struct {
 	Delivered    float64 `json:"delivered_msgs_per_s"`
 	Disconnects  int64   `json:"disconnects"`
 	SlowConsumer int64   `json:"slow_consumer_errors"`
+	// This process's CPU over the window (100 = one core).
+	CPUPercent float64 `json:"client_cpu_percent"`
 }
 
 var (
@@ -43,6 +46,7 @@ var (
 	size     = flag.Int("size", 128, "payload bytes")
 	duration = flag.Float64("duration", 5, "measured seconds")
 	warmup   = flag.Float64("warmup", 1, "seconds before measuring")
+	rate     = flag.Float64("rate", 0, "NATS: messages per second to publish; 0 = as fast as possible")
 	subject  = flag.String("subject", "bench.g0", "subject or channel")
 	setup    = flag.Duration("setup", 30*time.Second, "longest wait for subscriptions and first traffic")
 )
@@ -71,20 +75,29 @@ func main() {
 	fmt.Println(string(out))
 }
 
+func cpuSeconds() float64 {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return float64(ru.Utime.Nano()+ru.Stime.Nano()) / 1e9
+}
+
 // window waits out the warm-up, then returns how far each counter moved over the measured
-// duration.
-func window(counters ...*uint64) []uint64 {
+// duration, and this process's CPU percentage over it.
+func window(counters ...*uint64) ([]uint64, float64) {
 	time.Sleep(time.Duration(*warmup * float64(time.Second)))
 	before := make([]uint64, len(counters))
 	for i, c := range counters {
 		before[i] = atomic.LoadUint64(c)
 	}
+	cpu := cpuSeconds()
 	time.Sleep(time.Duration(*duration * float64(time.Second)))
 	moved := make([]uint64, len(counters))
 	for i, c := range counters {
 		moved[i] = atomic.LoadUint64(c) - before[i]
 	}
-	return moved
+	return moved, (cpuSeconds() - cpu) / *duration * 100
 }
 
 func runNats() result {
@@ -134,16 +147,30 @@ func runNats() result {
 	go func() {
 		defer close(done)
 		payload := make([]byte, *size)
+		began := time.Now()
 		for atomic.LoadInt32(&stop) == 0 {
-			for k := 0; k < 1000; k++ {
+			n := 1000
+			if *rate > 0 {
+				// Paced: what is due by now, checked every millisecond.
+				due := int(time.Since(began).Seconds() * *rate)
+				n = due - int(atomic.LoadUint64(&published))
+				if n <= 0 {
+					if pub.Flush() != nil {
+						return
+					}
+					time.Sleep(time.Millisecond)
+					continue
+				}
+			}
+			for k := 0; k < n; k++ {
 				if pub.Publish(*subject, payload) != nil {
 					return
 				}
 			}
-			atomic.AddUint64(&published, 1000)
+			atomic.AddUint64(&published, uint64(n))
 		}
 	}()
-	moved := window(&delivered, &published)
+	moved, cpu := window(&delivered, &published)
 	atomic.StoreInt32(&stop, 1)
 	<-done
 	atomic.StoreInt32(&closing, 1)
@@ -155,6 +182,7 @@ func runNats() result {
 		Delivered:    float64(moved[0]) / *duration,
 		Disconnects:  atomic.LoadInt64(&disconnects),
 		SlowConsumer: atomic.LoadInt64(&slow),
+		CPUPercent:   cpu,
 	}
 }
 
@@ -200,8 +228,8 @@ func runRedis() result {
 	case <-time.After(*setup):
 		fail("no message arrived within %v", *setup)
 	}
-	moved := window(&delivered)
-	return result{Delivered: float64(moved[0]) / *duration, Disconnects: atomic.LoadInt64(&disconnects)}
+	moved, cpu := window(&delivered)
+	return result{Delivered: float64(moved[0]) / *duration, Disconnects: atomic.LoadInt64(&disconnects), CPUPercent: cpu}
 }
 
 const message = "message"
