@@ -18,6 +18,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime/debug"
 	"strconv"
 	"sync/atomic"
 	"syscall"
@@ -47,6 +48,7 @@ var (
 	duration = flag.Float64("duration", 5, "measured seconds")
 	warmup   = flag.Float64("warmup", 1, "seconds before measuring")
 	rate     = flag.Float64("rate", 0, "NATS: messages per second to publish; 0 = as fast as possible")
+	gcPct    = flag.Int("gogc", 1000, "garbage collector target percentage (the NATS client allocates per message; a high value keeps collection from dominating)")
 	subject  = flag.String("subject", "bench.g0", "subject or channel")
 	setup    = flag.Duration("setup", 30*time.Second, "longest wait for subscriptions and first traffic")
 )
@@ -58,6 +60,7 @@ func fail(format string, a ...interface{}) {
 
 func main() {
 	flag.Parse()
+	debug.SetGCPercent(*gcPct)
 	if *subs < 1 || *size < 1 || *duration <= 0 || *warmup < 0 {
 		fail("-subs and -size must be positive, -duration positive, -warmup not negative")
 	}
