@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Checks msgc-bench's NATS and Redis drivers against independent clients on the same
+# Checks msgc-bench's NATS and Redis drivers (and its msgc driver) against independent clients on the same
 # workload (1 publisher -> SUBS subscribers, SIZE-byte messages, loopback):
 #   NATS:  benches/fanoutcheck (Go, publisher and subscribers on the Go NATS client from
 #          Debian's golang-github-nats-io-go-nats-dev), against the same nats-server build,
@@ -7,6 +7,8 @@
 #   Redis: redis-benchmark publishes (PUBLISH, pipelined, one connection) while fanoutcheck's
 #          minimal RESP subscribers count the pushes; max rate only (redis-benchmark has no
 #          pacing).
+#   msgc:  fanoutcheck speaks the wire protocol from docs/protocol.md (its own code), against
+#          target/release/msgc-server; max rate.
 # Both count deliveries by receive time over DURATION seconds after WARMUP seconds. Each
 # case gets RUNS alternating pairs (a fresh server per run); the script prints both
 # figures, their ratio, each client's own CPU, and fails when msgc-bench's mean is more than
@@ -26,7 +28,7 @@ SIZE=${SIZE:-128}
 RUNS=${RUNS:-2}
 TOLERANCE=${TOLERANCE:-20}
 PIPELINE=${PIPELINE:-256}
-CASES=${CASES:-"nats:0 nats:20000 nats:60000 redis:0"}
+CASES=${CASES:-"nats:0 nats:20000 nats:60000 redis:0 msgc:0"}
 OUT=tuning/results/check-drivers-$(date -u +%Y%m%d-%H%M%S).md
 
 for tool in go nats-server redis-server redis-benchmark python3; do
@@ -46,7 +48,7 @@ trap cleanup EXIT
 # Debian's packaged Go sources, offline (GOPATH mode: no module download).
 GO111MODULE=off GOPATH=/usr/share/gocode GOCACHE="$TMP/gocache" GOFLAGS= \
   go build -o "$TMP/fanoutcheck" benches/fanoutcheck/main.go
-cargo build --release --quiet --bin msgc-bench
+cargo build --release --quiet --bin msgc-bench --bin msgc-server
 BENCH=target/release/msgc-bench
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -56,6 +58,7 @@ start_server() { # system -> PORT SERVER_PID
   case "$1" in
     nats) nats-server -a 127.0.0.1 -p "$PORT" >"$TMP/server.log" 2>&1 & SERVER_PID=$! ;;
     redis) redis-server --bind 127.0.0.1 --port "$PORT" --save '' --appendonly no >"$TMP/server.log" 2>&1 & SERVER_PID=$! ;;
+    msgc) target/release/msgc-server --listen 127.0.0.1:"$PORT" >"$TMP/server.log" 2>&1 & SERVER_PID=$! ;;
   esac
   PIDS+=("$SERVER_PID")
   wait_port "$PORT"
@@ -65,7 +68,7 @@ load() { cut -d' ' -f1 /proc/loadavg; }
 
 bench_run() { # system rate -> JSON line
   start_server "$1"
-  "$BENCH" fanout --target "$1://127.0.0.1:$PORT" -p 1 -s "$SUBS" --size "$SIZE" --rate "$2" \
+  "$BENCH" fanout --target "$1://127.0.0.1:$PORT" --server-pid "$SERVER_PID" -p 1 -s "$SUBS" --size "$SIZE" --rate "$2" \
     --duration "$DURATION" --warmup "$WARMUP" --json
   stop_server
 }
@@ -73,6 +76,10 @@ bench_run() { # system rate -> JSON line
 independent_run() { # system rate -> JSON line
   start_server "$1"
   case "$1" in
+    msgc)
+      "$TMP/fanoutcheck" -system msgc -addr 127.0.0.1:"$PORT" -subs "$SUBS" -size "$SIZE" \
+        -duration "$DURATION" -warmup "$WARMUP"
+      ;;
     nats)
       "$TMP/fanoutcheck" -system nats -addr 127.0.0.1:"$PORT" -subs "$SUBS" -size "$SIZE" -rate "$2" \
         -duration "$DURATION" -warmup "$WARMUP"
@@ -125,7 +132,8 @@ lines = [
     "",
     f"- CPU: {cpu}, {cores} cores; kernel {kernel}; commit {commit}; {dur} s measured after {warm} s warm-up",
     "- independent: NATS `benches/fanoutcheck` (Go NATS client, publisher and subscribers); Redis "
-    f"`redis-benchmark -c 1 -P {pipe} PUBLISH` with `benches/fanoutcheck -system redis` subscribers",
+    f"`redis-benchmark -c 1 -P {pipe} PUBLISH` with `benches/fanoutcheck -system redis` subscribers; msgc "
+    "`benches/fanoutcheck -system msgc` (raw protocol, its own code)",
     "- `load`: 1-minute load average before the run (other work on the machine); `client cpu`: the client "
     "process's own CPU over the window (100 = one core; for Redis, the independent side counts only its "
     "subscribers)",

@@ -1,9 +1,10 @@
-// fanoutcheck is an independent fan-out harness used to check msgc-bench's NATS and Redis
-// drivers (benches/check-drivers.sh). It shares no code with msgc-bench: for NATS it uses
-// the Go NATS client (Debian's golang-github-nats-io-go-nats-dev) for its publisher and
+// fanoutcheck is an independent fan-out harness used to check msgc-bench's drivers
+// (benches/check-drivers.sh). It shares no code with msgc-bench: for NATS it uses the Go
+// NATS client (Debian's golang-github-nats-io-go-nats-dev) for its publisher and
 // subscribers; for Redis it only subscribes (a minimal RESP reader) while redis-benchmark
-// publishes. Deliveries are counted by receive time over a window that starts after a
-// warm-up, and one JSON line is printed on stdout.
+// publishes; for msgc it speaks the wire protocol as docs/protocol.md describes it, with a
+// plain buffered reader per subscriber. Deliveries are counted by receive time over a
+// window that starts after a warm-up, and one JSON line is printed on stdout.
 //
 // Build offline against Debian's packaged module sources:
 //
@@ -12,6 +13,7 @@ package main
 
 import (
 	"bufio"
+	"encoding/binary"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -41,7 +43,7 @@ type result struct {
 }
 
 var (
-	system   = flag.String("system", "nats", "nats or redis")
+	system   = flag.String("system", "nats", "nats, redis or msgc")
 	addr     = flag.String("addr", "127.0.0.1:4222", "server HOST:PORT")
 	subs     = flag.Int("subs", 8, "subscribers")
 	size     = flag.Int("size", 128, "payload bytes")
@@ -70,8 +72,10 @@ func main() {
 		r = runNats()
 	case "redis":
 		r = runRedis()
+	case "msgc":
+		r = runMsgc()
 	default:
-		fail("unknown -system %q (nats or redis)", *system)
+		fail("unknown -system %q (nats, redis or msgc)", *system)
 	}
 	r.System, r.Subscribers, r.Size, r.DurationS = *system, *subs, *size, *duration
 	out, _ := json.Marshal(r)
@@ -282,4 +286,157 @@ func readPush(rd *bufio.Reader) (string, error) {
 		}
 	}
 	return first, nil
+}
+
+// msgc frame kinds (docs/protocol.md).
+const (
+	msgcHello   = 0x01
+	msgcWelcome = 0x02
+	msgcJoin    = 0x03
+	msgcMcast   = 0x10
+	msgcView    = 0x11
+	msgcError   = 0x06
+)
+
+func msgcHelloFrame(name string) []byte {
+	body := make([]byte, 0, 34+len(name))
+	body = append(body, msgcHello, 0, 'M', 'S', 'G', 'C', 0, 1, 1, byte(len(name)))
+	body = append(body, make([]byte, 8+8+4)...) // id, digest, node tag
+	body = binary.BigEndian.AppendUint32(body, 1<<20)
+	body = append(body, name...)
+	return append(binary.BigEndian.AppendUint32(nil, uint32(len(body))), body...)
+}
+
+// msgcFrame reads one frame; the returned slice is valid until the next read.
+func msgcFrame(rd *bufio.Reader, buf *[]byte) (byte, []byte, error) {
+	var head [4]byte
+	if _, err := io.ReadFull(rd, head[:]); err != nil {
+		return 0, nil, err
+	}
+	n := int(binary.BigEndian.Uint32(head[:]))
+	if n < 2 || n > 64<<20 {
+		return 0, nil, fmt.Errorf("bad frame length %d", n)
+	}
+	if cap(*buf) < n {
+		*buf = make([]byte, n)
+	}
+	b := (*buf)[:n]
+	if _, err := io.ReadFull(rd, b); err != nil {
+		return 0, nil, err
+	}
+	if b[0] == msgcError {
+		return 0, nil, fmt.Errorf("server error frame %q", b)
+	}
+	return b[0], b, nil
+}
+
+// msgcConnect dials, says HELLO and returns the session id from WELCOME.
+func msgcConnect(name string) (net.Conn, *bufio.Reader, uint64) {
+	c, err := net.Dial("tcp", *addr)
+	if err != nil {
+		fail("%s: %v", name, err)
+	}
+	if _, err := c.Write(msgcHelloFrame(name)); err != nil {
+		fail("%s: %v", name, err)
+	}
+	rd := bufio.NewReaderSize(c, 256*1024)
+	var buf []byte
+	c.SetReadDeadline(time.Now().Add(*setup))
+	kind, b, err := msgcFrame(rd, &buf)
+	if err != nil || kind != msgcWelcome || len(b) < 18 {
+		fail("%s: no WELCOME: %v", name, err)
+	}
+	c.SetReadDeadline(time.Time{})
+	// WELCOME body after the length: kind flags magic(4) version(2) role namelen id(8)...
+	return c, rd, binary.BigEndian.Uint64(b[10:18])
+}
+
+func runMsgc() result {
+	var delivered, published uint64
+	var disconnects int64
+	var stop int32
+	ready := make(chan struct{}, *subs**subs)
+	for i := 0; i < *subs; i++ {
+		c, rd, _ := msgcConnect(fmt.Sprintf("check-sub%d", i))
+		join := append([]byte{msgcJoin, 0, byte(len(*subject))}, *subject...)
+		if _, err := c.Write(append(binary.BigEndian.AppendUint32(nil, uint32(len(join))), join...)); err != nil {
+			fail("join: %v", err)
+		}
+		go func() {
+			var buf []byte
+			for {
+				kind, b, err := msgcFrame(rd, &buf)
+				if err != nil {
+					if atomic.LoadInt32(&stop) == 0 {
+						atomic.AddInt64(&disconnects, 1)
+					}
+					return
+				}
+				switch {
+				case kind == msgcMcast:
+					atomic.AddUint64(&delivered, 1)
+				case kind == msgcView && len(b) >= 32 && int(binary.BigEndian.Uint32(b[28:32])) >= *subs:
+					// The view listing every subscriber: this one is in place.
+					ready <- struct{}{}
+				}
+			}
+		}()
+	}
+	deadline := time.After(*setup)
+	for i := 0; i < *subs; i++ {
+		select {
+		case <-ready:
+		case <-deadline:
+			fail("subscriptions not in place within %v", *setup)
+		}
+	}
+	c, rd, session := msgcConnect("check-pub")
+	go func() {
+		var buf []byte
+		for {
+			if _, _, err := msgcFrame(rd, &buf); err != nil {
+				if atomic.LoadInt32(&stop) == 0 {
+					atomic.AddInt64(&disconnects, 1)
+				}
+				return
+			}
+		}
+	}()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		payload := make([]byte, *size)
+		frameLen := 28 + len(*subject) + *size
+		batch := make([]byte, 0, 64*1024+frameLen+4)
+		var seq uint64
+		for atomic.LoadInt32(&stop) == 0 {
+			batch = batch[:0]
+			n := 0
+			for len(batch) < 64*1024 {
+				seq++
+				batch = binary.BigEndian.AppendUint32(batch, uint32(frameLen))
+				batch = append(batch, msgcMcast, 0, byte(len(*subject)), 0)
+				batch = binary.BigEndian.AppendUint64(batch, session)
+				batch = binary.BigEndian.AppendUint64(batch, seq)
+				batch = binary.BigEndian.AppendUint64(batch, 0)
+				batch = append(batch, *subject...)
+				batch = append(batch, payload...)
+				n++
+			}
+			if _, err := c.Write(batch); err != nil {
+				return
+			}
+			atomic.AddUint64(&published, uint64(n))
+		}
+	}()
+	moved, cpu := window(&delivered, &published)
+	atomic.StoreInt32(&stop, 1)
+	c.Close()
+	<-done
+	return result{
+		Published:   float64(moved[1]) / *duration,
+		Delivered:   float64(moved[0]) / *duration,
+		Disconnects: atomic.LoadInt64(&disconnects),
+		CPUPercent:  cpu,
+	}
 }

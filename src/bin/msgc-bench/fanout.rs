@@ -387,3 +387,37 @@ fn peak_rss_kib(pid: Option<u32>, embedded: bool) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_parse_or_explain() {
+        assert!(
+            matches!(parse_target("nats://127.0.0.1:4222,127.0.0.1:4223"), Ok(Target::Nats(a)) if a.len() == 2)
+        );
+        assert!(matches!(parse_target("redis://127.0.0.1:6379"), Ok(Target::Redis(_))));
+        assert!(matches!(parse_target("msgc://127.0.0.1:4809"), Ok(Target::Msgc(_))));
+        let err = |url: &str| parse_target(url).unwrap_err();
+        assert!(err("127.0.0.1:4222").contains("expected nats://"));
+        assert!(err("kafka://127.0.0.1:9092").contains("unknown scheme kafka"));
+        assert!(err("redis://127.0.0.1:1,127.0.0.1:2").contains("one address"));
+        assert!(err("nats://nonsense").contains("nonsense"));
+    }
+
+    #[test]
+    fn bad_arguments_are_refused_before_anything_starts() {
+        use clap::Parser;
+        let run_with = |extra: &[&str]| {
+            let mut argv = vec!["msgc-bench", "fanout", "--server", "127.0.0.1:1"];
+            argv.extend_from_slice(extra);
+            let crate::Cli { cmd: crate::Cmd::Fanout(args) } = crate::Cli::try_parse_from(argv).unwrap();
+            run(args).unwrap_err()
+        };
+        assert!(run_with(&["--size", "8"]).contains("--size must be at least 20"));
+        assert!(run_with(&["-p", "0"]).contains("at least 1"));
+        assert!(run_with(&["-s", "2", "--stalled", "3"]).contains("--stalled"));
+        assert!(run_with(&["--duration", "0"]).contains("--duration"));
+    }
+}

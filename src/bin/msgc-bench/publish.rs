@@ -24,6 +24,9 @@ const BATCH: usize = 64 * 1024;
 const MAX_PENDING: usize = 4 << 20;
 /// How long a publisher may take to write out what it encoded before the window closed.
 const FLUSH_DEADLINE: Duration = Duration::from_secs(5);
+/// How long a publisher waits, after its last byte, for the server to close the connection
+/// in answer to its own close (the server has then read and handled everything).
+const CLOSE_DEADLINE: Duration = Duration::from_secs(10);
 /// Longest single wait, so the window's edges are noticed promptly.
 const MAX_WAIT_NS: u64 = 50_000_000;
 
@@ -40,6 +43,10 @@ pub struct PubConn {
     /// Pacing: this publisher's first message is due at the window's start plus this.
     phase_ns: u64,
     failed: Option<String>,
+    /// Our side is shut down for writing; waiting for the server's end of file.
+    closing: bool,
+    /// The server closed its side after ours.
+    closed: bool,
 }
 
 impl PubConn {
@@ -72,6 +79,8 @@ impl PubConn {
             // Spread the publishers' sends evenly over one interval.
             phase_ns: (interval_ns * index as f64 / publishers.max(1) as f64) as u64,
             failed: None,
+            closing: false,
+            closed: false,
         })
     }
 
@@ -98,6 +107,10 @@ impl PubConn {
         let mut chunk = [0u8; 16 * 1024];
         loop {
             match self.stream.read(&mut chunk) {
+                Ok(0) if self.closing => {
+                    self.closed = true;
+                    break;
+                }
                 Ok(0) => {
                     self.failed.get_or_insert_with(|| "the server closed the connection".into());
                     return;
@@ -236,6 +249,26 @@ pub fn run_thread(
         }
         poll(&mut conns, &mut fds, (deadline - now).min(MAX_WAIT_NS));
     }
+    // Close gracefully: our end of file, then the server's. Closing a socket with replies
+    // still unread (Redis answers every PUBLISH) sends a reset, and a reset makes the server
+    // drop whatever it had not read yet: the tail of the run would be lost.
+    for c in conns.iter_mut().filter(|c| c.failed.is_none() && c.out.is_empty()) {
+        match c.stream.shutdown(std::net::Shutdown::Write) {
+            Ok(()) => c.closing = true,
+            Err(e) => c.failed = Some(format!("cannot close: {e}")),
+        }
+    }
+    let deadline = ns() + CLOSE_DEADLINE.as_nanos() as u64;
+    loop {
+        let now = ns();
+        if !conns.iter().any(|c| c.closing && !c.closed && c.failed.is_none()) || now >= deadline {
+            break;
+        }
+        poll(&mut conns, &mut fds, (deadline - now).min(MAX_WAIT_NS));
+    }
+    for c in conns.iter_mut().filter(|c| c.closing && !c.closed && c.failed.is_none()) {
+        c.failed = Some(format!("the server did not finish within {CLOSE_DEADLINE:?} of the last message"));
+    }
     let cpu = match (cpu_from, cpu_until) {
         (Some(a), Some(b)) => ThreadUse::between(a, b),
         _ => None,
@@ -247,7 +280,7 @@ pub fn run_thread(
             if let Some(e) = &c.failed {
                 errors.push(format!("publisher {}: {e}", c.index));
             }
-            let complete = c.failed.is_none() && c.out.is_empty();
+            let complete = c.failed.is_none() && c.out.is_empty() && c.closed;
             (c.index, complete.then_some(c.seq))
         })
         .collect();
@@ -263,7 +296,8 @@ fn poll(conns: &mut [PubConn], fds: &mut Vec<libc::pollfd>, timeout_ns: u64) {
         if !c.out.is_empty() {
             events |= libc::POLLOUT;
         }
-        let fd = if c.failed.is_none() { c.stream.as_raw_fd() } else { -1 };
+        // A negative fd is skipped by ppoll.
+        let fd = if c.failed.is_none() && !c.closed { c.stream.as_raw_fd() } else { -1 };
         fds.push(libc::pollfd { fd, events, revents: 0 });
     }
     let ts = libc::timespec {
@@ -399,5 +433,45 @@ mod tests {
         assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
         assert!(r.errors[0].contains("Maximum Payload Violation"), "{:?}", r.errors);
         assert_eq!(r.finals, vec![(0, None)], "a failed publisher's tail is not checked");
+    }
+
+    /// A fake redis-server that answers every PUBLISH (as Redis does) and counts them until
+    /// the publisher closes.
+    fn counting_redis_server(listener: TcpListener, size: usize) -> Result<u64, String> {
+        let (mut s, _) = listener.accept().map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+        let mut r = BufReader::new(s.try_clone().map_err(|e| e.to_string())?);
+        let head = format!("*3\r\n$7\r\nPUBLISH\r\n$8\r\nbench.g0\r\n${size}\r\n");
+        let mut msg = vec![0u8; head.len() + size + 2];
+        let mut count = 0;
+        loop {
+            match r.read_exact(&mut msg[..1]) {
+                Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(count),
+                Err(e) => return Err(format!("after {count} messages: {e}")),
+                Ok(()) => {}
+            }
+            r.read_exact(&mut msg[1..]).map_err(|e| format!("message {count}: {e}"))?;
+            if !msg.starts_with(head.as_bytes()) || !msg.ends_with(b"\r\n") {
+                return Err(format!("message {count} is not a whole PUBLISH"));
+            }
+            count += 1;
+            // Every reply is left for the publisher to read (or not).
+            s.write_all(b":8\r\n").map_err(|e| e.to_string())?;
+        }
+    }
+
+    #[test]
+    fn the_tail_reaches_a_server_that_answers_every_message() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let target = Target::Redis(listener.local_addr().unwrap());
+        let server = std::thread::spawn(move || counting_redis_server(listener, 100));
+        let conn = PubConn::connect(&target, 0, 1, "bench.g0", 100, 0.0).unwrap();
+        let now = ns();
+        let window = Window { start: now, from: now, until: now + 300_000_000 };
+        let r = run_thread(vec![conn], 100, 0.0, window, &shared());
+        let count = server.join().unwrap().unwrap();
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        assert!(count > 0);
+        assert_eq!(r.finals, vec![(0, Some(count))], "the server read every message, the last ones included");
     }
 }
