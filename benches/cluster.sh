@@ -35,12 +35,12 @@ row() { # run label subs target-args...
 import json, sys
 run, label, load, r = sys.argv[1], sys.argv[2], float(sys.argv[3]), json.loads(sys.argv[4])
 if r.get("failed"):
-    print(f"| {run} | {label} | {r['subscribers']} | {r['size']} | failed | | | | | | | | | {load:.1f} |")
+    print(f"| {run} | {label} | {r['subscribers']} | {r['size']} | failed | | | | | | | | | | {load:.1f} |")
 else:
     lg = r["load_generator"]
     print(f"| {run} | {label} | {r['subscribers']} | {r['size']} | {r['delivered_msgs_per_s']:,.0f} | {r['delivered_payload_mb_per_s']:,.0f} | "
           f"{r['latency_us']['p50']} | {r['latency_us']['p99']} | {r['lost']} | {r['missing_at_end']} | {r['disconnects']} | "
-          f"{lg['cpu_percent']:.0f} | {'yes' if lg['saturated'] else 'no'} | {load:.1f} |")
+          f"{lg['cpu_percent']:.0f} | {'yes' if lg['saturated'] else 'no'} | {lg['machine_busy_percent']} | {load:.1f} |")
 PY
 }
 {
@@ -48,10 +48,10 @@ PY
   echo
   echo "- CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | xargs), $(nproc) cores; kernel $(uname -r); commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
   echo "- \`benches/cluster.sh\`: three servers (1 shard each) and the load generator share the machine; ${DURATION} s after ${WARMUP} s warm-up; ${RUNS} runs of each row"
-  echo "- \`LG cpu\`: the load generator's own CPU (100 = one core); \`LG sat\`: one of its threads wanted a CPU at least 90 % of the window; \`load\`: 1-minute load average before the row"
+  echo "- \`LG cpu\`: the load generator's own CPU (100 = one core); \`LG sat\`: one of its threads wanted a CPU at least 90 % of the window; \`machine %\`: all CPUs' busy share over the window; \`load\`: 1-minute load average before the row"
   echo
-  echo "| run | system | subs | size | delivered msg/s | MB/s | p50 us | p99 us | lost | missing | disconnects | LG cpu % | LG sat | load |"
-  echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+  echo "| run | system | subs | size | delivered msg/s | MB/s | p50 us | p99 us | lost | missing | disconnects | LG cpu % | LG sat | machine % | load |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 } > "$OUT"
 
 for i in 0 1 2; do

@@ -30,12 +30,12 @@ def spread(vals, fmt):
     vals = [v for v in vals if v is not None]
     if not vals:
         return "-"
-    lo, hi = min(vals), max(vals)
-    return fmt(lo) if lo == hi else f"{fmt(lo)}–{fmt(hi)}"
+    lo, hi = fmt(min(vals)), fmt(max(vals))
+    return lo if lo == hi else f"{lo}–{hi}"
 
 
 def millions(v):
-    return f"{v / 1e6:.2f} M"
+    return f"{v / 1e6:.2f} M" if v >= 1e6 else f"{v / 1e3:.0f} k"
 
 
 runs = sorted({r.get("run", 1) for r in rows})
@@ -52,9 +52,10 @@ lines = [
     "- `LG cpu` is the load generator's own CPU (100 = one core); `LG sat` counts the runs where one of its threads "
     "wanted a CPU at least 90 % of the window (busy, or waiting for a core the server also needs), so that row "
     "measured the machine rather than the server alone",
+    "- `machine %`: all CPUs' busy share over the window (100 = server, load generator and other work left nothing idle)",
     "",
-    "| system | subs | size | rate | delivered msg/s | payload MB/s | p50 us | p99 us | lost | missing | dups | disc | server CPU % | server RSS MiB | LG cpu % | LG sat | load |",
-    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    "| system | subs | size | rate | delivered msg/s | payload MB/s | p50 us | p99 us | lost | missing | dups | disc | server CPU % | server RSS MiB | LG cpu % | LG sat | machine % | load |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
 ]
 for k, rs in groups.items():
     good = [r for r in rs if not r.get("failed")]
@@ -74,6 +75,7 @@ for k, rs in groups.items():
         spread([v / 1024 if v else None for v in col("server_peak_rss_kib")], lambda v: f"{v:.0f}"),
         spread(col("load_generator.cpu_percent"), lambda v: f"{v:.0f}"),
         f"{sat}/{len(good)}",
+        spread(col("load_generator.machine_busy_percent"), lambda v: f"{v:.0f}"),
         spread([r.get("load1") for r in rs], lambda v: f"{v:.1f}"),
     ]) + " |")
 
