@@ -53,6 +53,7 @@ var (
 	gcPct    = flag.Int("gogc", 1000, "garbage collector target percentage (the NATS client allocates per message; a high value keeps collection from dominating)")
 	subject  = flag.String("subject", "bench.g0", "subject or channel")
 	setup    = flag.Duration("setup", 30*time.Second, "longest wait for subscriptions and first traffic")
+	sndbuf   = flag.Int("sndbuf", 0, "msgc: the publisher's SO_SNDBUF in bytes (0 = the kernel's autotuning)")
 )
 
 func fail(format string, a ...interface{}) {
@@ -391,6 +392,11 @@ func runMsgc() result {
 		}
 	}
 	c, rd, session := msgcConnect("check-pub")
+	if *sndbuf > 0 {
+		if err := c.(*net.TCPConn).SetWriteBuffer(*sndbuf); err != nil {
+			fail("sndbuf: %v", err)
+		}
+	}
 	go func() {
 		var buf []byte
 		for {

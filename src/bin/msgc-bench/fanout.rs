@@ -267,13 +267,17 @@ fn drive_inner(
         let r = t.join().map_err(|_| "a subscriber thread panicked".to_string())?;
         load.subscribers.extend(r.cpu);
         for o in r.outcomes {
+            if let (Some(t), false) = (&o.tally, o.stalled) {
+                total.merge(t);
+                // A subscriber that was cut cannot have the end of the stream; its
+                // disconnect is reported instead.
+                if o.error.is_none() {
+                    missing_at_end += t.missing_at_end(&group_finals(o.index % args.groups));
+                }
+            }
             if let Some(e) = o.error {
                 disconnects += 1;
                 errors.push(e);
-            }
-            if let (Some(t), false) = (&o.tally, o.stalled) {
-                total.merge(t);
-                missing_at_end += t.missing_at_end(&group_finals(o.index % args.groups));
             }
         }
     }
