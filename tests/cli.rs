@@ -216,3 +216,36 @@ fn check_config_shows_the_security_options() {
     assert!(text.contains("peer authentication (msgc): cluster secret"), "{text}");
     assert!(!text.contains("0123456789abcdef0123"), "the secret must not be printed: {text}");
 }
+
+/// Where io_uring is unavailable (here: switched off by a fail point), `io = auto` runs on
+/// epoll and says why; `--io uring` refuses to start, with the reason.
+#[test]
+fn without_io_uring_auto_falls_back_to_epoll_and_uring_is_refused() {
+    let mut child = bin()
+        .args(["--listen", "127.0.0.1:0", "--threads", "1"])
+        .env("MSGC_FAILPOINT", "no-io-uring")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let (mut first, mut second) = (String::new(), String::new());
+    out.read_line(&mut first).unwrap();
+    out.read_line(&mut second).unwrap();
+    assert!(second.starts_with("msgc-server: io backend epoll (io_uring is unavailable: "), "{second}");
+    let addr: SocketAddr = first.trim().rsplit(' ').next().unwrap().parse().unwrap();
+    let mut a = RawClient::connect(addr, "a");
+    a.join("g");
+    a.wait_view("g", 1);
+    signal(&child, libc::SIGTERM);
+    assert!(wait_exit(&mut child).success());
+
+    let out = bin()
+        .args(["--listen", "127.0.0.1:0", "--io", "uring"])
+        .env("MSGC_FAILPOINT", "no-io-uring")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("io_uring is unavailable") && !err.contains("panicked"), "{err}");
+}

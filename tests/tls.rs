@@ -562,3 +562,41 @@ fn silent_tls_connections_count_against_max_handshakes() {
     wait_for("the refusal is counted", || server.stats().limit_refusals >= 1);
     drop(silent);
 }
+
+#[tokio::test]
+async fn new_tls_files_apply_to_new_connections_and_bad_ones_keep_the_running_settings() {
+    let old = Pki::new("reload-old");
+    let new = Pki::new("reload-new");
+    let names = ["tlsreload-node", "127.0.0.1"];
+    let server = start_tls(
+        names[0],
+        tls_opts(&old, &old.issue("server", &names), TlsClients::Optional, ClientCertificates::None),
+    );
+    let before = client(&server, "before").tls(&old.ca_file).connect().await.expect("the old CA is trusted");
+
+    // A file that cannot be read: an error naming it, and the old settings stay.
+    let missing = TlsOptions {
+        certificate: Some(old.dir.join("gone.pem")),
+        ..tls_opts(&old, &old.issue("server2", &names), TlsClients::Optional, ClientCertificates::None)
+    };
+    let err = server.set_tls(&missing).expect_err("a missing file is refused");
+    assert!(err.to_string().contains("gone.pem: cannot read"), "{err}");
+    let still = client(&server, "still").tls(&old.ca_file).connect().await.expect("the old settings stay");
+
+    // Renewed from another CA: new connections get the new certificate.
+    server
+        .set_tls(&tls_opts(
+            &new,
+            &new.issue("server", &names),
+            TlsClients::Optional,
+            ClientCertificates::None,
+        ))
+        .unwrap();
+    let renewed =
+        client(&server, "renewed").tls(&new.ca_file).connect().await.expect("the new certificate is served");
+    let stale = client(&server, "stale").tls(&old.ca_file).connect().await;
+    assert!(stale.is_err(), "a client trusting only the old CA no longer connects");
+    for c in [before, still, renewed] {
+        c.close().await;
+    }
+}

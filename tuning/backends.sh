@@ -11,7 +11,7 @@ WARMUP=${WARMUP:-1}
 RUNS=${RUNS:-2}
 OUT=tuning/results/backends-$(date -u +%Y%m%d-%H%M%S).md
 mkdir -p tuning/results
-cargo build --release --quiet --bin msgc-server --bin msgc-bench
+[ -n "${SKIP_BUILD:-}" ] || cargo build --release --quiet --bin msgc-server --bin msgc-bench
 TMP=$(mktemp -d)
 PID=""
 trap '[ -n "$PID" ] && kill "$PID" 2>/dev/null; rm -rf "$TMP"' EXIT

@@ -8,6 +8,7 @@
 //! The client reconnects by itself (trying the servers in order, the delay doubling from
 //! `reconnect_interval` up to 8 times that, with jitter), rejoins its groups and reports the
 //! gap. Dropping the [`Client`] ends its tasks; [`Client::close`] first sends what is queued.
+//! Never blocks a thread (every wait is an await) and never buffers without a bound.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), msgc::client::ClientError> {

@@ -13,6 +13,7 @@ use std::sync::{mpsc, Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::cpu::{machine_busy, sample_machine, LoadUse};
+use crate::lib_client::{self, ClientKind, LibPublisher};
 use crate::publish::{self, PubConn};
 use crate::report::Report;
 use crate::stats::{Tally, STAMP};
@@ -91,6 +92,12 @@ pub fn run(args: FanoutArgs) -> Result<String, String> {
             Target::Msgc(vec![addr])
         }
     };
+    if args.client() == ClientKind::Lib && !matches!(target, Target::Msgc(_)) {
+        return Err(format!(
+            "--client lib drives msgc only; {} is measured with --client raw",
+            target.name()
+        ));
+    }
     let plan = ThreadPlan::decide(
         available_cores(),
         args.publishers,
@@ -161,6 +168,7 @@ fn drive_inner(
                 index: i,
                 group: group_name(g),
                 members: (0..args.subscribers).filter(|j| j % args.groups == g).count(),
+                lib: args.client() == ClientKind::Lib,
                 stalled: i < args.stalled,
                 publishers: args.publishers,
             }
@@ -203,31 +211,39 @@ fn drive_inner(
         }
     }
     let interval_ns = if args.rate > 0 { 1e9 * args.publishers as f64 / args.rate as f64 } else { 0.0 };
-    let mut conns = Vec::new();
+    let lib = args.client() == ClientKind::Lib;
+    let (mut conns, mut lib_pubs) = (Vec::new(), Vec::new());
     for p in 0..args.publishers {
-        conns.push(PubConn::connect(
-            target,
-            p,
-            args.publishers,
-            &group_name(p % args.groups),
-            args.size,
-            interval_ns,
-        )?);
+        let group = group_name(p % args.groups);
+        if lib {
+            lib_pubs.push(LibPublisher::connect(target.addr(p), p, args.publishers, &group, interval_ns)?);
+        } else {
+            conns.push(PubConn::connect(target, p, args.publishers, &group, args.size, interval_ns)?);
+        }
     }
     let start = ns();
     let from = start + (args.warmup * 1e9) as u64;
     let window = Window { start, from, until: from + (args.duration * 1e9) as u64 };
     let _ = window_tx.send(Some(window));
     let mut pub_threads = Vec::new();
+    let spawn = |n: usize, f: Box<dyn FnOnce() -> publish::PubThreadResult + Send>| {
+        std::thread::Builder::new()
+            .name(format!("bench-pub-{n}"))
+            .spawn(f)
+            .map_err(|e| format!("cannot start a publisher thread: {e}"))
+    };
+    let size = args.size;
     for (n, list) in spread(conns, plan.publisher_threads).into_iter().enumerate() {
         let shared = shared.clone();
-        let size = args.size;
-        pub_threads.push(
-            std::thread::Builder::new()
-                .name(format!("bench-pub-{n}"))
-                .spawn(move || publish::run_thread(list, size, interval_ns, window, &shared))
-                .map_err(|e| format!("cannot start a publisher thread: {e}"))?,
-        );
+        pub_threads
+            .push(spawn(n, Box::new(move || publish::run_thread(list, size, interval_ns, window, &shared)))?);
+    }
+    for (n, list) in spread(lib_pubs, plan.publisher_threads).into_iter().enumerate() {
+        let shared = shared.clone();
+        pub_threads.push(spawn(
+            n,
+            Box::new(move || lib_client::run_thread(list, size, interval_ns, window, &shared)),
+        )?);
     }
     sleep_until(window.from);
     let server_cpu_from = server_cpu(args.server_pid, embedded);
@@ -287,6 +303,7 @@ fn drive_inner(
     };
     let report = Report {
         target: target.name(),
+        client: args.client().name(),
         args: args.clone(),
         published: shared.published.load(Ordering::Relaxed),
         total,

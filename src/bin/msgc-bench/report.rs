@@ -9,6 +9,8 @@ use crate::FanoutArgs;
 
 pub struct Report {
     pub target: &'static str,
+    /// Which client measured: `lib` (msgc::client) or `raw` (this program's codec client).
+    pub client: &'static str,
     pub args: FanoutArgs,
     /// Messages stamped inside the window.
     pub published: u64,
@@ -38,6 +40,7 @@ impl Report {
         let q = |x: f64| if h.is_empty() { 0 } else { h.value_at_quantile(x) };
         json!({
             "target": self.target,
+            "client": self.client,
             "publishers": self.args.publishers,
             "subscribers": self.args.subscribers,
             "groups": self.args.groups,
@@ -72,12 +75,13 @@ impl Report {
         let q = |x: f64| if h.is_empty() { 0 } else { h.value_at_quantile(x) };
         let a = &self.args;
         let mut s = format!(
-            "{} fanout: {} pub x {} sub x {} groups, {} B, rate {}, {:.1} s measured\n\
+            "{} fanout ({} client): {} pub x {} sub x {} groups, {} B, rate {}, {:.1} s measured\n\
              published  {pubs:>14.0} msg/s\n\
              delivered  {dels:>14.0} msg/s   {mbs:.1} MB/s payload\n\
              latency us p50 {} p90 {} p99 {} p99.9 {} max {}\n\
              lost {}  missing at end {}  duplicates {}  reorders {}  gap notices {}  disconnects {}",
             self.target,
+            self.client,
             a.publishers,
             a.subscribers,
             a.groups,

@@ -34,6 +34,8 @@ pub struct SubSpec {
     pub group: String,
     /// Members the group has once every subscriber joined (msgc confirms with that view).
     pub members: usize,
+    /// msgc through the client library instead of the raw codec.
+    pub lib: bool,
     /// Joins but never reads (overload runs).
     pub stalled: bool,
     /// Publishers in the run (the tally's sender range).
@@ -192,6 +194,8 @@ pub enum Received {
 pub enum SubConn {
     /// The load generator's own protocol code ([`crate::targets`]).
     Raw { target: Target, stream: tokio::net::TcpStream, buf: BytesMut },
+    /// The msgc client library (`--client lib`).
+    Lib(Box<msgc::client::Client>),
 }
 
 impl SubConn {
@@ -199,6 +203,9 @@ impl SubConn {
     /// with every subscriber of the group; NATS: the PONG after SUB; Redis: the subscribe
     /// reply).
     pub async fn open(spec: &SubSpec) -> Result<SubConn, String> {
+        if spec.lib {
+            return Self::open_lib(spec).await;
+        }
         let mut stream = tokio::net::TcpStream::connect(spec.addr)
             .await
             .map_err(|e| format!("subscriber cannot connect to {}: {e}", spec.addr))?;
@@ -225,14 +232,32 @@ impl SubConn {
         Ok(conn)
     }
 
+    async fn open_lib(spec: &SubSpec) -> Result<SubConn, String> {
+        use msgc::client::{Client, Event};
+        let name = format!("sub{}", spec.index);
+        let mut c = Client::connect(crate::lib_client::options(spec.addr, name))
+            .await
+            .map_err(|e| format!("subscriber cannot connect to {}: {e}", spec.addr))?;
+        c.join(&spec.group).await.map_err(|e| e.to_string())?;
+        loop {
+            match c.next_event().await {
+                Some(Event::View(v)) if v.members.len() >= spec.members => {
+                    return Ok(SubConn::Lib(Box::new(c)))
+                }
+                Some(_) => {}
+                None => return Err(format!("{} closed the connection during setup", spec.addr)),
+            }
+        }
+    }
+
     /// Waits up to `wait` for bytes, then hands every complete item to `f` with the time
     /// they arrived (one clock read per read, not per message). Answers NATS PINGs.
-    pub async fn receive(
-        &mut self,
-        wait: Duration,
-        mut f: impl FnMut(u64, Item),
-    ) -> Result<Received, String> {
-        let SubConn::Raw { target, stream, buf } = self;
+    pub async fn receive(&mut self, wait: Duration, f: impl FnMut(u64, Item)) -> Result<Received, String> {
+        let (target, stream, buf) = match self {
+            SubConn::Raw { target, stream, buf } => (target, stream, buf),
+            SubConn::Lib(c) => return receive_lib(c, wait, f).await,
+        };
+        let mut f = f;
         if buf.capacity() - buf.len() < READ_SPARE {
             buf.reserve(READ_BUFFER);
         }
@@ -254,4 +279,32 @@ impl SubConn {
         }
         Ok(Received::Data)
     }
+}
+
+/// The library's events as items: what is queued is taken without a timer per event; the
+/// wait is only for the first. The library reconnects by itself, so a lost connection ends
+/// this subscriber's measurement with an error (its tally counts what it received).
+async fn receive_lib(
+    c: &mut msgc::client::Client,
+    wait: Duration,
+    mut f: impl FnMut(u64, Item),
+) -> Result<Received, String> {
+    use msgc::client::Event;
+    let first = match tokio::time::timeout(wait, c.next_event()).await {
+        Err(_) => return Ok(Received::Idle),
+        Ok(None) => return Ok(Received::Closed),
+        Ok(Some(e)) => e,
+    };
+    let now = ns();
+    let mut event = Some(first);
+    while let Some(e) = event {
+        match e {
+            Event::Message { payload, .. } => f(now, Item::Message(&payload)),
+            Event::Gap(_) => f(now, Item::Gap),
+            Event::Disconnected { reason } => return Err(format!("disconnected: {reason}")),
+            _ => {}
+        }
+        event = c.try_next_event().map_err(|e| e.to_string())?;
+    }
+    Ok(Received::Data)
 }
