@@ -47,6 +47,8 @@ lines = [
     f"- server and load generator share the machine; {duration} s measured after {warmup} s warm-up per row; "
     f"{len(runs)} runs of the whole matrix; each cell gives the range over the runs (one value when they agree)",
     "- command: `benches/compare.sh` (msgc-bench fanout, 1 publisher, load-generator threads = cores)",
+    "- msgc driven by msgc-bench's " + (", ".join(sorted({r.get("client", "raw") for r in rows if r.get("target") == "msgc"})) or "raw")
+    + " client (`--client`; nats and redis always by its raw drivers)",
     f"- 1-minute load average before the rows: {min(loads):.1f} to {max(loads):.1f} (other engineers' builds share the machine)"
     if loads else "- load average not recorded",
     "- `LG cpu` is the load generator's own CPU (100 = one core); `LG sat` counts the runs where one of its threads "
