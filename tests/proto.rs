@@ -46,7 +46,7 @@ fn frame() -> impl Strategy<Value = Frame> {
         group().prop_map(Frame::Join),
         group().prop_map(Frame::Leave),
         Just(Frame::Noop),
-        (0usize..13, any::<bool>(), "[ -~é]{0,40}").prop_map(|(c, fatal, message)| {
+        (0usize..17, any::<bool>(), "[ -~é]{0,40}").prop_map(|(c, fatal, message)| {
             let codes = [
                 ErrorCode::Malformed,
                 ErrorCode::UnknownKind,
@@ -61,6 +61,10 @@ fn frame() -> impl Strategy<Value = Frame> {
                 ErrorCode::Stuck,
                 ErrorCode::IdleTimeout,
                 ErrorCode::ShuttingDown,
+                ErrorCode::LimitReached,
+                ErrorCode::HandshakeTimeout,
+                ErrorCode::NotAuthorized,
+                ErrorCode::Draining,
             ];
             Frame::Error(ErrorFrame { code: codes[c], fatal, message })
         }),

@@ -83,6 +83,28 @@ pub struct ServerConfig {
     /// `cluster_secret` or `cluster_secret_file` (msgc): the shared secret peers prove
     /// with an HMAC challenge. Default none.
     pub cluster_secret: Option<crate::core::ClusterSecret>,
+    /// `metrics_listen` (msgc): where the HTTP endpoint serving `/metrics` (Prometheus) and
+    /// `/varz` (JSON) listens; `""` is off. Default off.
+    pub metrics_listen: Option<SocketAddr>,
+    /// `control_socket` (msgc): path of the Unix socket `msgc-ctl` talks to; `""` is off.
+    /// Default [`DEFAULT_CONTROL_SOCKET`].
+    pub control_socket: Option<PathBuf>,
+    /// `log_format` (msgc): `text` or `json` (one JSON object per line). Default text.
+    pub log_format: LogFormat,
+}
+
+/// Where the control socket is unless configured: the directory systemd's
+/// `RuntimeDirectory=msgc` creates for the service.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/msgc/msgc.sock";
+
+/// The format of log lines.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines (colours only when stderr is a terminal).
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
 }
 
 /// The `io` option: which I/O backend the shard threads run.
@@ -265,6 +287,9 @@ impl Default for ServerConfig {
             max_groups_per_session: 1024,
             max_group_members: 4096,
             cluster_secret: None,
+            metrics_listen: None,
+            control_socket: Some(PathBuf::from(DEFAULT_CONTROL_SOCKET)),
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -305,6 +330,24 @@ impl Config {
     }
 }
 
+impl Config {
+    /// Sets one `msgc_server` option from its value written in the config syntax (`30`,
+    /// `"127.0.0.1:9809"`, `[ a = "10.0.0.1" ]`), checked exactly as in a file.
+    pub fn set_server_option(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
+        schema::set_server_option(self, key, value)
+    }
+
+    /// The value of one `msgc_server` option, written in the config syntax.
+    pub fn server_option(&self, key: &str) -> Result<String, ConfigError> {
+        schema::server_option(&self.server, key)
+    }
+
+    /// The names of the `msgc_server` options, in the order the reference lists them.
+    pub fn server_option_names() -> &'static [&'static str] {
+        schema::SERVER_OPTIONS
+    }
+}
+
 impl ServerConfig {
     /// Whether peer links are mutual TLS: certificate, key and CA are all set.
     pub fn peer_tls(&self) -> bool {
@@ -312,7 +355,9 @@ impl ServerConfig {
     }
 
     /// A digest of the normalized options (FNV-1a 64), equal on servers whose `msgc_server`
-    /// scopes mean the same; peers compare it to detect config drift.
+    /// scopes mean the same; peers compare it to detect config drift. The host-local
+    /// operational options (`metrics_listen`, `control_socket`, `log_format`) are left out:
+    /// they may differ between servers without any effect on the mesh.
     pub fn digest(&self) -> u64 {
         let mut peers: Vec<(String, &str)> =
             self.peers.iter().map(|p| (p.name.to_lowercase(), p.addr.as_str())).collect();
@@ -351,6 +396,12 @@ impl ListenerConfig {
         }
         self.listen.iter().map(|l| schema::listen_addr(l).map_err(ConfigError::plain)).collect()
     }
+}
+
+/// A `metrics_listen` address: `:9809`, `*:9809`, `127.0.0.1:9809`, `[::1]:9809`, or port 0
+/// for any free port.
+pub fn parse_metrics_addr(s: &str) -> Result<SocketAddr, String> {
+    schema::metrics_addr(s)
 }
 
 /// A config error; `Display` is `file:line:col: message` when the place is known.

@@ -9,9 +9,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::parser::{parse, Entry, Pos, Value};
-use super::{ClientCertificates, ClientConfig, Config, ConfigError, DebugLevel, IoBackend, Peer, TlsClients};
+use super::{
+    ClientCertificates, ClientConfig, Config, ConfigError, DebugLevel, IoBackend, LogFormat, Peer,
+    ServerConfig, TlsClients,
+};
 
-const SERVER_OPTIONS: &[&str] = &[
+pub(super) const SERVER_OPTIONS: &[&str] = &[
     "connect_timeout",
     "debug_level",
     "idle_timeout",
@@ -39,7 +42,12 @@ const SERVER_OPTIONS: &[&str] = &[
     "max_group_members",
     "cluster_secret",
     "cluster_secret_file",
+    "metrics_listen",
+    "control_socket",
+    "log_format",
 ];
+/// Longest Unix socket path (`sun_path` holds 108 bytes with the terminating NUL).
+const MAX_SOCKET_PATH: usize = 107;
 const CLIENT_OPTIONS: &[&str] = &[
     "bind_address",
     "connect_timeout",
@@ -75,7 +83,7 @@ const MIN_SECRET_LEN: usize = 16;
 /// ranges) on `$cfg`; evaluates to whether `$key` was one of them.
 macro_rules! set_shared {
     ($cfg:expr, $key:expr, $v:expr) => {
-        match $key.as_str() {
+        match AsRef::<str>::as_ref(&$key) {
             "connect_timeout" => {
                 $cfg.connect_timeout = seconds($v)?;
                 true
@@ -234,49 +242,11 @@ fn build(entries: Vec<Entry>) -> Result<Config, ConfigError> {
     check_duplicates(&client_opts)?;
     let mut port_pos = None;
     for (key, pos, value) in &server_opts {
-        let s = &mut config.server;
-        if set_shared!(s, key, value) {
-            continue;
+        if !set_server(&mut config.server, key, pos, value)? {
+            return Err(unknown(key, pos, "msgc_server", SERVER_OPTIONS));
         }
-        match key.as_str() {
-            "peers" => s.peers = peers(value)?,
-            "port" => {
-                s.port = int(value, 1, 65535)? as u16;
-                port_pos = Some(pos.clone());
-            }
-            "memory_budget" => s.memory_budget = int(value, 1 << 20, u64::MAX >> 1)? as usize,
-            "threads" => s.threads = int(value, 0, 1024)? as usize,
-            "io" => s.io = keyword(value, "io", IoBackend::parse, IoBackend::WORDS)?,
-            "tls_certificate" => s.tls_certificate = Some(path(value)?),
-            "tls_key" => s.tls_key = Some(path(value)?),
-            "tls_ca" => s.tls_ca = Some(path(value)?),
-            "tls_clients" => {
-                s.tls_clients = keyword(value, "tls_clients", TlsClients::parse, TlsClients::WORDS)?
-            }
-            "tls_client_certificates" => {
-                s.tls_client_certificates = keyword(
-                    value,
-                    "tls_client_certificates",
-                    ClientCertificates::parse,
-                    ClientCertificates::WORDS,
-                )?
-            }
-            "stall_timeout" => s.stall_timeout = seconds(value)?,
-            "handshake_timeout" => s.handshake_timeout = seconds(value)?,
-            "max_connections" => s.max_connections = int(value, 1, 10_000_000)? as usize,
-            "max_handshakes" => s.max_handshakes = int(value, 1, 10_000_000)? as usize,
-            "max_groups_per_session" => s.max_groups_per_session = int(value, 1, 1_000_000)? as usize,
-            "max_group_members" => s.max_group_members = int(value, 1, 1_000_000)? as usize,
-            "cluster_secret" => s.cluster_secret = Some(secret(scalar(value, "a secret string")?, value)?),
-            "cluster_secret_file" => {
-                let path = Path::new(scalar(value, "a file name")?);
-                let text = std::fs::read(path).map_err(|e| {
-                    err(pos, format!("cannot read cluster_secret_file {}: {e}", path.display()))
-                })?;
-                let trimmed = String::from_utf8_lossy(&text).trim().to_string();
-                s.cluster_secret = Some(secret(&trimmed, value)?);
-            }
-            _ => return Err(unknown(key, pos, "msgc_server", SERVER_OPTIONS)),
+        if key == "port" {
+            port_pos = Some(pos.clone());
         }
     }
     check_server_tls(&config.server, &server_opts)?;
@@ -336,6 +306,193 @@ fn build(entries: Vec<Entry>) -> Result<Config, ConfigError> {
         }
     }
     Ok(config)
+}
+
+/// Sets one `msgc_server` option; false if `key` (lower-cased) is not one.
+fn set_server(s: &mut ServerConfig, key: &str, pos: &Pos, value: &Value) -> Result<bool, ConfigError> {
+    if set_shared!(s, key, value) {
+        return Ok(true);
+    }
+    match key {
+        "peers" => s.peers = peers(value)?,
+        "port" => s.port = int(value, 1, 65535)? as u16,
+        "memory_budget" => s.memory_budget = int(value, 1 << 20, u64::MAX >> 1)? as usize,
+        "threads" => s.threads = int(value, 0, 1024)? as usize,
+        "io" => s.io = keyword(value, "io", IoBackend::parse, IoBackend::WORDS)?,
+        "tls_certificate" => s.tls_certificate = optional_path(value)?,
+        "tls_key" => s.tls_key = optional_path(value)?,
+        "tls_ca" => s.tls_ca = optional_path(value)?,
+        "tls_clients" => s.tls_clients = keyword(value, "tls_clients", TlsClients::parse, TlsClients::WORDS)?,
+        "tls_client_certificates" => {
+            s.tls_client_certificates = keyword(
+                value,
+                "tls_client_certificates",
+                ClientCertificates::parse,
+                ClientCertificates::WORDS,
+            )?
+        }
+        "stall_timeout" => s.stall_timeout = seconds(value)?,
+        "handshake_timeout" => s.handshake_timeout = seconds(value)?,
+        "max_connections" => s.max_connections = int(value, 1, 10_000_000)? as usize,
+        "max_handshakes" => s.max_handshakes = int(value, 1, 10_000_000)? as usize,
+        "max_groups_per_session" => s.max_groups_per_session = int(value, 1, 1_000_000)? as usize,
+        "max_group_members" => s.max_group_members = int(value, 1, 1_000_000)? as usize,
+        "cluster_secret" => s.cluster_secret = Some(secret(scalar(value, "a secret string")?, value)?),
+        "cluster_secret_file" => {
+            let path = Path::new(scalar(value, "a file name")?);
+            let text = std::fs::read(path)
+                .map_err(|e| err(pos, format!("cannot read cluster_secret_file {}: {e}", path.display())))?;
+            let trimmed = String::from_utf8_lossy(&text).trim().to_string();
+            s.cluster_secret = Some(secret(&trimmed, value)?);
+        }
+        "metrics_listen" => {
+            let a = scalar(value, "an address such as \"127.0.0.1:9809\", or \"\" for off")?;
+            s.metrics_listen =
+                if a.is_empty() { None } else { Some(metrics_addr(a).map_err(|m| err(value.pos(), m))?) };
+        }
+        "control_socket" => {
+            let p = scalar(value, "a socket path, or \"\" for off")?;
+            if p.len() > MAX_SOCKET_PATH {
+                return Err(err(
+                    value.pos(),
+                    format!(
+                        "a Unix socket path is at most {MAX_SOCKET_PATH} bytes; this one has {}",
+                        p.len()
+                    ),
+                ));
+            }
+            s.control_socket = if p.is_empty() { None } else { Some(PathBuf::from(p)) };
+        }
+        "log_format" => {
+            s.log_format = match scalar(value, "text or json")?.to_ascii_lowercase().as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                other => {
+                    return Err(err(
+                        value.pos(),
+                        format!("unknown log_format `{other}`: expected text or json"),
+                    ))
+                }
+            }
+        }
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
+/// `config set`: one `msgc_server` option from its value in the config syntax, validated as
+/// in a file (and `port` against the listen scopes). The config is unchanged on error.
+pub fn set_server_option(config: &mut Config, key: &str, text: &str) -> Result<(), ConfigError> {
+    let key = key.to_ascii_lowercase();
+    if !SERVER_OPTIONS.contains(&key.as_str()) {
+        let pos = Pos { file: String::new(), line: 0, col: 0 };
+        return Err(ConfigError::plain(unknown(&key, &pos, "msgc_server", SERVER_OPTIONS).message()));
+    }
+    let file = format!("value of {key}");
+    let entries = parse(&format!("{key} = {text}\n"), &file)?;
+    let (value, pos) = match entries.as_slice() {
+        [Entry::Option { key: k, value, pos }] if k.eq_ignore_ascii_case(&key) => (value, pos),
+        _ => return Err(ConfigError::plain(format!("expected one value for {key}, found `{text}`"))),
+    };
+    let mut server = config.server.clone();
+    set_server(&mut server, &key, pos, value)?;
+    if server.idle_timeout <= server.keepalive_interval {
+        return Err(ConfigError::plain(format!(
+            "idle_timeout ({:?}) must be longer than keepalive_interval ({:?}), or quiet peers time each other out",
+            server.idle_timeout, server.keepalive_interval
+        )));
+    }
+    if key == "port" && !config.listener.listen.is_empty() {
+        let ports: Vec<u16> =
+            config.listener.listen.iter().filter_map(|l| listen_addr(l).ok()).map(|a| a.port()).collect();
+        if !ports.contains(&server.port) {
+            return Err(ConfigError::plain(format!(
+                "port {} matches no listen scope of msgcserver_listener (ports {ports:?}); they must match",
+                server.port
+            )));
+        }
+    }
+    config.server = server;
+    Ok(())
+}
+
+/// What `config get` shows for a secret that is set.
+pub(super) const HIDDEN: &str = "(hidden)";
+
+/// `config get`: the running value of one `msgc_server` option, in the config syntax (what
+/// [`set_server_option`] reads back).
+pub fn server_option(s: &ServerConfig, key: &str) -> Result<String, ConfigError> {
+    let key = key.to_ascii_lowercase();
+    let secs = |d: Duration| format!("{}", d.as_secs_f64());
+    let quoted = |v: &str| format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""));
+    Ok(match key.as_str() {
+        "connect_timeout" => secs(s.connect_timeout),
+        "debug_level" => format!("{:?}", s.debug_level).to_ascii_uppercase(),
+        "idle_timeout" => secs(s.idle_timeout),
+        "keepalive_interval" => secs(s.keepalive_interval),
+        "max_backlog" => s.max_backlog.to_string(),
+        "messages_per_iter" => s.messages_per_iter.to_string(),
+        "peers" => {
+            let name = |n: &str| {
+                let bare = n.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+                if bare {
+                    n.to_string()
+                } else {
+                    quoted(n)
+                }
+            };
+            let items: Vec<String> =
+                s.peers.iter().map(|p| format!("{} = {}", name(&p.name), quoted(&p.addr))).collect();
+            if items.is_empty() {
+                "[ ]".to_string()
+            } else {
+                format!("[ {} ]", items.join(" "))
+            }
+        }
+        "port" => s.port.to_string(),
+        "reconnect_interval" => secs(s.reconnect_interval),
+        "tcpbuf_size" => s.tcpbuf_size.to_string(),
+        "max_frame_size" => s.max_frame_size.to_string(),
+        "memory_budget" => s.memory_budget.to_string(),
+        "threads" => s.threads.to_string(),
+        "stall_timeout" => secs(s.stall_timeout),
+        "handshake_timeout" => secs(s.handshake_timeout),
+        "max_connections" => s.max_connections.to_string(),
+        "max_handshakes" => s.max_handshakes.to_string(),
+        "max_groups_per_session" => s.max_groups_per_session.to_string(),
+        "max_group_members" => s.max_group_members.to_string(),
+        // Never shown: the control socket and /varz are no place for the cluster's secret.
+        "cluster_secret" | "cluster_secret_file" => {
+            if s.cluster_secret.is_some() {
+                HIDDEN.to_string()
+            } else {
+                quoted("")
+            }
+        }
+        "io" => s.io.to_string(),
+        "tls_clients" => s.tls_clients.to_string(),
+        "tls_client_certificates" => s.tls_client_certificates.to_string(),
+        "tls_certificate" | "tls_key" | "tls_ca" => {
+            let p = match key.as_str() {
+                "tls_certificate" => &s.tls_certificate,
+                "tls_key" => &s.tls_key,
+                _ => &s.tls_ca,
+            };
+            quoted(&p.as_ref().map(|p| p.display().to_string()).unwrap_or_default())
+        }
+        "metrics_listen" => quoted(&s.metrics_listen.map(|a| a.to_string()).unwrap_or_default()),
+        "control_socket" => {
+            quoted(&s.control_socket.as_ref().map(|p| p.display().to_string()).unwrap_or_default())
+        }
+        "log_format" => match s.log_format {
+            LogFormat::Text => "text".into(),
+            LogFormat::Json => "json".into(),
+        },
+        _ => {
+            let pos = Pos { file: String::new(), line: 0, col: 0 };
+            return Err(ConfigError::plain(unknown(&key, &pos, "msgc_server", SERVER_OPTIONS).message()));
+        }
+    })
 }
 
 /// Collects the options of one of our scopes (lower-cased keys); nested scopes are errors.
@@ -468,6 +625,12 @@ fn yes_no(v: &Value) -> Result<bool, ConfigError> {
 
 /// A file name; relative names are kept as written (relative to the working directory).
 /// The file is not opened here: the runtime reads it and reports what is wrong with it.
+/// A file name, or "" for none (so `config set` can also turn an option off).
+fn optional_path(v: &Value) -> Result<Option<PathBuf>, ConfigError> {
+    let s = scalar(v, "a file name, or \"\" for none")?;
+    Ok((!s.is_empty()).then(|| PathBuf::from(s)))
+}
+
 fn path(v: &Value) -> Result<PathBuf, ConfigError> {
     let s = scalar(v, "a file name")?;
     if s.is_empty() {
@@ -596,6 +759,11 @@ fn servers(v: &Value) -> Result<Vec<String>, ConfigError> {
         .collect()
 }
 
+/// The metrics endpoint's address: as a listen scope's, and port 0 (any free port) too.
+pub fn metrics_addr(s: &str) -> Result<SocketAddr, String> {
+    listen_addr(s).or_else(|e| s.parse::<SocketAddr>().map_err(|_| e))
+}
+
 /// A listen scope's address: `:4809`, `*:4809`, `4809`, `10.0.0.1:4809`, `[::]:4809`.
 pub fn listen_addr(s: &str) -> Result<SocketAddr, String> {
     let bad = || format!("cannot listen on `{s}`: expected :PORT, *:PORT, IP:PORT or [IPv6]:PORT");
@@ -626,6 +794,48 @@ mod tests {
         assert_eq!(edit_distance("idle_timout", "idle_timeout"), 1);
         let e = parse_str("msgc_server { idle_timout = 3 }", "f").unwrap_err().to_string();
         assert_eq!(e, "f:1:15: unknown option idle_timout in msgc_server; did you mean `idle_timeout`?");
+    }
+
+    #[test]
+    fn every_option_reads_back_what_get_shows() {
+        let text = r#"msgc_server {
+            idle_timeout = 12.5 debug_level = info max_backlog = 7 threads = 3
+            peers = [ a = "10.0.0.1" "b.example" = "[::1]:4810" "c d" = "x" ]
+            metrics_listen = "127.0.0.1:9809" control_socket = "/tmp/x \"y\".sock" log_format = JSON
+        }"#;
+        let config = parse_str(text, "f").unwrap();
+        let mut copy = Config::default();
+        for key in SERVER_OPTIONS.iter().filter(|k| !k.starts_with("cluster_secret")) {
+            let shown = server_option(&config.server, key).unwrap();
+            set_server_option(&mut copy, key, &shown).unwrap_or_else(|e| panic!("{key} = {shown}: {e}"));
+        }
+        assert_eq!(copy.server, config.server);
+        assert_eq!(server_option(&config.server, "idle_timeout").unwrap(), "12.5");
+        assert_eq!(server_option(&config.server, "metrics_listen").unwrap(), "\"127.0.0.1:9809\"");
+    }
+
+    #[test]
+    fn config_set_checks_values_as_a_file_does() {
+        let mut c = Config::default();
+        let e = set_server_option(&mut c, "max_backlog", "lots").unwrap_err().to_string();
+        assert!(e.contains("expected a whole number"), "{e}");
+        let e = set_server_option(&mut c, "idle_timout", "3").unwrap_err().to_string();
+        assert!(e.contains("did you mean `idle_timeout`"), "{e}");
+        let e = set_server_option(&mut c, "max_backlog", "5 threads = 2").unwrap_err().to_string();
+        assert!(e.contains("expected one value"), "{e}");
+        assert!(set_server_option(&mut c, "log_format", "yaml").is_err());
+        let e = set_server_option(&mut c, "idle_timeout", "2").unwrap_err().to_string();
+        assert!(e.contains("must be longer than keepalive_interval"), "{e}");
+        assert!(set_server_option(&mut c, "control_socket", &format!("\"{}\"", "x".repeat(200))).is_err());
+        assert_eq!(c, Config::default(), "a failed set changes nothing");
+        set_server_option(&mut c, "MAX_BACKLOG", "9").unwrap();
+        assert_eq!(c.server.max_backlog, 9);
+        set_server_option(&mut c, "metrics_listen", "\"\"").unwrap();
+        assert_eq!(c.server.metrics_listen, None);
+
+        let mut l = parse_str("msgcserver_listener { listen \":4809\" { } }", "f").unwrap();
+        assert!(set_server_option(&mut l, "port", "4810").is_err());
+        set_server_option(&mut l, "port", "4809").unwrap();
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod flow;
 mod groups;
 mod limits;
 mod links;
+mod operator;
 mod outbox;
 mod shard;
 mod views;
@@ -17,6 +18,7 @@ mod views;
 pub use auth::ClusterSecret;
 pub use groups::owner_of;
 pub use limits::Limits;
+pub use operator::{GroupReport, LinkReport, LinkState, SessionReport, ShardReport};
 pub use outbox::{Outbox, MAX_IOV};
 pub use shard::{Flow, ServerIdentity, ShardCore, Take};
 
@@ -147,11 +149,13 @@ pub enum ShardMsg {
 }
 
 /// Counters of one shard; every limit crossing has one.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Stats {
     pub accepted: u64,
     pub closed: u64,
     pub msgs_in: u64,
+    /// Bytes of whole frames read from clients and peers.
+    pub bytes_in: u64,
     pub runs_in: u64,
     pub deliveries: u64,
     pub bytes_out: u64,
@@ -180,6 +184,7 @@ impl Stats {
         self.accepted += o.accepted;
         self.closed += o.closed;
         self.msgs_in += o.msgs_in;
+        self.bytes_in += o.bytes_in;
         self.runs_in += o.runs_in;
         self.deliveries += o.deliveries;
         self.bytes_out += o.bytes_out;

@@ -156,6 +156,8 @@ pub struct ShardCore {
     pub(super) in_flight: Vec<usize>,
     pub(super) credit_due: Vec<usize>,
     pub(super) resume: bool,
+    /// An operator drained the server: new clients are turned away.
+    pub(super) draining: bool,
     pub stats: Stats,
 }
 
@@ -191,6 +193,7 @@ impl ShardCore {
             in_flight: vec![0; nshards as usize],
             credit_due: vec![0; nshards as usize],
             resume: false,
+            draining: false,
             stats: Stats::default(),
         }
     }
@@ -337,6 +340,13 @@ impl ShardCore {
     /// Handles the complete frames at the front of `buf` (bytes just read from `conn`),
     /// leaving an incomplete frame in place. `buf` is split, never copied.
     pub fn handle_input(&mut self, conn: ConnId, buf: &mut BytesMut, now: Instant) -> Flow {
+        let before = buf.len();
+        let flow = self.handle_frames(conn, buf, now);
+        self.stats.bytes_in += (before - buf.len()) as u64;
+        flow
+    }
+
+    fn handle_frames(&mut self, conn: ConnId, buf: &mut BytesMut, now: Instant) -> Flow {
         let Some(c) = self.conns.get_mut(conn) else { return Flow::Close };
         if c.state == State::Closing {
             return Flow::Close;
@@ -677,6 +687,9 @@ impl ShardCore {
         }
         if h.role == Role::Peer {
             return self.handle_peer_hello(conn, h, now);
+        }
+        if self.draining {
+            return self.fatal(conn, ErrorCode::Draining, super::operator::DRAINING.into(), now);
         }
         let session = self.next_session();
         self.set_state(conn, State::Client);

@@ -517,6 +517,7 @@ fn error_code(code: u16) -> ErrorCode {
         14 => LimitReached,
         15 => HandshakeTimeout,
         16 => NotAuthorized,
+        17 => Draining,
         _ => Other,
     }
 }

@@ -169,6 +169,8 @@ pub enum ErrorCode {
     HandshakeTimeout = 15,
     /// A peer could not prove it is the configured server it claims to be.
     NotAuthorized = 16,
+    /// The server is draining (an operator's `msgc-ctl drain`): reconnect to another server.
+    Draining = 17,
     /// A code this version does not know (kept so an old client can show it).
     Other = 0xffff,
 }

@@ -8,6 +8,7 @@
 mod accept;
 mod conn;
 mod host;
+mod inspect;
 mod links;
 mod shard;
 mod stream;
@@ -16,6 +17,7 @@ mod uring;
 
 pub use crate::config::IoBackend;
 pub use host::{hostnames, local_addrs, local_hostname};
+pub use inspect::{InspectError, Inspector, ProcessReport, ServerReport};
 pub use links::PeerSpec;
 pub use stream::Backend;
 pub use tls::{ServerTls, TlsOptions};
@@ -75,6 +77,13 @@ pub(crate) enum Control {
     /// mesh's address check).
     Peers(Vec<PeerSpec>, Vec<crate::core::PeerEntry>),
     Tls(Option<Arc<ServerTls>>),
+    /// Answer with a report of the shard's state (per session if asked).
+    Report {
+        sessions: bool,
+        reply: tokio::sync::oneshot::Sender<crate::core::ShardReport>,
+    },
+    /// Ask every client to move to another server; turn new ones away.
+    Drain,
     Shutdown,
 }
 
@@ -91,6 +100,7 @@ pub struct ServerHandle {
     /// Whether peer links are mutual TLS now: the core's `Limits::peer_tls` follows the TLS
     /// settings actually loaded, whatever limits a caller passes.
     peer_tls: std::sync::atomic::AtomicBool,
+    inspector: Inspector,
 }
 
 /// Why a server could not start.
@@ -178,9 +188,20 @@ impl ServerHandle {
             Some(_) => tracing::info!("TLS on for clients; peer links are plain"),
             None => {}
         }
+        let inspector = Inspector {
+            shards: senders.clone(),
+            info: Arc::new(inspect::ServerInfo {
+                node_name: identity.node_name.as_str().to_string(),
+                node_tag: identity.node_tag.0,
+                addrs: addrs.clone(),
+                started: std::time::SystemTime::now(),
+                started_at: std::time::Instant::now(),
+            }),
+        };
         Ok(ServerHandle {
             addrs,
             node_tag: identity.node_tag,
+            inspector,
             control: senders,
             accept_stop: Some(stop_tx),
             threads: handles,
@@ -238,6 +259,23 @@ impl ServerHandle {
         let entries = links::resolve(&peers);
         for tx in &self.control {
             let _ = tx.send(shard::Inbound::Control(Control::Peers(peers.clone(), entries.clone())));
+        }
+    }
+
+    /// A handle that asks the shards for reports, usable from any thread.
+    pub fn inspector(&self) -> Inspector {
+        self.inspector.clone()
+    }
+
+    /// Lame-duck mode: stops accepting (the listening sockets close) and asks every client
+    /// to move to another server (ERROR `Draining` after what is queued for it). Peer links
+    /// stay up. The caller decides when to [`ServerHandle::shutdown`].
+    pub fn drain(&mut self) {
+        if let Some(stop) = self.accept_stop.take() {
+            let _ = stop.send(());
+        }
+        for tx in &self.control {
+            let _ = tx.send(shard::Inbound::Control(Control::Drain));
         }
     }
 

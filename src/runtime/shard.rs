@@ -126,6 +126,14 @@ impl ShardRt {
                 let mut dialers = self.dialers.borrow_mut();
                 links::apply_peers(self, &mut dialers, &self.node_name, &peers, entries);
             }
+            Inbound::Control(Control::Report { sessions, reply }) => {
+                let mut report = self.core.borrow().report(sessions, Instant::now());
+                report.cpu_seconds = super::inspect::thread_cpu_seconds();
+                let _ = reply.send(report);
+            }
+            Inbound::Control(Control::Drain) => {
+                self.core.borrow_mut().handle_drain(Instant::now());
+            }
             Inbound::Control(Control::Shutdown) => {
                 links::stop_all(&mut self.dialers.borrow_mut());
                 self.core.borrow_mut().handle_shutdown(Instant::now());
