@@ -70,7 +70,8 @@ load() { cut -d' ' -f1 /proc/loadavg; }
 
 bench_run() { # system rate -> JSON line
   start_server "$1"
-  "$BENCH" fanout --target "$1://127.0.0.1:$PORT" --server-pid "$SERVER_PID" -p 1 -s "$SUBS" --size "$SIZE" --rate "$2" \
+  # The raw drivers are what is checked (--client lib is the msgc library, not a driver).
+  "$BENCH" fanout --target "$1://127.0.0.1:$PORT" --client raw --server-pid "$SERVER_PID" -p 1 -s "$SUBS" --size "$SIZE" --rate "$2" \
     --duration "$DURATION" --warmup "$WARMUP" --json
   stop_server
 }

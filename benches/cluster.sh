@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 DURATION=${DURATION:-5}
 WARMUP=${WARMUP:-1}
 RUNS=${RUNS:-2}
+CLIENT=${CLIENT:-raw} # msgc-bench's client for msgc (raw codec, or lib)
 OUT=tuning/results/cluster-$(date -u +%Y%m%d-%H%M%S).md
 : > "${OUT%.md}.json"
 mkdir -p tuning/results
@@ -61,7 +62,7 @@ for p in "${P[@]}"; do wait_port "$p"; done
 sleep 1 # links form
 for run in $(seq 1 "$RUNS"); do
   for subs in 8 64; do
-    row "$run" msgc "$subs" --servers "127.0.0.1:${P[0]},127.0.0.1:${P[1]},127.0.0.1:${P[2]}"
+    row "$run" msgc "$subs" --client "$CLIENT" --servers "127.0.0.1:${P[0]},127.0.0.1:${P[1]},127.0.0.1:${P[2]}"
   done
 done
 for p in "${PIDS[@]}"; do kill "$p"; done; PIDS=()

@@ -13,6 +13,9 @@ DURATION=${DURATION:-5}
 WARMUP=${WARMUP:-1}
 SYSTEMS=${SYSTEMS:-"msgc nats redis"}
 RUNS=${RUNS:-2}
+# msgc through msgc-bench's raw codec client, like nats and redis through theirs (the
+# relay, not a client library, is compared); CLIENT=lib measures the msgc library instead.
+CLIENT=${CLIENT:-raw}
 STAMP=$(date -u +%Y%m%d-%H%M%S)
 OUT=tuning/results/compare-$STAMP
 mkdir -p tuning/results
@@ -33,7 +36,7 @@ trap cleanup EXIT
 start() { # system -> sets URL ARGS PID
   local port; port=$(free_port)
   case "$1" in
-    msgc)  target/release/msgc-server --listen 127.0.0.1:"$port" >/dev/null 2>&1 & PID=$!; ARGS=(--server 127.0.0.1:"$port") ;;
+    msgc)  target/release/msgc-server --listen 127.0.0.1:"$port" >/dev/null 2>&1 & PID=$!; ARGS=(--server 127.0.0.1:"$port" --client "$CLIENT") ;;
     nats)  nats-server -a 127.0.0.1 -p "$port" >/dev/null 2>&1 & PID=$!; ARGS=(--target nats://127.0.0.1:"$port") ;;
     redis) redis-server --bind 127.0.0.1 --port "$port" --save '' --appendonly no >/dev/null 2>&1 & PID=$!; ARGS=(--target redis://127.0.0.1:"$port") ;;
   esac
