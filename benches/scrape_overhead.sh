@@ -9,7 +9,7 @@ $B/msgc-server --listen 127.0.0.1:0 --threads 1 --metrics 127.0.0.1:0 --control 
 SPID=$!
 sleep 1
 ADDR=$(head -1 $D/out | awk '{print $NF}')
-M=$(sed -n 2p $D/out | sed 's#.*http://##; s#/metrics##')
+M=$(grep 'metrics on' $D/out | sed 's#.*http://##; s#/metrics##')
 scrape() {
   local i=0
   while [ -f $D/scraping ] && [ $i -lt 2000 ]; do

@@ -13,6 +13,7 @@ pub mod mesh;
 pub mod ops;
 pub mod proto;
 pub mod runtime;
+pub mod tls;
 
 /// The README's Rust examples compile (checked by `cargo test --doc`).
 #[cfg(doctest)]

@@ -113,6 +113,77 @@ fn sigterm_stops_gracefully_and_sighup_with_a_bad_file_keeps_serving() {
     );
 }
 
+#[test]
+fn the_io_backend_is_chosen_on_the_command_line_and_reported() {
+    let mut child = bin()
+        .args(["--listen", "127.0.0.1:0", "--threads", "1", "--io", "epoll"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let (mut first, mut second) = (String::new(), String::new());
+    out.read_line(&mut first).unwrap();
+    out.read_line(&mut second).unwrap();
+    assert_eq!(second.trim(), "msgc-server: io backend epoll", "{first}{second}");
+    let addr: SocketAddr = first.trim().rsplit(' ').next().unwrap().parse().unwrap();
+    let mut a = RawClient::connect(addr, "a");
+    a.join("g");
+    a.wait_view("g", 1);
+    signal(&child, libc::SIGTERM);
+    assert!(wait_exit(&mut child).success());
+
+    let out = bin().args(["--io", "fast"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("auto, uring, epoll"), "{err}");
+}
+
+#[test]
+fn check_config_shows_the_tls_options_and_rejects_unusable_files_naming_them() {
+    let cert = rcgen::generate_simple_self_signed(vec!["node1".to_string()]).unwrap();
+    let cert_file = temp_conf("node1.pem", &cert.cert.pem());
+    let key_file = temp_conf("node1.key", &cert.signing_key.serialize_pem());
+    let text = format!(
+        "msgc_server {{\n  io = epoll\n  tls_certificate = \"{}\"\n  tls_key = \"{}\"\n  tls_ca = \"{}\"\n  tls_clients = optional\n}}\n",
+        cert_file.display(),
+        key_file.display(),
+        cert_file.display()
+    );
+    let good = temp_conf("tls-good.conf", &text);
+    let out = bin().arg("--check-config").arg(&good).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    for want in [
+        "io epoll",
+        "tls_clients optional",
+        "tls_client_certificates none",
+        "peer links mutual TLS",
+        "node1.pem",
+    ] {
+        assert!(stdout.contains(want), "{want:?} missing from:\n{stdout}");
+    }
+
+    // A key file holding a certificate, and a CA file that does not exist.
+    let bad_key =
+        temp_conf("tls-bad-key.conf", &text.replace(key_file.to_str().unwrap(), cert_file.to_str().unwrap()));
+    let out = bin().arg("--check-config").arg(&bad_key).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("node1.pem: no private key found"), "{err}");
+
+    let missing = temp_conf("tls-missing.conf", &text.replace("tls_ca = \"", "tls_ca = \"/nonexistent"));
+    let out = bin().arg("--check-config").arg(&missing).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent") && err.contains("cannot read"), "{err}");
+    // The server refuses to start on it, with the same message and no panic.
+    let out = bin().arg("--config").arg(&missing).args(["--listen", "127.0.0.1:0"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot read") && !err.contains("panicked"), "{err}");
+}
+
 /// A panic anywhere (here a shard thread, through a fail point) ends the process with a
 /// clear line and a non-zero exit, so a supervisor restarts it and clients fail over.
 #[test]
@@ -144,4 +215,37 @@ fn check_config_shows_the_security_options() {
     assert!(text.contains("max_connections 99") && text.contains("stall_timeout 1s"), "{text}");
     assert!(text.contains("peer authentication (msgc): cluster secret"), "{text}");
     assert!(!text.contains("0123456789abcdef0123"), "the secret must not be printed: {text}");
+}
+
+/// Where io_uring is unavailable (here: switched off by a fail point), `io = auto` runs on
+/// epoll and says why; `--io uring` refuses to start, with the reason.
+#[test]
+fn without_io_uring_auto_falls_back_to_epoll_and_uring_is_refused() {
+    let mut child = bin()
+        .args(["--listen", "127.0.0.1:0", "--threads", "1"])
+        .env("MSGC_FAILPOINT", "no-io-uring")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let (mut first, mut second) = (String::new(), String::new());
+    out.read_line(&mut first).unwrap();
+    out.read_line(&mut second).unwrap();
+    assert!(second.starts_with("msgc-server: io backend epoll (io_uring is unavailable: "), "{second}");
+    let addr: SocketAddr = first.trim().rsplit(' ').next().unwrap().parse().unwrap();
+    let mut a = RawClient::connect(addr, "a");
+    a.join("g");
+    a.wait_view("g", 1);
+    signal(&child, libc::SIGTERM);
+    assert!(wait_exit(&mut child).success());
+
+    let out = bin()
+        .args(["--listen", "127.0.0.1:0", "--io", "uring"])
+        .env("MSGC_FAILPOINT", "no-io-uring")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("io_uring is unavailable") && !err.contains("panicked"), "{err}");
 }

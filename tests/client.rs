@@ -12,15 +12,7 @@ use msgc::proto::{Cause, GapReason};
 use msgc::runtime::{ServerHandle, ServerOptions};
 
 fn server_on(addr: std::net::SocketAddr, name: &str) -> ServerHandle {
-    let opts = ServerOptions {
-        listen: vec![addr],
-        threads: 2,
-        pin_threads: false,
-        limits: Limits::default(),
-        node_name: name.into(),
-        digest: 0,
-        peers: Vec::new(),
-    };
+    let opts = ServerOptions { listen: vec![addr], ..test_options(name, 2, Limits::default()) };
     ServerHandle::start(opts).expect("server starts")
 }
 

@@ -236,3 +236,63 @@ mod fuzz {
         }
     }
 }
+
+#[test]
+fn io_and_tls_options_parse_and_default_off() {
+    use msgc::config::{ClientCertificates, IoBackend, TlsClients};
+    let d = Config::default();
+    assert_eq!(d.server.io, IoBackend::Auto);
+    assert_eq!(
+        (d.server.tls_clients, d.server.tls_client_certificates),
+        (TlsClients::Off, ClientCertificates::None)
+    );
+    assert!(!d.server.peer_tls() && !d.client.tls);
+    let c = Config::parse_str(
+        "msgc_server {\n io = EPOLL\n tls_certificate = \"/etc/msgc/s.pem\"\n tls_key = \"/etc/msgc/s.key\"\n \
+         tls_ca = \"/etc/msgc/ca.pem\"\n tls_clients = required\n tls_client_certificates = optional\n}\n\
+         msgc_client {\n tls = yes\n tls_ca = \"/etc/msgc/ca.pem\"\n tls_server_name = relay1.example.com\n}\n",
+        "t.conf",
+    )
+    .unwrap();
+    let s = &c.server;
+    assert_eq!(s.io, IoBackend::Epoll);
+    assert_eq!(s.tls_certificate.as_deref(), Some(Path::new("/etc/msgc/s.pem")));
+    assert_eq!(s.tls_key.as_deref(), Some(Path::new("/etc/msgc/s.key")));
+    assert_eq!(
+        (s.tls_clients, s.tls_client_certificates),
+        (TlsClients::Required, ClientCertificates::Optional)
+    );
+    assert!(s.peer_tls());
+    assert!(c.client.tls);
+    assert_eq!(c.client.tls_server_name.as_deref(), Some("relay1.example.com"));
+}
+
+#[test]
+fn io_and_tls_options_that_cannot_work_are_errors_with_a_place() {
+    assert_eq!(
+        error_of("msgc_server {\n  io = fast\n}"),
+        "t.conf:2:8: io cannot be `fast`: expected auto, uring, epoll"
+    );
+    assert_eq!(
+        error_of("msgc_server { tls_clients = sometimes }"),
+        "t.conf:1:29: tls_clients cannot be `sometimes`: expected off, optional, required"
+    );
+    let e = error_of("msgc_server {\n  tls_clients = optional\n}");
+    assert!(e.starts_with("t.conf:2:3:") && e.contains("needs tls_certificate and tls_key"), "{e}");
+    let e = error_of("msgc_server { tls_key = \"k.pem\" }");
+    assert!(e.contains("tls_certificate and tls_key go together"), "{e}");
+    let e = error_of(
+        "msgc_server { tls_certificate = c.pem tls_key = k.pem tls_clients = optional tls_client_certificates = required }",
+    );
+    assert!(e.contains("tls_client_certificates needs tls_ca"), "{e}");
+    let e = error_of(
+        "msgc_server { peers = [ a = \"10.0.0.1\" b = \"10.0.0.2\" ] tls_certificate = c.pem tls_key = k.pem tls_clients = required }",
+    );
+    assert!(e.contains("peer links included: set tls_ca too"), "{e}");
+    let e = error_of("msgc_client { tls = yes }");
+    assert!(e.contains("tls = yes needs tls_ca"), "{e}");
+    let e = error_of("msgc_client { tls = maybe }");
+    assert!(e.contains("expected yes or no"), "{e}");
+    let e = error_of("msgc_server { tls_ca = \"\" }");
+    assert!(e.contains("expected a file name"), "{e}");
+}

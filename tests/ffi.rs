@@ -111,8 +111,7 @@ fn server_on(addr: SocketAddr) -> ServerHandle {
         pin_threads: false,
         limits: Limits::default(),
         node_name: "ffi".into(),
-        digest: 0,
-        peers: Vec::new(),
+        ..ServerOptions::default()
     };
     ServerHandle::start(opts).expect("server starts")
 }
@@ -264,4 +263,31 @@ fn c_example_links_statically_and_talks_to_a_server() {
     wait_child(child, "monitor");
     assert!(out.contains("view lobby"), "{out}");
     assert!(out.contains("message lobby"), "{out}");
+}
+
+#[test]
+fn the_pkg_config_template_names_the_library() {
+    if !Command::new("pkg-config").arg("--version").output().is_ok_and(|o| o.status.success()) {
+        eprintln!("note: no pkg-config on this machine; the libmsgc.pc check is skipped");
+        return;
+    }
+    let dir = scratch("pc");
+    let template = std::fs::read_to_string(Path::new(ROOT).join("pkgconfig/libmsgc.pc.in")).unwrap();
+    let pc = template.replace("@PREFIX@", "/opt/msgc").replace("@VERSION@", env!("CARGO_PKG_VERSION"));
+    assert!(!pc.contains('@'), "a placeholder was left: {pc}");
+    std::fs::write(dir.join("libmsgc.pc"), pc).unwrap();
+    let query = |what: &str| {
+        let o = Command::new("pkg-config")
+            .args([what, "libmsgc"])
+            .env("PKG_CONFIG_PATH", &dir)
+            .output()
+            .expect("run pkg-config");
+        assert!(o.status.success(), "pkg-config {what}: {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    assert_eq!(query("--modversion"), env!("CARGO_PKG_VERSION"));
+    let out = format!("{} {}", query("--cflags"), query("--libs"));
+    for want in ["-I/opt/msgc/include", "-L/opt/msgc/lib", "-lmsgc"] {
+        assert!(out.contains(want), "pkg-config output lacks {want}: {out}");
+    }
 }

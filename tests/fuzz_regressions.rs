@@ -109,7 +109,7 @@ impl OneShard {
         s
     }
 
-    fn from_peer(&mut self, bytes: &[u8]) -> Flow {
+    fn input_from_peer(&mut self, bytes: &[u8]) -> Flow {
         let mut buf = BytesMut::from(bytes);
         loop {
             match self.core.handle_input(self.peer, &mut buf, self.now) {
@@ -177,7 +177,7 @@ fn view_from_peer(s: &OneShard, view_id: u64) -> Bytes {
 #[test]
 fn a_view_id_at_u64_max_from_a_peer_does_not_overflow() {
     let mut s = OneShard::new();
-    let _ = s.from_peer(&view_from_peer(&s, u64::MAX));
+    let _ = s.input_from_peer(&view_from_peer(&s, u64::MAX));
     s.drain_client();
     s.peer_lost();
     s.tick(Duration::from_secs(1));
@@ -203,12 +203,12 @@ fn a_sequence_number_at_u64_max_from_a_peer_does_not_overflow() {
     let mut join = BytesMut::from(&Frame::Join(group()).to_bytes()[..]);
     assert_eq!(s.core.handle_input(s.client, &mut join, s.now), Flow::Read);
     // The peer orders membership: our join went to it; it answers with the view.
-    let _ = s.from_peer(&view_from_peer(&s, 1));
+    let _ = s.input_from_peer(&view_from_peer(&s, 1));
     s.drain_client();
     let mut run = BytesMut::new();
     encode_mcast(&mut run, remote(), u64::MAX - 1, &group(), b"a");
     encode_mcast(&mut run, remote(), u64::MAX, &group(), b"b");
-    assert_eq!(s.from_peer(&run), Flow::Read);
+    assert_eq!(s.input_from_peer(&run), Flow::Read);
     let got = s.drain_client();
     assert_eq!(got.iter().filter(|f| matches!(f, Frame::Mcast(_))).count(), 2, "{got:?}");
     s.peer_lost();
@@ -240,7 +240,7 @@ proptest! {
         for &seq in &seqs {
             encode_mcast(&mut input, remote(), seq, &group(), b"x");
         }
-        let _ = s.from_peer(&input);
+        let _ = s.input_from_peer(&input);
         if lose_link {
             s.peer_lost();
         }

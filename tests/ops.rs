@@ -363,14 +363,13 @@ impl Server {
         out.read_line(&mut line).expect("the server prints where it listens");
         let addr =
             line.trim().rsplit(' ').next().unwrap().parse().unwrap_or_else(|_| panic!("bad line {line:?}"));
-        let metrics = extra.contains(&"--metrics").then(|| {
+        // Then the I/O backend, then (if asked for) where the metrics are served.
+        let metrics = extra.contains(&"--metrics").then(|| loop {
             let mut line = String::new();
-            out.read_line(&mut line).unwrap();
-            let a = line
-                .trim()
-                .strip_prefix("msgc-server: metrics on http://")
-                .unwrap_or_else(|| panic!("{line:?}"));
-            a.strip_suffix("/metrics").unwrap().parse().unwrap()
+            assert!(out.read_line(&mut line).unwrap() > 0, "no metrics line");
+            if let Some(a) = line.trim().strip_prefix("msgc-server: metrics on http://") {
+                break a.strip_suffix("/metrics").unwrap().parse().unwrap();
+            }
         });
         // Keep reading stdout so that later lines never block the server.
         std::thread::spawn(move || {

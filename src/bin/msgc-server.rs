@@ -15,12 +15,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use msgc::config::{Config, LogFormat, ServerConfig};
+use msgc::config::{Config, IoBackend, LogFormat, ServerConfig};
 use msgc::core::Limits;
 use msgc::mesh::{PeerTable, SelfHint};
 use msgc::ops::control::{ConfigValue, ControlSocket, DrainResult, Pending, ReloadResult, Request, Response};
 use msgc::ops::notify::{self, Notifier};
-use msgc::runtime::{self, PeerSpec, ServerHandle, ServerOptions};
+use msgc::runtime::{self, PeerSpec, ServerHandle, ServerOptions, ServerTls, TlsOptions};
 use tokio::sync::{mpsc, watch};
 use tracing_subscriber::{reload, EnvFilter};
 
@@ -63,6 +63,14 @@ struct Args {
     /// Log line format, text or json; overrides log_format.
     #[arg(long, value_name = "FORMAT")]
     log_format: Option<String>,
+    /// I/O backend: uring, epoll, or auto (io_uring where this host allows it, else epoll);
+    /// overrides the config's `io`.
+    #[arg(long, value_name = "BACKEND", value_parser = parse_io)]
+    io: Option<IoBackend>,
+}
+
+fn parse_io(s: &str) -> Result<IoBackend, String> {
+    IoBackend::parse(s).ok_or_else(|| format!("expected one of {}", IoBackend::WORDS.join(", ")))
 }
 
 type LogHandle = reload::Handle<EnvFilter, tracing_subscriber::Registry>;
@@ -122,7 +130,16 @@ fn main() -> ExitCode {
     }
     let addrs: Vec<String> = server.local_addrs().iter().map(|a| a.to_string()).collect();
     // Always shown (the default debug_level, ERROR, hides info logs): where to connect.
-    println!("msgc-server: listening on {}", addrs.join(" "));
+    let why =
+        server.backend_fallback().map(|w| format!(" (io_uring is unavailable: {w})")).unwrap_or_default();
+    // One write for both lines: a reader that takes the first line and closes the pipe
+    // must not make a second write fail.
+    let banner = format!(
+        "msgc-server: listening on {}\nmsgc-server: io backend {}{why}\n",
+        addrs.join(" "),
+        server.backend()
+    );
+    print!("{banner}");
     let notifier = match Notifier::from_env() {
         Ok(n) => n.map(Arc::new),
         Err(e) => {
@@ -375,6 +392,14 @@ impl Daemon<'_> {
             if opts.threads != old.threads {
                 notes.push("threads changed: it takes effect at the next restart".to_string());
             }
+            if opts.io != old.io {
+                notes.push("io changed: it takes effect at the next restart".to_string());
+            }
+            // Reread even when the file names are unchanged: renewed certificates are usually
+            // written over the old files. A bad file keeps the running config, all of it.
+            if opts.tls != old.tls || opts.tls != TlsOptions::default() {
+                self.server.set_tls(&opts.tls).map_err(|e| e.to_string())?;
+            }
             if opts.limits.tcpbuf_size != old.limits.tcpbuf_size {
                 notes.push("tcpbuf_size applies to connections made from now on".to_string());
             }
@@ -591,7 +616,35 @@ fn check_config(path: &Path, args: &Args) -> ExitCode {
     for p in &s.peers {
         println!("  peer {} = {}", p.name, p.addr);
     }
-    println!("  msgc_client: server {:?}", config.client.server);
+    println!(
+        "  msgc_server (msgc): io {}, tls_clients {}, tls_client_certificates {}, tls_certificate {}, tls_key {}, tls_ca {}, peer links {}",
+        s.io,
+        s.tls_clients,
+        s.tls_client_certificates,
+        shown(&s.tls_certificate),
+        shown(&s.tls_key),
+        shown(&s.tls_ca),
+        if s.peer_tls() { "mutual TLS" } else { "plain" },
+    );
+    let c = &config.client;
+    println!(
+        "  msgc_client: server {:?}, tls {}, tls_ca {}, tls_certificate {}, tls_key {}, tls_server_name {}",
+        c.server,
+        if c.tls { "yes" } else { "no" },
+        shown(&c.tls_ca),
+        shown(&c.tls_certificate),
+        shown(&c.tls_key),
+        c.tls_server_name.as_deref().unwrap_or("(host of the server address)"),
+    );
+    // The files must be readable and valid here, as at startup.
+    if let Err(e) = ServerTls::load(&tls_options(s)) {
+        eprintln!("{}: msgc_server TLS: {e}", path.display());
+        return ExitCode::from(2);
+    }
+    if let Err(e) = msgc::client::ClientOptions::from(c).tls_config() {
+        eprintln!("{}: msgc_client TLS: {e}", path.display());
+        return ExitCode::from(2);
+    }
     match options(&config, args) {
         Ok(o) if !s.peers.is_empty() => println!("  this host is peer {:?}", o.node_name),
         Ok(_) => {}
@@ -622,7 +675,23 @@ fn options(config: &Config, args: &Args) -> Result<ServerOptions, String> {
         node_name,
         digest: s.digest(),
         peers,
+        io: args.io.unwrap_or(s.io),
+        tls: tls_options(s),
     })
+}
+
+fn tls_options(s: &ServerConfig) -> TlsOptions {
+    TlsOptions {
+        certificate: s.tls_certificate.clone(),
+        key: s.tls_key.clone(),
+        ca: s.tls_ca.clone(),
+        clients: s.tls_clients,
+        client_certificates: s.tls_client_certificates,
+    }
+}
+
+fn shown(p: &Option<PathBuf>) -> String {
+    p.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "(none)".into())
 }
 
 /// Finds this server in `peers` and lists every peer's `host:port`.
@@ -668,7 +737,7 @@ fn limits(s: &ServerConfig) -> Limits {
         max_handshakes: s.max_handshakes,
         max_groups_per_session: s.max_groups_per_session,
         max_group_members: s.max_group_members,
-        peer_tls: false,
+        peer_tls: s.peer_tls(),
         cluster_secret: s.cluster_secret.clone(),
     }
 }

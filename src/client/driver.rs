@@ -228,6 +228,11 @@ async fn transport_any(opts: &ClientOptions) -> Result<(ReadHalf, WriteHalf, Str
     for server in &opts.servers {
         match tokio::time::timeout(opts.connect_timeout, transport::connect(opts, server)).await {
             Ok(Ok((r, w))) => return Ok((r, w, server.clone())),
+            // A refused certificate is worth an operator's attention; a server that is down
+            // during failover is not.
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+                tracing::warn!(%server, "TLS handshake failed: {e}")
+            }
             Ok(Err(e)) => tracing::debug!(%server, "connect failed: {e}"),
             Err(_) => tracing::debug!(%server, "connect timed out"),
         }

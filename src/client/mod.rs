@@ -8,6 +8,7 @@
 //! The client reconnects by itself (trying the servers in order, the delay doubling from
 //! `reconnect_interval` up to 8 times that, with jitter), rejoins its groups and reports the
 //! gap. Dropping the [`Client`] ends its tasks; [`Client::close`] first sends what is queued.
+//! Never blocks a thread (every wait is an await) and never buffers without a bound.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), msgc::client::ClientError> {
@@ -37,6 +38,7 @@ pub use transport::{ReadHalf, WriteHalf};
 
 use std::iter::Peekable;
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -88,6 +90,8 @@ pub enum ClientError {
     IdleTimeout,
     #[error("no server answered (tried {})", .tried.join(", "))]
     NoServer { tried: Vec<String> },
+    #[error("TLS settings: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     #[error("the send queue is full or the client is reconnecting; try again later")]
     WouldBlock,
     #[error("the connection was lost: {0}")]
@@ -110,6 +114,17 @@ pub struct ClientOptions {
     pub max_frame_size: usize,
     /// Events buffered for the application before the client stops reading the socket.
     pub max_backlog: usize,
+    /// Connect with TLS (`tls`, msgc). Default no.
+    pub tls: bool,
+    /// PEM CA bundle the server's certificate is checked against (`tls_ca`); needed with TLS.
+    pub tls_ca: Option<PathBuf>,
+    /// PEM client certificate chain and key (`tls_certificate`, `tls_key`), for servers
+    /// that ask for one.
+    pub tls_certificate: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// The name the server's certificate must carry (`tls_server_name`); default: the host
+    /// part of the server address being connected to.
+    pub tls_server_name: Option<String>,
     /// Bytes of multicasts queued before `multicast` waits: `tcpbuf_size` unless set.
     pub send_queue_bytes: Option<usize>,
 }
@@ -133,8 +148,38 @@ impl From<&ClientConfig> for ClientOptions {
             tcpbuf_size: c.tcpbuf_size,
             max_frame_size: c.max_frame_size,
             max_backlog: c.max_backlog,
+            tls: c.tls,
+            tls_ca: c.tls_ca.clone(),
+            tls_certificate: c.tls_certificate.clone(),
+            tls_key: c.tls_key.clone(),
+            tls_server_name: c.tls_server_name.clone(),
             send_queue_bytes: None,
         }
+    }
+}
+
+impl ClientOptions {
+    /// Reads the TLS files into a client configuration; `Ok(None)` without `tls`. Every
+    /// error names the file and what is wrong with it.
+    pub fn tls_config(&self) -> Result<Option<Arc<rustls::ClientConfig>>, crate::tls::TlsError> {
+        if !self.tls {
+            return Ok(None);
+        }
+        let Some(ca) = &self.tls_ca else {
+            return Err(crate::tls::TlsError::Setting(
+                "tls = yes needs tls_ca, the CA the server's certificate is checked against".into(),
+            ));
+        };
+        let identity = match (&self.tls_certificate, &self.tls_key) {
+            (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+            (None, None) => None,
+            _ => {
+                return Err(crate::tls::TlsError::Setting(
+                    "tls_certificate and tls_key go together: set both or neither".into(),
+                ))
+            }
+        };
+        crate::tls::client_config(ca, identity).map(Some)
     }
 }
 
@@ -161,6 +206,24 @@ impl ClientBuilder {
     }
     pub fn connect_timeout(mut self, d: Duration) -> Self {
         self.opts.connect_timeout = d;
+        self
+    }
+    /// Connects with TLS, checking the server's certificate against the PEM CA bundle `ca`.
+    pub fn tls(mut self, ca: impl Into<PathBuf>) -> Self {
+        self.opts.tls = true;
+        self.opts.tls_ca = Some(ca.into());
+        self
+    }
+    /// Presents this PEM certificate chain and key to servers that ask for a client
+    /// certificate.
+    pub fn tls_identity(mut self, certificate: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        self.opts.tls_certificate = Some(certificate.into());
+        self.opts.tls_key = Some(key.into());
+        self
+    }
+    /// The name the server's certificate must carry (default: the host of its address).
+    pub fn tls_server_name(mut self, name: impl Into<String>) -> Self {
+        self.opts.tls_server_name = Some(name.into());
         self
     }
     pub fn options(mut self, opts: ClientOptions) -> Self {
@@ -193,6 +256,8 @@ impl Client {
     /// Connects to the first server that answers (in order) and starts the client's tasks.
     /// Must be called inside a tokio runtime.
     pub async fn connect(opts: ClientOptions) -> Result<Client, ClientError> {
+        // Bad TLS files are the caller's error now, not a reconnect loop later.
+        opts.tls_config()?;
         let cfg = SessionConfig {
             name: opts.name.clone(),
             keepalive_interval: opts.keepalive_interval,

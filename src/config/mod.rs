@@ -50,6 +50,22 @@ pub struct ServerConfig {
     pub memory_budget: usize,
     /// `threads` (msgc): shard threads, 0 = one per core. Default 0.
     pub threads: usize,
+    /// `io` (msgc): the I/O backend, `uring`, `epoll` or `auto`. Default auto. Read at start.
+    pub io: IoBackend,
+    /// `tls_certificate` (msgc): PEM file with this server's certificate chain. No default.
+    pub tls_certificate: Option<PathBuf>,
+    /// `tls_key` (msgc): PEM file with the private key of `tls_certificate`. No default.
+    pub tls_key: Option<PathBuf>,
+    /// `tls_ca` (msgc): PEM file with the CA certificates that peer and client certificates
+    /// are checked against. No default. With certificate, key and CA set, peer links are
+    /// mutual TLS.
+    pub tls_ca: Option<PathBuf>,
+    /// `tls_clients` (msgc): TLS for client connections, `off`, `optional` or `required`.
+    /// Default off.
+    pub tls_clients: TlsClients,
+    /// `tls_client_certificates` (msgc): `none`, `optional` or `required`; presented client
+    /// certificates are checked against `tls_ca`. Default none.
+    pub tls_client_certificates: ClientCertificates,
     /// `stall_timeout` (msgc): seconds a client may hold publishers back before it is cut.
     /// Default 1.
     pub stall_timeout: Duration,
@@ -91,6 +107,73 @@ pub enum LogFormat {
     Json,
 }
 
+/// The `io` option: which I/O backend the shard threads run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum IoBackend {
+    /// io_uring when this host allows it, else epoll with a logged warning.
+    #[default]
+    Auto,
+    /// io_uring (tokio-uring); the server does not start where it is unavailable.
+    Uring,
+    /// epoll (plain tokio); works wherever tokio does (containers with a strict seccomp
+    /// profile, `kernel.io_uring_disabled`).
+    Epoll,
+}
+
+/// The `tls_clients` option.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TlsClients {
+    /// Client connections are plain TCP.
+    #[default]
+    Off,
+    /// TLS and plain connections on the same port, told apart by their first byte.
+    Optional,
+    /// Only TLS; a plain connection gets an error frame and is closed.
+    Required,
+}
+
+/// The `tls_client_certificates` option.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ClientCertificates {
+    /// Clients are not asked for a certificate.
+    #[default]
+    None,
+    /// A client may present one; if it does, it must check out against `tls_ca`.
+    Optional,
+    /// Every TLS client must present a certificate that checks out against `tls_ca`.
+    Required,
+}
+
+macro_rules! keywords {
+    ($t:ty { $($word:literal => $v:expr),+ $(,)? }) => {
+        impl $t {
+            /// Parses the option's value, case-insensitively.
+            pub fn parse(s: &str) -> Option<$t> {
+                match s.to_ascii_lowercase().as_str() {
+                    $($word => Some($v),)+
+                    _ => None,
+                }
+            }
+            /// The accepted values, for error messages.
+            pub const WORDS: &'static [&'static str] = &[$($word),+];
+        }
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                $(if *self == $v { return f.write_str($word); })+
+                Ok(())
+            }
+        }
+    };
+}
+
+keywords!(IoBackend { "auto" => IoBackend::Auto, "uring" => IoBackend::Uring, "epoll" => IoBackend::Epoll });
+keywords!(TlsClients { "off" => TlsClients::Off, "optional" => TlsClients::Optional, "required" => TlsClients::Required });
+keywords!(ClientCertificates {
+    "none" => ClientCertificates::None,
+    "optional" => ClientCertificates::Optional,
+    "required" => ClientCertificates::Required,
+});
+
 /// One entry of `peers`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Peer {
@@ -115,6 +198,18 @@ pub struct ClientConfig {
     pub max_frame_size: usize,
     /// `server`: servers tried in order. Default `( "127.0.0.1:4809" )`.
     pub server: Vec<String>,
+    /// `tls` (msgc): connect with TLS, `yes` or `no`. Default no.
+    pub tls: bool,
+    /// `tls_ca` (msgc): PEM file with the CA certificates the server's certificate is checked
+    /// against. Default: none, which with `tls = yes` is an error when connecting.
+    pub tls_ca: Option<PathBuf>,
+    /// `tls_certificate` (msgc): PEM client certificate chain, for servers that ask. No default.
+    pub tls_certificate: Option<PathBuf>,
+    /// `tls_key` (msgc): PEM private key of `tls_certificate`. No default.
+    pub tls_key: Option<PathBuf>,
+    /// `tls_server_name` (msgc): the name the server's certificate must carry. Default: the
+    /// host part of the server's address.
+    pub tls_server_name: Option<String>,
 }
 
 /// The `msgcserver_listener` scope: its `listen "ADDR" { }` scopes, as written.
@@ -179,6 +274,12 @@ impl Default for ServerConfig {
             max_frame_size: crate::proto::DEFAULT_MAX_FRAME,
             memory_budget: 64 << 20,
             threads: 0,
+            io: IoBackend::Auto,
+            tls_certificate: None,
+            tls_key: None,
+            tls_ca: None,
+            tls_clients: TlsClients::Off,
+            tls_client_certificates: ClientCertificates::None,
             stall_timeout: Duration::from_secs(1),
             handshake_timeout: Duration::from_secs(10),
             max_connections: 65536,
@@ -208,6 +309,11 @@ impl Default for ClientConfig {
             tcpbuf_size: s.tcpbuf_size,
             max_frame_size: s.max_frame_size,
             server: vec!["127.0.0.1:4809".into()],
+            tls: false,
+            tls_ca: None,
+            tls_certificate: None,
+            tls_key: None,
+            tls_server_name: None,
         }
     }
 }
@@ -243,6 +349,11 @@ impl Config {
 }
 
 impl ServerConfig {
+    /// Whether peer links are mutual TLS: certificate, key and CA are all set.
+    pub fn peer_tls(&self) -> bool {
+        self.tls_certificate.is_some() && self.tls_key.is_some() && self.tls_ca.is_some()
+    }
+
     /// A digest of the normalized options (FNV-1a 64), equal on servers whose `msgc_server`
     /// scopes mean the same; peers compare it to detect config drift. The host-local
     /// operational options (`metrics_listen`, `control_socket`, `log_format`) are left out:

@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::parser::{parse, Entry, Pos, Value};
-use super::{ClientConfig, Config, ConfigError, DebugLevel, LogFormat, Peer, ServerConfig};
+use super::{
+    ClientCertificates, ClientConfig, Config, ConfigError, DebugLevel, IoBackend, LogFormat, Peer,
+    ServerConfig, TlsClients,
+};
 
 pub(super) const SERVER_OPTIONS: &[&str] = &[
     "connect_timeout",
@@ -25,6 +28,12 @@ pub(super) const SERVER_OPTIONS: &[&str] = &[
     "max_frame_size",
     "memory_budget",
     "threads",
+    "io",
+    "tls_certificate",
+    "tls_key",
+    "tls_ca",
+    "tls_clients",
+    "tls_client_certificates",
     "stall_timeout",
     "handshake_timeout",
     "max_connections",
@@ -51,6 +60,11 @@ const CLIENT_OPTIONS: &[&str] = &[
     "tcpbuf_size",
     "max_frame_size",
     "server",
+    "tls",
+    "tls_ca",
+    "tls_certificate",
+    "tls_key",
+    "tls_server_name",
 ];
 /// Longest time option accepted (a year), so that durations cannot overflow.
 const MAX_SECONDS: f64 = 31_536_000.0;
@@ -235,6 +249,7 @@ fn build(entries: Vec<Entry>) -> Result<Config, ConfigError> {
             port_pos = Some(pos.clone());
         }
     }
+    check_server_tls(&config.server, &server_opts)?;
     for (key, pos, value) in &client_opts {
         let c: &mut ClientConfig = &mut config.client;
         if set_shared!(c, key, value) {
@@ -243,9 +258,15 @@ fn build(entries: Vec<Entry>) -> Result<Config, ConfigError> {
         match key.as_str() {
             "bind_address" => c.bind_address = Some(ip(value)?),
             "server" => c.server = servers(value)?,
+            "tls" => c.tls = yes_no(value)?,
+            "tls_ca" => c.tls_ca = Some(path(value)?),
+            "tls_certificate" => c.tls_certificate = Some(path(value)?),
+            "tls_key" => c.tls_key = Some(path(value)?),
+            "tls_server_name" => c.tls_server_name = Some(scalar(value, "a server name")?.to_string()),
             _ => return Err(unknown(key, pos, "msgc_client", CLIENT_OPTIONS)),
         }
     }
+    check_client_tls(&config.client, &client_opts)?;
     if config.server.idle_timeout <= config.server.keepalive_interval {
         let at = server_opts.iter().find(|(k, ..)| k == "idle_timeout" || k == "keepalive_interval");
         let msg = format!(
@@ -297,6 +318,19 @@ fn set_server(s: &mut ServerConfig, key: &str, pos: &Pos, value: &Value) -> Resu
         "port" => s.port = int(value, 1, 65535)? as u16,
         "memory_budget" => s.memory_budget = int(value, 1 << 20, u64::MAX >> 1)? as usize,
         "threads" => s.threads = int(value, 0, 1024)? as usize,
+        "io" => s.io = keyword(value, "io", IoBackend::parse, IoBackend::WORDS)?,
+        "tls_certificate" => s.tls_certificate = Some(path(value)?),
+        "tls_key" => s.tls_key = Some(path(value)?),
+        "tls_ca" => s.tls_ca = Some(path(value)?),
+        "tls_clients" => s.tls_clients = keyword(value, "tls_clients", TlsClients::parse, TlsClients::WORDS)?,
+        "tls_client_certificates" => {
+            s.tls_client_certificates = keyword(
+                value,
+                "tls_client_certificates",
+                ClientCertificates::parse,
+                ClientCertificates::WORDS,
+            )?
+        }
         "stall_timeout" => s.stall_timeout = seconds(value)?,
         "handshake_timeout" => s.handshake_timeout = seconds(value)?,
         "max_connections" => s.max_connections = int(value, 1, 10_000_000)? as usize,
@@ -362,6 +396,7 @@ pub fn set_server_option(config: &mut Config, key: &str, text: &str) -> Result<(
     };
     let mut server = config.server.clone();
     set_server(&mut server, &key, pos, value)?;
+    check_server_tls(&server, &[(key.clone(), pos.clone(), value.clone())])?;
     if server.idle_timeout <= server.keepalive_interval {
         return Err(ConfigError::plain(format!(
             "idle_timeout ({:?}) must be longer than keepalive_interval ({:?}), or quiet peers time each other out",
@@ -421,6 +456,14 @@ pub fn server_option(s: &ServerConfig, key: &str) -> Result<String, ConfigError>
         "max_frame_size" => s.max_frame_size.to_string(),
         "memory_budget" => s.memory_budget.to_string(),
         "threads" => s.threads.to_string(),
+        "io" => s.io.to_string(),
+        "tls_certificate" => {
+            quoted(&s.tls_certificate.as_ref().map(|p| p.display().to_string()).unwrap_or_default())
+        }
+        "tls_key" => quoted(&s.tls_key.as_ref().map(|p| p.display().to_string()).unwrap_or_default()),
+        "tls_ca" => quoted(&s.tls_ca.as_ref().map(|p| p.display().to_string()).unwrap_or_default()),
+        "tls_clients" => s.tls_clients.to_string(),
+        "tls_client_certificates" => s.tls_client_certificates.to_string(),
         "stall_timeout" => secs(s.stall_timeout),
         "handshake_timeout" => secs(s.handshake_timeout),
         "max_connections" => s.max_connections.to_string(),
@@ -558,6 +601,95 @@ fn int(v: &Value, min: u64, max: u64) -> Result<u64, ConfigError> {
     Ok(n as u64)
 }
 
+/// One of a fixed set of words (`io = epoll`).
+fn keyword<T>(
+    v: &Value,
+    option: &str,
+    parse: fn(&str) -> Option<T>,
+    words: &[&str],
+) -> Result<T, ConfigError> {
+    let s = scalar(v, "a word")?;
+    parse(s).ok_or_else(|| err(v.pos(), format!("{option} cannot be `{s}`: expected {}", words.join(", "))))
+}
+
+fn yes_no(v: &Value) -> Result<bool, ConfigError> {
+    let s = scalar(v, "yes or no")?;
+    match s.to_ascii_lowercase().as_str() {
+        "yes" | "true" | "on" | "1" => Ok(true),
+        "no" | "false" | "off" | "0" => Ok(false),
+        _ => Err(err(v.pos(), format!("expected yes or no, found `{s}`"))),
+    }
+}
+
+/// A file name; relative names are kept as written (relative to the working directory).
+/// The file is not opened here: the runtime reads it and reports what is wrong with it.
+fn path(v: &Value) -> Result<PathBuf, ConfigError> {
+    let s = scalar(v, "a file name")?;
+    if s.is_empty() {
+        return Err(err(v.pos(), "expected a file name, found an empty string"));
+    }
+    Ok(PathBuf::from(s))
+}
+
+/// Where an option was set, for errors about how options combine.
+fn pos_of<'a>(opts: &'a [(String, Pos, Value)], key: &str) -> Option<&'a Pos> {
+    opts.iter().find(|(k, _, _)| k == key).map(|(_, p, _)| p)
+}
+
+/// The TLS options of `msgc_server` must make sense together.
+fn check_server_tls(s: &super::ServerConfig, opts: &[(String, Pos, Value)]) -> Result<(), ConfigError> {
+    let at = |key: &str, msg: String| match pos_of(opts, key) {
+        Some(p) => err(p, msg),
+        None => ConfigError::plain(msg),
+    };
+    if s.tls_certificate.is_some() != s.tls_key.is_some() {
+        let key = if s.tls_key.is_some() { "tls_key" } else { "tls_certificate" };
+        return Err(at(key, "tls_certificate and tls_key go together: set both or neither".into()));
+    }
+    if s.tls_clients != TlsClients::Off && s.tls_certificate.is_none() {
+        return Err(at(
+            "tls_clients",
+            format!("tls_clients = {} needs tls_certificate and tls_key", s.tls_clients),
+        ));
+    }
+    if s.tls_client_certificates != ClientCertificates::None {
+        if s.tls_clients == TlsClients::Off {
+            return Err(at(
+                "tls_client_certificates",
+                "tls_client_certificates needs tls_clients = optional or required".into(),
+            ));
+        }
+        if s.tls_ca.is_none() {
+            return Err(at(
+                "tls_client_certificates",
+                "tls_client_certificates needs tls_ca to check them against".into(),
+            ));
+        }
+    }
+    if s.tls_clients == TlsClients::Required && s.peers.len() > 1 && !s.peer_tls() {
+        return Err(at(
+            "tls_clients",
+            "tls_clients = required refuses plain connections, peer links included: set tls_ca too, so that peers link over mutual TLS".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn check_client_tls(c: &ClientConfig, opts: &[(String, Pos, Value)]) -> Result<(), ConfigError> {
+    let at = |key: &str, msg: &str| match pos_of(opts, key) {
+        Some(p) => err(p, msg),
+        None => ConfigError::plain(msg),
+    };
+    if c.tls_certificate.is_some() != c.tls_key.is_some() {
+        let key = if c.tls_key.is_some() { "tls_key" } else { "tls_certificate" };
+        return Err(at(key, "tls_certificate and tls_key go together: set both or neither"));
+    }
+    if c.tls && c.tls_ca.is_none() {
+        return Err(at("tls", "tls = yes needs tls_ca, the CA the server's certificate is checked against"));
+    }
+    Ok(())
+}
+
 fn level(v: &Value) -> Result<DebugLevel, ConfigError> {
     let s = scalar(v, "a debug level")?;
     DebugLevel::parse(s).ok_or_else(|| {
@@ -665,7 +797,11 @@ mod tests {
         }"#;
         let config = parse_str(text, "f").unwrap();
         let mut copy = Config::default();
-        for key in SERVER_OPTIONS.iter().filter(|k| !k.starts_with("cluster_secret")) {
+        // Secrets are never shown; unset file names show as "", which a file cannot hold.
+        let shown = |k: &&&str| {
+            !k.starts_with("cluster_secret") && !matches!(**k, "tls_certificate" | "tls_key" | "tls_ca")
+        };
+        for key in SERVER_OPTIONS.iter().filter(shown) {
             let shown = server_option(&config.server, key).unwrap();
             set_server_option(&mut copy, key, &shown).unwrap_or_else(|e| panic!("{key} = {shown}: {e}"));
         }

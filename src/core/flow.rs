@@ -38,6 +38,9 @@ impl ShardCore {
             tracing::trace!(shard = self.id, conn, queued, "over high water");
             c.hot = true;
             self.hot_conns += 1;
+            if c.state == State::Client {
+                self.hot_clients += 1;
+            }
         }
     }
 
@@ -190,12 +193,14 @@ impl ShardCore {
         let budget = self.limits.memory_budget;
         let limit = if self.over { budget / 4 * 3 } else { budget };
         let over = self.hot_conns > 0 || self.queued_bytes > limit;
-        if over == self.over {
+        let clients_hot = self.hot_clients > 0;
+        if over == self.over && clients_hot == self.clients_hot {
             return;
         }
-        let was_paused = self.reading_paused();
-        self.over = over;
-        if over {
+        let before = self.paused();
+        let was_over = self.over;
+        (self.over, self.clients_hot) = (over, clients_hot);
+        if over && !was_over {
             self.stats.pauses += 1;
             tracing::debug!(
                 shard = self.id,
@@ -203,15 +208,13 @@ impl ShardCore {
                 hot = self.hot_conns,
                 "pausing publishers"
             );
-        } else {
+        } else if was_over && !over {
             tracing::debug!(shard = self.id, "releasing publishers");
         }
-        if was_paused && !self.reading_paused() {
-            self.resume = true;
-        }
+        self.wake_if_relaxed(before);
         for s in 0..self.nshards {
             if s != self.id {
-                self.outgoing[s as usize].push(ShardMsg::Pressure { from: self.id, over });
+                self.outgoing[s as usize].push(ShardMsg::Pressure { from: self.id, over, clients_hot });
             }
         }
     }

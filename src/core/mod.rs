@@ -139,10 +139,12 @@ pub enum ShardMsg {
         group: GroupName,
         frame: Bytes,
     },
-    /// A shard starts or stops holding publishers back.
+    /// A shard starts or stops holding publishers back (`over`), or having a client over
+    /// its high-water mark (`clients_hot`, which also holds back reading links).
     Pressure {
         from: u16,
         over: bool,
+        clients_hot: bool,
     },
 }
 

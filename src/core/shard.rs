@@ -143,10 +143,14 @@ pub struct ShardCore {
     pub(super) scratch_nodes: Vec<NodeTag>,
     pub(super) queued_bytes: usize,
     pub(super) hot_conns: usize,
+    /// Of those, client connections (peer links are not counted: see `links_paused`).
+    pub(super) hot_clients: usize,
     /// Pressure as last announced to other shards.
     pub(super) over: bool,
+    pub(super) clients_hot: bool,
     pub(super) over_since: Option<Instant>,
     pub(super) remote_over: Vec<bool>,
+    pub(super) remote_clients_hot: Vec<bool>,
     /// Bytes of traffic sent to each shard and not yet credited back: publishers pause when
     /// another shard falls behind, before its queues can overshoot their limits.
     pub(super) in_flight: Vec<usize>,
@@ -180,9 +184,12 @@ impl ShardCore {
             scratch_nodes: Vec::new(),
             queued_bytes: 0,
             hot_conns: 0,
+            hot_clients: 0,
             over: false,
+            clients_hot: false,
             over_since: None,
             remote_over: vec![false; nshards as usize],
+            remote_clients_hot: vec![false; nshards as usize],
             in_flight: vec![0; nshards as usize],
             credit_due: vec![0; nshards as usize],
             resume: false,
@@ -217,11 +224,38 @@ impl ShardCore {
         self.over || self.remote_over.iter().any(|&o| o) || self.in_flight.iter().any(|&b| b > limit)
     }
 
-    /// Whether the reader of `conn` should wait: clients wait while publishers are held
-    /// back; peer links and handshakes are always read, so that servers never wait on each
-    /// other in a cycle and links drain into local queues.
+    /// Whether the reader of `conn` should wait. Clients wait while publishers are held
+    /// back for any reason. Peer links wait only while a client (here or on another shard)
+    /// is over its high-water mark or another shard is behind on credit: then TCP pushes
+    /// back on the sending server, whose link queue holds its publishers back. A link is
+    /// never paused for another link's queue or for memory held in link queues, so two
+    /// servers never wait on each other in a cycle. Handshakes are always read.
     pub fn reading_paused_for(&self, conn: ConnId) -> bool {
-        self.conns.get(conn).is_some_and(|c| c.state == State::Client) && self.reading_paused()
+        match self.conns.get(conn).map(|c| &c.state) {
+            Some(State::Client) => self.reading_paused(),
+            Some(State::Peer) => self.links_paused(),
+            _ => false,
+        }
+    }
+
+    fn links_paused(&self) -> bool {
+        let limit = self.flight_limit();
+        self.hot_clients > 0
+            || self.remote_clients_hot.iter().any(|&h| h)
+            || self.in_flight.iter().any(|&b| b > limit)
+    }
+
+    /// What is paused now: (client readers, link readers).
+    pub(super) fn paused(&self) -> (bool, bool) {
+        (self.reading_paused(), self.links_paused())
+    }
+
+    /// After a change that can only relax pressure: wake paused readers if some may go on.
+    pub(super) fn wake_if_relaxed(&mut self, before: (bool, bool)) {
+        let now = self.paused();
+        if (before.0 && !now.0) || (before.1 && !now.1) {
+            self.resume = true;
+        }
     }
 
     /// True once after reading became allowed again: the runtime wakes its paused readers.
@@ -745,6 +779,9 @@ impl ShardCore {
         if c.hot {
             c.hot = false;
             self.hot_conns -= 1;
+            if c.state == State::Client {
+                self.hot_clients -= 1;
+            }
         }
         let was = std::mem::replace(&mut c.state, State::Closing);
         if Self::in_handshake(&was) {
@@ -817,6 +854,9 @@ impl ShardCore {
             if c.hot && c.outbox.messages() < self.limits.low_water() {
                 c.hot = false;
                 self.hot_conns -= 1;
+                if c.state == State::Client {
+                    self.hot_clients -= 1;
+                }
             }
             self.update_pressure();
             return Take::Write;
@@ -851,13 +891,11 @@ impl ShardCore {
                 self.route_local(group.as_bytes(), &frames, count)
             }
             ShardMsg::Credit { from, bytes } => {
-                let was = self.reading_paused();
+                let before = self.paused();
                 if let Some(f) = self.in_flight.get_mut(from as usize) {
                     *f = f.saturating_sub(bytes);
                 }
-                if was && !self.reading_paused() {
-                    self.resume = true;
-                }
+                self.wake_if_relaxed(before);
             }
             ShardMsg::Forward { from, tag, conn, frames, count } => {
                 self.owe_credit(from, frames.len());
@@ -883,15 +921,15 @@ impl ShardCore {
                     self.send_frame(conn, frame.clone());
                 }
             }
-            ShardMsg::Pressure { from, over } => {
-                tracing::trace!(shard = self.id, from, over, "pressure");
-                let was = self.reading_paused();
-                if let Some(slot) = self.remote_over.get_mut(from as usize) {
-                    *slot = over;
+            ShardMsg::Pressure { from, over, clients_hot } => {
+                tracing::trace!(shard = self.id, from, over, clients_hot, "pressure");
+                let before = self.paused();
+                if let (Some(o), Some(h)) =
+                    (self.remote_over.get_mut(from as usize), self.remote_clients_hot.get_mut(from as usize))
+                {
+                    (*o, *h) = (over, clients_hot);
                 }
-                if was && !self.reading_paused() {
-                    self.resume = true;
-                }
+                self.wake_if_relaxed(before);
             }
         }
     }

@@ -3,7 +3,9 @@
 //! and after the link is lost redials once `reconnect_interval` (with jitter) has passed.
 //!
 //! Connecting uses plain tokio sockets (a connect may safely be dropped on timeout); the
-//! connected socket then moves to tokio-uring like any accepted one.
+//! connected socket then moves to the shard's backend like any accepted one. When peer
+//! links are mutual TLS, the TLS handshake (the peer's certificate checked against `tls_ca`
+//! and its `peers` name) completes within `connect_timeout` before the core sees the link.
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -12,6 +14,8 @@ use std::rc::Rc;
 use tokio::sync::Notify;
 
 use super::shard::ShardRt;
+use super::stream::Stream;
+use crate::core::ConnMeta;
 use crate::core::PeerEntry;
 use crate::mesh::{backoff_delay, should_dial, NodeName};
 
@@ -72,7 +76,7 @@ pub fn apply_peers(
         if wanted.contains_key(&key) && !dialers.running.contains_key(&key) {
             let stop = Rc::new(Cell::new(false));
             dialers.running.insert(key, (p.addr.clone(), stop.clone()));
-            tokio_uring::spawn(dial_loop(shard.clone(), p.name.clone(), p.addr.clone(), stop));
+            tokio::task::spawn_local(dial_loop(shard.clone(), p.name.clone(), p.addr.clone(), stop));
         }
     }
 }
@@ -119,17 +123,22 @@ async fn dial_loop(shard: Rc<ShardRt>, name: String, addr: String, stop: Rc<Cell
     };
     while !stop.get() {
         let limits = shard.core.borrow().limits().clone();
+        let started = tokio::time::Instant::now();
         match tokio::time::timeout(limits.connect_timeout, tokio::net::TcpStream::connect(&addr)).await {
             Ok(Ok(stream)) => {
-                failures = 0;
-                match stream.into_std() {
-                    Ok(std) => {
+                let left = limits.connect_timeout.saturating_sub(started.elapsed());
+                match connected(&shard, &name, stream, limits.tcpbuf_size, left).await {
+                    Ok((stream, meta)) => {
+                        failures = 0;
                         let gone = Rc::new(Notify::new());
-                        super::shard::adopt(&shard, std, Some((&name, gone.clone())));
+                        super::shard::adopt(&shard, stream, meta, Some((&name, gone.clone())));
                         // The link is up or handshaking; wait until its connection is gone.
                         gone.notified().await;
                     }
-                    Err(e) => tracing::warn!(peer = %name, "cannot use connected socket: {e}"),
+                    Err(e) => {
+                        failures += 1;
+                        tracing::warn!(peer = %name, %addr, "cannot link: {e}");
+                    }
                 }
             }
             Ok(Err(e)) => {
@@ -148,6 +157,29 @@ async fn dial_loop(shard: Rc<ShardRt>, name: String, addr: String, stop: Rc<Cell
         }
         attempt += 1;
         tokio::time::sleep(backoff_delay(limits.reconnect_interval, seed, attempt)).await;
+    }
+}
+
+/// Makes a connected socket ready for the core: plain on the shard's backend, or through
+/// the TLS handshake when peer links are mutual TLS.
+async fn connected(
+    shard: &Rc<ShardRt>,
+    name: &str,
+    stream: tokio::net::TcpStream,
+    tcpbuf: usize,
+    within: std::time::Duration,
+) -> Result<(Stream, ConnMeta), String> {
+    super::shard::tune_socket(&stream, tcpbuf);
+    let tls = shard.tls.borrow().clone();
+    match tls {
+        Some(tls) if tls.peer_tls() => tls.dial_peer(name, stream, within).await,
+        _ => {
+            let remote = stream.peer_addr().ok();
+            let std = stream.into_std().map_err(|e| format!("cannot use connected socket: {e}"))?;
+            let stream =
+                Stream::plain(shard.backend, std).map_err(|e| format!("cannot use connected socket: {e}"))?;
+            Ok((stream, ConnMeta { remote, tls: None }))
+        }
     }
 }
 

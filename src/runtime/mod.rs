@@ -1,5 +1,6 @@
-//! The I/O side of the relay: one pinned thread per core, each running tokio-uring and one
-//! shard; an acceptor that deals connections out to the shards; signals and reloads.
+//! The I/O side of the relay: one pinned thread per core, each running one shard on
+//! tokio-uring or, where io_uring is unavailable or not wanted, on tokio (epoll); an acceptor
+//! that deals connections out to the shards; TLS handshakes; signals and reloads.
 //!
 //! Owns sockets, threads and the clock. Never decides routing or membership: that is
 //! `core`'s, which every shard drives through `handle_*` calls.
@@ -10,12 +11,17 @@ mod host;
 mod inspect;
 mod links;
 mod shard;
+mod stream;
+mod tls;
 mod uring;
 
+pub use crate::config::IoBackend;
 pub use host::{hostnames, local_addrs, local_hostname};
 pub use inspect::{InspectError, Inspector, ProcessReport, ServerReport};
 pub use links::PeerSpec;
-pub use uring::check_io_uring;
+pub use stream::Backend;
+pub use tls::{ServerTls, TlsOptions};
+pub use uring::{check_io_uring, choose as choose_backend};
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -42,6 +48,10 @@ pub struct ServerOptions {
     pub digest: u64,
     /// The `peers` table (this server included or not); links form to the others.
     pub peers: Vec<PeerSpec>,
+    /// The I/O backend (`io`); auto picks io_uring when this host allows it.
+    pub io: IoBackend,
+    /// TLS for clients and peer links; off by default.
+    pub tls: TlsOptions,
 }
 
 impl Default for ServerOptions {
@@ -54,6 +64,8 @@ impl Default for ServerOptions {
             node_name: local_hostname(),
             digest: 0,
             peers: Vec::new(),
+            io: IoBackend::Auto,
+            tls: TlsOptions::default(),
         }
     }
 }
@@ -64,6 +76,7 @@ pub(crate) enum Control {
     /// The peers table, with each peer's addresses resolved (for the unauthenticated
     /// mesh's address check).
     Peers(Vec<PeerSpec>, Vec<crate::core::PeerEntry>),
+    Tls(Option<Arc<ServerTls>>),
     /// Answer with a report of the shard's state (per session if asked).
     Report {
         sessions: bool,
@@ -82,6 +95,11 @@ pub struct ServerHandle {
     accept_stop: Option<tokio::sync::oneshot::Sender<()>>,
     threads: Vec<JoinHandle<()>>,
     stats: Arc<Mutex<Vec<Stats>>>,
+    backend: Backend,
+    fallback: Option<String>,
+    /// Whether peer links are mutual TLS now: the core's `Limits::peer_tls` follows the TLS
+    /// settings actually loaded, whatever limits a caller passes.
+    peer_tls: std::sync::atomic::AtomicBool,
     inspector: Inspector,
 }
 
@@ -94,12 +112,18 @@ pub enum StartError {
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error("cannot start thread: {0}")]
     Thread(std::io::Error),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 impl ServerHandle {
     /// Starts the acceptor and the shard threads and returns once they listen.
     pub fn start(opts: ServerOptions) -> Result<ServerHandle, StartError> {
-        check_io_uring().map_err(StartError::NoIoUring)?;
+        let (backend, fallback) = uring::choose(opts.io).map_err(StartError::NoIoUring)?;
+        let tls = ServerTls::load(&opts.tls)?;
+        let peer_tls = tls.as_ref().is_some_and(|t| t.peer_tls());
+        let mut opts = opts;
+        opts.limits.peer_tls = peer_tls;
         let threads = if opts.threads == 0 {
             std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
         } else {
@@ -135,6 +159,8 @@ impl ServerHandle {
                 inbox,
                 core: cores.get(i % cores.len().max(1)).copied(),
                 stats: stats.clone(),
+                backend,
+                tls: tls.clone(),
             };
             let h = std::thread::Builder::new()
                 .name(format!("msgc-shard-{i}"))
@@ -156,7 +182,12 @@ impl ServerHandle {
                 let _ = tx.send(shard::Inbound::Control(Control::Peers(opts.peers.clone(), entries.clone())));
             }
         }
-        tracing::info!(node = %identity.node_name, tag = format!("{:08x}", identity.node_tag.0), ?addrs, threads, "msgc-server listening");
+        tracing::info!(node = %identity.node_name, tag = format!("{:08x}", identity.node_tag.0), ?addrs, threads, io = %backend, "msgc-server listening");
+        match &tls {
+            Some(t) if t.peer_tls() => tracing::info!("TLS on; peer links are mutual TLS"),
+            Some(_) => tracing::info!("TLS on for clients; peer links are plain"),
+            None => {}
+        }
         let inspector = Inspector {
             shards: senders.clone(),
             info: Arc::new(inspect::ServerInfo {
@@ -175,7 +206,33 @@ impl ServerHandle {
             accept_stop: Some(stop_tx),
             threads: handles,
             stats,
+            backend,
+            fallback,
+            peer_tls: peer_tls.into(),
         })
+    }
+
+    /// The I/O backend the shards run on.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// With `io = auto` on a host where io_uring is unavailable: why (the server runs on
+    /// epoll).
+    pub fn backend_fallback(&self) -> Option<&str> {
+        self.fallback.as_deref()
+    }
+
+    /// Rereads the TLS files and applies them to new connections and dials (connections up
+    /// keep their session). On an error the running TLS settings stay.
+    pub fn set_tls(&self, opts: &TlsOptions) -> Result<(), crate::tls::TlsError> {
+        let tls = ServerTls::load(opts)?;
+        let peer_tls = tls.as_ref().is_some_and(|t| t.peer_tls());
+        self.peer_tls.store(peer_tls, std::sync::atomic::Ordering::Relaxed);
+        for tx in &self.control {
+            let _ = tx.send(shard::Inbound::Control(Control::Tls(tls.clone())));
+        }
+        Ok(())
     }
 
     /// The addresses the server listens on (with the real port when 0 was asked for).
@@ -189,7 +246,8 @@ impl ServerHandle {
     }
 
     /// Applies new limits to every shard without a restart.
-    pub fn reload(&self, limits: Limits) {
+    pub fn reload(&self, mut limits: Limits) {
+        limits.peer_tls = self.peer_tls.load(std::sync::atomic::Ordering::Relaxed);
         for tx in &self.control {
             let _ = tx.send(shard::Inbound::Control(Control::Reload(limits.clone())));
         }

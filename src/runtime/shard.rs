@@ -1,5 +1,6 @@
-//! One shard thread: a pinned tokio-uring runtime that owns its connections for life and
-//! drives its `ShardCore` from socket reads, writer completions, other shards and a timer.
+//! One shard thread: a pinned runtime (tokio-uring, or tokio on epoll) that owns its
+//! connections for life and drives its `ShardCore` from socket reads, writer completions,
+//! other shards and a timer.
 //!
 //! Shares nothing with other shards: they exchange `Inbound` messages over channels. Every
 //! core call is followed by [`ShardRt::flush`], which carries out what the core asked for.
@@ -11,12 +12,13 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tokio::sync::Notify;
-use tokio_uring::net::TcpStream;
 
 use crate::core::{ConnId, ConnMeta, Limits, ServerIdentity, ShardCore, ShardMsg, Stats};
 
+use super::stream::{Backend, Stream};
+use super::tls::ServerTls;
 use super::Control;
-use super::{conn, links};
+use super::{conn, links, tls};
 
 /// How long a stopping shard waits for its connections to flush their goodbyes.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -39,11 +41,13 @@ pub struct ShardSetup {
     pub inbox: UnboundedReceiver<Inbound>,
     pub core: Option<core_affinity::CoreId>,
     pub stats: Arc<Mutex<Vec<Stats>>>,
+    pub backend: Backend,
+    pub tls: Option<Arc<ServerTls>>,
 }
 
 /// The socket side of one connection.
 pub struct ConnIo {
-    pub stream: Rc<TcpStream>,
+    pub stream: Rc<Stream>,
     pub wake: Rc<Notify>,
     /// Notified when the connection is gone (a dialer waits on it to redial).
     pub gone: Option<Rc<Notify>>,
@@ -53,6 +57,11 @@ pub struct ConnIo {
 pub struct ShardRt {
     pub id: u16,
     pub nshards: u16,
+    pub backend: Backend,
+    /// The TLS state new connections and dials use (replaced on reload).
+    pub tls: RefCell<Option<Arc<ServerTls>>>,
+    /// Accepted connections still in their TLS handshake (not yet known to the core).
+    pub pre_core: Cell<usize>,
     pub core: RefCell<ShardCore>,
     pub io: RefCell<Vec<Option<ConnIo>>>,
     /// Paused readers wait here for the core to allow reading again.
@@ -93,11 +102,25 @@ impl ShardRt {
     fn handle_inbound(self: &Rc<Self>, msg: Inbound) {
         match msg {
             Inbound::Shard(batch) => self.core.borrow_mut().handle_shard_msgs(batch, Instant::now()),
-            Inbound::Conn(std) if !self.stopping.get() => adopt(self, std, None),
+            Inbound::Conn(std) if !self.stopping.get() => {
+                let within = self.core.borrow().limits().handshake_timeout;
+                tls::accepted(self, std, self.tls.borrow().clone(), within)
+            }
             Inbound::Conn(_) => {}
             Inbound::Control(Control::Reload(limits)) => {
                 tracing::info!(shard = self.id, "applying reloaded limits");
                 self.core.borrow_mut().set_limits(limits);
+            }
+            Inbound::Control(Control::Tls(tls)) => {
+                tracing::info!(shard = self.id, "applying reloaded TLS settings");
+                // The core requires certificate-checked peers exactly when peer TLS is on.
+                let peer_tls = tls.as_ref().is_some_and(|t| t.peer_tls());
+                let mut limits = self.core.borrow().limits().clone();
+                if limits.peer_tls != peer_tls {
+                    limits.peer_tls = peer_tls;
+                    self.core.borrow_mut().set_limits(limits);
+                }
+                *self.tls.borrow_mut() = tls;
             }
             Inbound::Control(Control::Peers(peers, entries)) => {
                 let mut dialers = self.dialers.borrow_mut();
@@ -137,7 +160,7 @@ impl ShardRt {
             core.take_cuts(&mut ids);
             for &id in ids.iter() {
                 if let Some(Some(c)) = io.get(id) {
-                    let _ = c.stream.shutdown(std::net::Shutdown::Both);
+                    c.stream.cut();
                     c.wake.notify_one();
                 }
             }
@@ -163,6 +186,11 @@ impl ShardRt {
         self.flush();
     }
 
+    /// Whether the shard is shutting down (new connections are not taken any more).
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.get()
+    }
+
     /// Waits until the core allows reading `id` (publishers are held back under pressure).
     pub async fn wait_for_reading(&self, id: ConnId) {
         loop {
@@ -184,22 +212,29 @@ pub fn run(setup: ShardSetup) {
             tracing::debug!(shard = setup.id, "could not pin to core {:?}", core.id);
         }
     }
-    let rt = match tokio_uring::Runtime::new(&tokio_uring::builder()) {
-        Ok(rt) => rt,
-        Err(e) => {
-            tracing::error!(shard = setup.id, "cannot start io_uring runtime: {e}");
-            return;
-        }
-    };
-    rt.block_on(serve(setup));
+    // Both runtimes run the shard's tasks with `spawn_local` on this one thread
+    // (tokio_uring::spawn is spawn_local underneath).
+    match setup.backend {
+        Backend::Uring => match tokio_uring::Runtime::new(&tokio_uring::builder()) {
+            Ok(rt) => rt.block_on(serve(setup)),
+            Err(e) => tracing::error!(shard = setup.id, "cannot start io_uring runtime: {e}"),
+        },
+        Backend::Epoll => match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => tokio::task::LocalSet::new().block_on(&rt, serve(setup)),
+            Err(e) => tracing::error!(shard = setup.id, "cannot start tokio runtime: {e}"),
+        },
+    }
 }
 
 async fn serve(setup: ShardSetup) {
-    let ShardSetup { id, nshards, identity, limits, peers, inbox, stats, .. } = setup;
+    let ShardSetup { id, nshards, identity, limits, peers, inbox, stats, backend, tls, .. } = setup;
     let node_name = identity.node_name.as_str().to_string();
     let shard = Rc::new(ShardRt {
         id,
         nshards,
+        backend,
+        tls: RefCell::new(tls),
+        pre_core: Cell::new(0),
         core: RefCell::new(ShardCore::new(id, nshards, identity, limits)),
         io: RefCell::new(Vec::new()),
         resume: Notify::new(),
@@ -212,7 +247,7 @@ async fn serve(setup: ShardSetup) {
         stopped: Notify::new(),
         draining: Cell::new(false),
     });
-    let timer = tokio_uring::spawn(tick(shard.clone(), stats.clone()));
+    let timer = tokio::task::spawn_local(tick(shard.clone(), stats.clone()));
     // When the shard is idle, this task is what notices messages from other shards.
     while !shard.stopping.get() {
         let next = tokio::select! {
@@ -232,23 +267,18 @@ async fn serve(setup: ShardSetup) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     for c in shard.io.borrow().iter().flatten() {
-        let _ = c.stream.shutdown(std::net::Shutdown::Both);
+        c.stream.cut();
         c.wake.notify_one();
     }
     timer.abort();
     publish_stats(&shard, &stats);
 }
 
-/// Takes ownership of a connected socket: an accepted one, or one dialed to peer `dialed`
-/// (whose `gone` is notified when the connection ends). Starts its reader and writer.
-pub fn adopt(shard: &Rc<ShardRt>, std: std::net::TcpStream, dialed: Option<(&str, Rc<Notify>)>) {
-    let tcpbuf = shard.core.borrow().limits().tcpbuf_size;
-    let sock = socket2::SockRef::from(&std);
-    let _ = sock.set_nodelay(true);
-    let _ = sock.set_send_buffer_size(tcpbuf);
-    let _ = sock.set_recv_buffer_size(tcpbuf);
-    let meta = ConnMeta { remote: std.peer_addr().ok(), tls: None };
-    let stream = Rc::new(TcpStream::from_std(std));
+/// Takes ownership of a connected socket, ready for its first frame (any TLS handshake is
+/// done): an accepted one, or one dialed to peer `dialed` (whose `gone` is notified when the
+/// connection ends). Registers it with the core and starts its reader and writer.
+pub fn adopt(shard: &Rc<ShardRt>, stream: Stream, meta: ConnMeta, dialed: Option<(&str, Rc<Notify>)>) {
+    let stream = Rc::new(stream);
     let now = Instant::now();
     let (id, gone) = match dialed {
         Some((peer, gone)) => (shard.core.borrow_mut().handle_dial(peer, now, meta), Some(gone)),
@@ -262,9 +292,18 @@ pub fn adopt(shard: &Rc<ShardRt>, std: std::net::TcpStream, dialed: Option<(&str
         }
         io[id] = Some(ConnIo { stream: stream.clone(), wake: wake.clone(), gone });
     }
-    tokio_uring::spawn(conn::reader(shard.clone(), id, stream.clone()));
-    tokio_uring::spawn(conn::writer(shard.clone(), id, stream, wake));
+    tokio::task::spawn_local(conn::reader(shard.clone(), id, stream.clone()));
+    tokio::task::spawn_local(conn::writer(shard.clone(), id, stream, wake));
     shard.flush();
+}
+
+/// Applies the socket options every connection gets (the acceptor does this too; a dialed
+/// socket gets them here).
+pub fn tune_socket(socket: &impl std::os::fd::AsFd, tcpbuf: usize) {
+    let sock = socket2::SockRef::from(socket);
+    let _ = sock.set_nodelay(true);
+    let _ = sock.set_send_buffer_size(tcpbuf);
+    let _ = sock.set_recv_buffer_size(tcpbuf);
 }
 
 /// Drives the core's timers and publishes counters.

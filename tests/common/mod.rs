@@ -9,9 +9,44 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use msgc::core::Limits;
 use msgc::proto::{self, encode_mcast, Frame, GroupName, Handshake, Name, SessionId, View};
-use msgc::runtime::{ServerHandle, ServerOptions};
+use msgc::runtime::{Backend, IoBackend, ServerHandle, ServerOptions};
 
 pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// The I/O backend the servers of this test binary run on: `MSGC_TEST_IO=uring|epoll|auto`
+/// if set; else epoll in the `epoll` test target (which reruns the server suites), else
+/// auto (io_uring where the host allows it).
+pub fn test_io() -> IoBackend {
+    if let Some(io) = std::env::var("MSGC_TEST_IO").ok().and_then(|v| IoBackend::parse(&v)) {
+        return io;
+    }
+    // This file is compiled into each test target; in tests/epoll.rs it sits below `epoll::`.
+    if module_path!().starts_with("epoll::") {
+        IoBackend::Epoll
+    } else {
+        IoBackend::Auto
+    }
+}
+
+/// Server options for tests: 127.0.0.1, the test backend, unpinned threads, no peers.
+pub fn test_options(name: &str, threads: usize, limits: Limits) -> ServerOptions {
+    ServerOptions {
+        listen: vec!["127.0.0.1:0".parse().unwrap()],
+        threads,
+        pin_threads: false,
+        limits,
+        node_name: name.into(),
+        io: test_io(),
+        ..ServerOptions::default()
+    }
+}
+
+pub fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
 
 pub fn start_server(threads: usize, limits: Limits) -> ServerHandle {
     start_node("test-node", threads, limits)
@@ -19,20 +54,12 @@ pub fn start_server(threads: usize, limits: Limits) -> ServerHandle {
 
 /// A server named `name` on 127.0.0.1 with a free port and no peers yet.
 pub fn start_node(name: &str, threads: usize, limits: Limits) -> ServerHandle {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-    let opts = ServerOptions {
-        listen: vec!["127.0.0.1:0".parse().unwrap()],
-        threads,
-        pin_threads: false,
-        limits,
-        node_name: name.into(),
-        digest: 0,
-        peers: Vec::new(),
-    };
-    ServerHandle::start(opts).expect("server starts")
+    init_logging();
+    let server = ServerHandle::start(test_options(name, threads, limits)).expect("server starts");
+    if test_io() == IoBackend::Epoll {
+        assert_eq!(server.backend(), Backend::Epoll);
+    }
+    server
 }
 
 pub fn addr(s: &ServerHandle) -> SocketAddr {

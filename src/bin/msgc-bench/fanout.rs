@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::lib_client::{self, ClientKind, LibPublisher, PublishSink};
 use crate::stats::{read_stamp, stamp, Tally, STAMP};
 use crate::targets::{next_item, subscribe_request, Item, Publisher, Target};
 use crate::FanoutArgs;
@@ -22,7 +23,7 @@ const BATCH: usize = 64 * 1024;
 static EPOCH: OnceLock<Instant> = OnceLock::new();
 
 /// Nanoseconds since the run's epoch.
-fn ns() -> u64 {
+pub(crate) fn ns() -> u64 {
     EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
 }
 
@@ -56,6 +57,12 @@ pub fn run(args: FanoutArgs) -> Result<String, String> {
             Target::Msgc(vec![addr])
         }
     };
+    if args.client() == ClientKind::Lib && !matches!(target, Target::Msgc(_)) {
+        return Err(format!(
+            "--client lib drives msgc only; {} is measured with --client raw",
+            target.name()
+        ));
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.threads)
         .enable_all()
@@ -88,11 +95,11 @@ fn parse_target(url: &str) -> Result<Target, String> {
     }
 }
 
-struct Shared {
-    delivered: AtomicU64,
-    published: AtomicU64,
-    stop: AtomicBool,
-    disconnects: AtomicU64,
+pub(crate) struct Shared {
+    pub delivered: AtomicU64,
+    pub published: AtomicU64,
+    pub stop: AtomicBool,
+    pub disconnects: AtomicU64,
 }
 
 async fn drive(args: &FanoutArgs, target: &Target, embedded: bool) -> Result<String, String> {
@@ -114,6 +121,20 @@ async fn drive(args: &FanoutArgs, target: &Target, embedded: bool) -> Result<Str
         // publishers start: every message then crosses the mesh.
         let addr = target.subscriber_addr(i);
         let stalled = i < args.stalled;
+        if args.client() == ClientKind::Lib {
+            let (ready, window, shared) = (ready_tx.clone(), window_rx.clone(), shared.clone());
+            subs.push(tokio::spawn(lib_client::subscribe(
+                addr,
+                i,
+                group_name(g),
+                expected,
+                stalled,
+                ready,
+                window,
+                shared,
+            )));
+            continue;
+        }
         let sub =
             Subscriber { target: target.clone(), addr, index: i, group: group_name(g), expected, stalled };
         subs.push(tokio::spawn(sub.run(ready_tx.clone(), window_rx.clone(), shared.clone())));
@@ -128,9 +149,13 @@ async fn drive(args: &FanoutArgs, target: &Target, embedded: bool) -> Result<Str
             Err(_) => return Err(format!("subscriptions not in place after {SETUP_DEADLINE:?}")),
         }
     }
-    let mut pubs = Vec::new();
+    let mut pubs: Vec<Box<dyn PublishSink>> = Vec::new();
     for p in 0..args.publishers {
-        pubs.push(Publisher::connect(target, p, &group_name(p % args.groups))?);
+        let group = group_name(p % args.groups);
+        pubs.push(match args.client() {
+            ClientKind::Lib => Box::new(LibPublisher::connect(target.addr(p), p, &group)?),
+            ClientKind::Raw => Box::new(Publisher::connect(target, p, &group)?),
+        });
     }
     let cpu_before = server_cpu(args.server_pid, embedded);
     let start = ns();
@@ -164,6 +189,7 @@ async fn drive(args: &FanoutArgs, target: &Target, embedded: bool) -> Result<Str
     }
     let report = Report {
         target: target.name(),
+        client: args.client().name(),
         args: args.clone(),
         published: shared.published.load(Ordering::Relaxed),
         total,
@@ -294,7 +320,7 @@ impl Subscriber {
 /// sent when due (late ones are sent at once and count their lateness as latency); at max
 /// rate, batches of up to 64 KiB are written back to back.
 fn publish(
-    mut p: Publisher,
+    mut p: Box<dyn PublishSink>,
     index: u32,
     args: &FanoutArgs,
     start: u64,
@@ -348,6 +374,7 @@ fn publish(
         }
         shared.published.fetch_add(std::mem::take(&mut counted), Ordering::Relaxed);
     }
+    p.finish();
     shared.published.fetch_add(counted, Ordering::Relaxed);
 }
 
@@ -429,6 +456,8 @@ fn peak_rss_kib(pid: Option<u32>, embedded: bool) -> Option<u64> {
 
 struct Report {
     target: &'static str,
+    /// Which client measured: `lib` (msgc::client) or `raw` (this program's codec client).
+    client: &'static str,
     args: FanoutArgs,
     published: u64,
     total: Tally,
@@ -451,6 +480,7 @@ impl Report {
         let q = |x: f64| if h.is_empty() { 0 } else { h.value_at_quantile(x) };
         serde_json::json!({
             "target": self.target,
+            "client": self.client,
             "publishers": self.args.publishers,
             "subscribers": self.args.subscribers,
             "groups": self.args.groups,
@@ -481,12 +511,13 @@ impl Report {
         let q = |x: f64| if h.is_empty() { 0 } else { h.value_at_quantile(x) };
         let a = &self.args;
         let mut s = format!(
-            "{} fanout: {} pub x {} sub x {} groups, {} B, rate {}, {:.1} s measured\n\
+            "{} fanout ({} client): {} pub x {} sub x {} groups, {} B, rate {}, {:.1} s measured\n\
              published  {pubs:>14.0} msg/s\n\
              delivered  {dels:>14.0} msg/s   {mbs:.1} MB/s payload\n\
              latency us p50 {} p90 {} p99 {} p99.9 {} max {}\n\
              lost {}  duplicates {}  reorders {}  gap notices {}  disconnects {}",
             self.target,
+            self.client,
             a.publishers,
             a.subscribers,
             a.groups,

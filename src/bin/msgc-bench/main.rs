@@ -6,6 +6,7 @@
 //! time, so a stalled server cannot hide queueing (no coordinated omission).
 
 mod fanout;
+mod lib_client;
 mod stats;
 mod targets;
 
@@ -39,6 +40,10 @@ pub struct FanoutArgs {
     /// Another system: nats://HOST:PORT[,HOST:PORT...] (a cluster) or redis://HOST:PORT.
     #[arg(long, value_name = "URL")]
     target: Option<String>,
+    /// Which client drives msgc: `lib` (msgc::client, what applications use; the default for
+    /// msgc) or `raw` (this program's own codec client; the only one for nats and redis).
+    #[arg(long, value_enum)]
+    client: Option<lib_client::ClientKind>,
     /// Publishers.
     #[arg(short, long, default_value_t = 1)]
     publishers: usize,
@@ -76,6 +81,17 @@ pub struct FanoutArgs {
     /// One JSON object on stdout instead of the text report.
     #[arg(long)]
     json: bool,
+}
+
+impl FanoutArgs {
+    /// The client measured: as asked, else the library for msgc and raw for the others.
+    pub fn client(&self) -> lib_client::ClientKind {
+        match (self.client, &self.target) {
+            (Some(c), _) => c,
+            (None, Some(url)) if !url.starts_with("msgc://") => lib_client::ClientKind::Raw,
+            (None, _) => lib_client::ClientKind::Lib,
+        }
+    }
 }
 
 fn main() -> ExitCode {
