@@ -4,8 +4,9 @@
  * A client keeps one TCP connection to a msgc server: it joins and leaves groups,
  * multicasts to groups, and receives messages and membership views. It reconnects by
  * itself (trying the servers in order), rejoins its groups and reports what may have been
- * missed as gap events. The client runs on an internal thread; every call here returns
- * without blocking unless a timeout argument says otherwise.
+ * missed as gap events. The client runs on an internal thread. msgc_connect and msgc_close
+ * block (each at most connect_timeout per server); every other call returns without
+ * blocking unless its timeout argument says otherwise.
  *
  * Link with -lmsgc (pkg-config --libs libmsgc); a static link also needs -lpthread -ldl -lm.
  *

@@ -261,7 +261,9 @@ fn a_link_that_stops_reading_is_killed_and_redialed() {
 #[test]
 fn saturation_slows_publishers_and_never_kills_a_link() {
     let limits = Limits {
-        max_backlog: 64,
+        // Small enough that links fill at once; large enough that a subscriber thread of a
+        // busy test process, descheduled for a moment, is not cut as stuck.
+        max_backlog: 1000,
         tcpbuf_size: 16384,
         memory_budget: 1 << 20,
         // Subscribers read as fast as they can; the test is about links, not slow clients.

@@ -392,16 +392,16 @@ impl Daemon<'_> {
             if opts.threads != old.threads {
                 notes.push("threads changed: it takes effect at the next restart".to_string());
             }
+            if opts.limits.tcpbuf_size != old.limits.tcpbuf_size {
+                notes.push("tcpbuf_size applies to connections made from now on".to_string());
+            }
             if opts.io != old.io {
                 notes.push("io changed: it takes effect at the next restart".to_string());
             }
-            // Reread even when the file names are unchanged: renewed certificates are usually
-            // written over the old files. A bad file keeps the running config, all of it.
+            // Reread even when the file names are unchanged: renewed certificates are
+            // usually written over the old files.
             if opts.tls != old.tls || opts.tls != TlsOptions::default() {
-                self.server.set_tls(&opts.tls).map_err(|e| e.to_string())?;
-            }
-            if opts.limits.tcpbuf_size != old.limits.tcpbuf_size {
-                notes.push("tcpbuf_size applies to connections made from now on".to_string());
+                self.server.set_tls(&opts.tls).map_err(|e| format!("TLS: {e}"))?;
             }
         }
         if new.server.max_connections != self.config.server.max_connections {

@@ -319,9 +319,9 @@ fn set_server(s: &mut ServerConfig, key: &str, pos: &Pos, value: &Value) -> Resu
         "memory_budget" => s.memory_budget = int(value, 1 << 20, u64::MAX >> 1)? as usize,
         "threads" => s.threads = int(value, 0, 1024)? as usize,
         "io" => s.io = keyword(value, "io", IoBackend::parse, IoBackend::WORDS)?,
-        "tls_certificate" => s.tls_certificate = Some(path(value)?),
-        "tls_key" => s.tls_key = Some(path(value)?),
-        "tls_ca" => s.tls_ca = Some(path(value)?),
+        "tls_certificate" => s.tls_certificate = optional_path(value)?,
+        "tls_key" => s.tls_key = optional_path(value)?,
+        "tls_ca" => s.tls_ca = optional_path(value)?,
         "tls_clients" => s.tls_clients = keyword(value, "tls_clients", TlsClients::parse, TlsClients::WORDS)?,
         "tls_client_certificates" => {
             s.tls_client_certificates = keyword(
@@ -456,14 +456,6 @@ pub fn server_option(s: &ServerConfig, key: &str) -> Result<String, ConfigError>
         "max_frame_size" => s.max_frame_size.to_string(),
         "memory_budget" => s.memory_budget.to_string(),
         "threads" => s.threads.to_string(),
-        "io" => s.io.to_string(),
-        "tls_certificate" => {
-            quoted(&s.tls_certificate.as_ref().map(|p| p.display().to_string()).unwrap_or_default())
-        }
-        "tls_key" => quoted(&s.tls_key.as_ref().map(|p| p.display().to_string()).unwrap_or_default()),
-        "tls_ca" => quoted(&s.tls_ca.as_ref().map(|p| p.display().to_string()).unwrap_or_default()),
-        "tls_clients" => s.tls_clients.to_string(),
-        "tls_client_certificates" => s.tls_client_certificates.to_string(),
         "stall_timeout" => secs(s.stall_timeout),
         "handshake_timeout" => secs(s.handshake_timeout),
         "max_connections" => s.max_connections.to_string(),
@@ -477,6 +469,17 @@ pub fn server_option(s: &ServerConfig, key: &str) -> Result<String, ConfigError>
             } else {
                 quoted("")
             }
+        }
+        "io" => s.io.to_string(),
+        "tls_clients" => s.tls_clients.to_string(),
+        "tls_client_certificates" => s.tls_client_certificates.to_string(),
+        "tls_certificate" | "tls_key" | "tls_ca" => {
+            let p = match key.as_str() {
+                "tls_certificate" => &s.tls_certificate,
+                "tls_key" => &s.tls_key,
+                _ => &s.tls_ca,
+            };
+            quoted(&p.as_ref().map(|p| p.display().to_string()).unwrap_or_default())
         }
         "metrics_listen" => quoted(&s.metrics_listen.map(|a| a.to_string()).unwrap_or_default()),
         "control_socket" => {
@@ -623,6 +626,12 @@ fn yes_no(v: &Value) -> Result<bool, ConfigError> {
 
 /// A file name; relative names are kept as written (relative to the working directory).
 /// The file is not opened here: the runtime reads it and reports what is wrong with it.
+/// A file name, or "" for none (so `config set` can also turn an option off).
+fn optional_path(v: &Value) -> Result<Option<PathBuf>, ConfigError> {
+    let s = scalar(v, "a file name, or \"\" for none")?;
+    Ok((!s.is_empty()).then(|| PathBuf::from(s)))
+}
+
 fn path(v: &Value) -> Result<PathBuf, ConfigError> {
     let s = scalar(v, "a file name")?;
     if s.is_empty() {
@@ -797,11 +806,7 @@ mod tests {
         }"#;
         let config = parse_str(text, "f").unwrap();
         let mut copy = Config::default();
-        // Secrets are never shown; unset file names show as "", which a file cannot hold.
-        let shown = |k: &&&str| {
-            !k.starts_with("cluster_secret") && !matches!(**k, "tls_certificate" | "tls_key" | "tls_ca")
-        };
-        for key in SERVER_OPTIONS.iter().filter(shown) {
+        for key in SERVER_OPTIONS.iter().filter(|k| !k.starts_with("cluster_secret")) {
             let shown = server_option(&config.server, key).unwrap();
             set_server_option(&mut copy, key, &shown).unwrap_or_else(|e| panic!("{key} = {shown}: {e}"));
         }
