@@ -364,13 +364,18 @@ impl Server {
         out.read_line(&mut line).expect("the server prints where it listens");
         let addr =
             line.trim().rsplit(' ').next().unwrap().parse().unwrap_or_else(|_| panic!("bad line {line:?}"));
-        // Then the I/O backend, then (if asked for) where the metrics are served.
-        let metrics = extra.contains(&"--metrics").then(|| loop {
-            let mut line = String::new();
-            assert!(out.read_line(&mut line).unwrap() > 0, "no metrics line");
-            if let Some(a) = line.trim().strip_prefix("msgc-server: metrics on http://") {
-                break a.strip_suffix("/metrics").unwrap().parse().unwrap();
+        let metrics = extra.contains(&"--metrics").then(|| {
+            // After the banner's other lines (the io backend), at most a few.
+            let mut seen = Vec::new();
+            for _ in 0..5 {
+                let mut line = String::new();
+                out.read_line(&mut line).unwrap();
+                if let Some(a) = line.trim().strip_prefix("msgc-server: metrics on http://") {
+                    return a.strip_suffix("/metrics").unwrap().parse().unwrap();
+                }
+                seen.push(line);
             }
+            panic!("no metrics line in {seen:?}");
         });
         // Keep reading stdout so that later lines never block the server.
         std::thread::spawn(move || {

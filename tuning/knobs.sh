@@ -21,8 +21,8 @@ run() {
   printf 'msgc_server {\n%s\n}\n' "$4" > "$TMP/k.conf"
   target/release/msgc-server --config "$TMP/k.conf" --listen 127.0.0.1:"$port" $2 >/dev/null 2>&1 & PID=$!
   for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/"$port") 2>/dev/null && break; sleep 0.05; done
-  local j; j=$(target/release/msgc-bench fanout --server 127.0.0.1:"$port" --server-pid "$PID" -p 1 -s 8 \
-    --duration "$DURATION" --warmup "$WARMUP" --threads 2 --json $3)
+  local j; j=$(target/release/msgc-bench fanout --server 127.0.0.1:"$port" --client raw --server-pid "$PID" -p 1 -s 8 \
+    --duration "$DURATION" --warmup "$WARMUP" --json $3)
   kill "$PID"; wait "$PID" 2>/dev/null || true; PID=""
   python3 - "$1" "$j" >> "$OUT" <<'PY'
 import json, sys

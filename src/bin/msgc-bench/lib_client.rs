@@ -1,26 +1,33 @@
 //! `--client lib`: publishers and subscribers on the project's own client library
 //! (`msgc::client`), so the figures show what an application gets, not only what the relay
-//! can do. The raw codec driver (`--client raw`, in `targets.rs`) stays for comparison.
+//! can do. The raw codec driver (`--client raw`, `targets.rs` and `publish.rs`) stays for
+//! comparison and for the other systems.
 //!
 //! Measures exactly as the raw driver: the same stamped payloads, the same [`Tally`] per
-//! subscriber, the same pacing loop (the publisher's batches go through `send_many`).
+//! subscriber ([`crate::subscribe::SubConn::Lib`]), the same schedule and window, and the
+//! same per-thread CPU sampling. Library publishers block in `send_many`, so each publisher
+//! thread drives its publishers one after the other (no readiness polling).
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Duration;
 
-use msgc::client::{Client, ClientOptions, Event};
+use msgc::client::{Client, ClientOptions};
 
-use crate::fanout::{ns, Shared};
-use crate::stats::{read_stamp, Tally};
+use crate::cpu::{sample_this_thread, ThreadUse};
+use crate::fanout::{ns, Shared, Window};
+use crate::publish::PubThreadResult;
+use crate::stats::stamp;
+
+/// Bytes of payload encoded at once at max rate.
+const BATCH: usize = 64 * 1024;
 
 /// Which client drives msgc.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ClientKind {
     /// msgc::client, the library applications use.
     Lib,
-    /// msgc-bench's own codec client (blocking sockets, no library).
+    /// msgc-bench's own codec client (non-blocking sockets, no library).
     Raw,
 }
 
@@ -33,7 +40,7 @@ impl ClientKind {
     }
 }
 
-fn options(addr: SocketAddr, name: String) -> ClientOptions {
+pub fn options(addr: SocketAddr, name: String) -> ClientOptions {
     ClientOptions {
         servers: vec![addr.to_string()],
         name,
@@ -48,17 +55,20 @@ pub struct LibPublisher {
     rt: tokio::runtime::Runtime,
     client: Client,
     group: String,
+    index: u32,
+    seq: u64,
+    phase_ns: u64,
+    failed: Option<String>,
 }
 
 impl LibPublisher {
-    /// Connects; callable from inside a runtime (setup runs on a thread of its own, since a
-    /// runtime cannot be started or blocked on from an async context).
-    pub fn connect(addr: SocketAddr, i: usize, group: &str) -> Result<LibPublisher, String> {
-        std::thread::scope(|s| s.spawn(|| Self::connect_here(addr, i, group)).join())
-            .map_err(|_| "publisher setup panicked".to_string())?
-    }
-
-    fn connect_here(addr: SocketAddr, i: usize, group: &str) -> Result<LibPublisher, String> {
+    pub fn connect(
+        addr: SocketAddr,
+        index: usize,
+        publishers: usize,
+        group: &str,
+        interval_ns: f64,
+    ) -> Result<LibPublisher, String> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("bench-lib-pub")
@@ -66,35 +76,46 @@ impl LibPublisher {
             .build()
             .map_err(|e| format!("cannot start a publisher runtime: {e}"))?;
         let client = rt
-            .block_on(Client::connect(options(addr, format!("pub{i}"))))
+            .block_on(Client::connect(options(addr, format!("pub{index}"))))
             .map_err(|e| format!("publisher cannot connect to {addr}: {e}"))?;
-        Ok(LibPublisher { rt, client, group: group.to_string() })
+        Ok(LibPublisher {
+            rt,
+            client,
+            group: group.to_string(),
+            index: index as u32,
+            seq: 0,
+            phase_ns: (interval_ns * index as f64 / publishers.max(1) as f64) as u64,
+            failed: None,
+        })
     }
 
-    /// Adds one message to a batch being built in `out` (length-prefixed payloads).
-    pub fn encode(&mut self, out: &mut Vec<u8>, payload: &[u8]) {
-        out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-        out.extend_from_slice(payload);
+    /// Queues a batch with one `send_many`, waiting for room if needed.
+    fn send(&mut self, out: &[u8]) {
+        if let Err(e) = self.rt.block_on(self.client.send_many(&self.group, Payloads(out))) {
+            self.failed = Some(e.to_string());
+        }
     }
 
-    /// Queues a batch built by `encode` with one `send_many`, waiting for room if needed.
-    pub fn write(&mut self, out: &[u8]) -> std::io::Result<()> {
-        let payloads = Payloads(out);
-        self.rt
-            .block_on(self.client.send_many(&self.group, payloads))
-            .map(|_| ())
-            .map_err(std::io::Error::other)
-    }
-
-    /// Waits until everything queued has left (at most 10 s).
-    pub fn finish(&self) {
-        let _ = self
+    /// Waits until everything queued has left (bounded).
+    fn finish(&mut self) {
+        match self
             .rt
-            .block_on(async { tokio::time::timeout(Duration::from_secs(10), self.client.flush()).await });
+            .block_on(async { tokio::time::timeout(Duration::from_secs(10), self.client.flush()).await })
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => self.failed = Some(e.to_string()),
+            Err(_) => self.failed = Some("the client did not flush within 10 s".into()),
+        }
     }
 }
 
-/// The payloads of a batch built by [`LibPublisher::encode`].
+/// Appends one length-prefixed payload to a batch.
+fn push(out: &mut Vec<u8>, payload: &[u8]) {
+    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// The payloads of a batch built by [`push`].
 struct Payloads<'a>(&'a [u8]);
 
 impl<'a> Iterator for Payloads<'a> {
@@ -108,115 +129,91 @@ impl<'a> Iterator for Payloads<'a> {
     }
 }
 
-/// What a publisher thread writes to: the raw codec client or the library.
-pub trait PublishSink: Send {
-    /// Adds one message to the batch in `out`.
-    fn encode(&mut self, out: &mut Vec<u8>, payload: &[u8]);
-    /// Sends a batch built by `encode`.
-    fn write(&mut self, out: &[u8]) -> std::io::Result<()>;
-    /// Waits until what was written has left (the library queues; a raw socket does not).
-    fn finish(&mut self) {}
-}
-
-impl PublishSink for crate::targets::Publisher {
-    fn encode(&mut self, out: &mut Vec<u8>, payload: &[u8]) {
-        crate::targets::Publisher::encode(self, out, payload)
-    }
-    fn write(&mut self, out: &[u8]) -> std::io::Result<()> {
-        crate::targets::Publisher::write(self, out)
-    }
-}
-
-impl PublishSink for LibPublisher {
-    fn encode(&mut self, out: &mut Vec<u8>, payload: &[u8]) {
-        LibPublisher::encode(self, out, payload)
-    }
-    fn write(&mut self, out: &[u8]) -> std::io::Result<()> {
-        LibPublisher::write(self, out)
-    }
-    fn finish(&mut self) {
-        LibPublisher::finish(self)
-    }
-}
-
-/// A subscriber on the library: joins `group`, reports ready once the view lists
-/// `expected` members, then tallies every message until the run stops.
-#[allow(clippy::too_many_arguments)]
-pub async fn subscribe(
-    addr: SocketAddr,
-    index: usize,
-    group: String,
-    expected: usize,
-    stalled: bool,
-    ready: tokio::sync::mpsc::Sender<Result<(), String>>,
-    mut window: tokio::sync::watch::Receiver<Option<(u64, u64)>>,
-    shared: Arc<Shared>,
-) -> Result<Tally, String> {
-    let setup = async {
-        let mut c = Client::connect(options(addr, format!("sub{index}")))
-            .await
-            .map_err(|e| format!("subscriber cannot connect to {addr}: {e}"))?;
-        c.join(&group).await.map_err(|e| e.to_string())?;
-        loop {
-            match c.next_event().await {
-                Some(Event::View(v)) if v.members.len() >= expected => return Ok(c),
-                Some(_) => {}
-                None => return Err(format!("{addr} closed the connection during setup")),
-            }
+/// Runs library publishers until the window closes: at max rate a batch of about 64 KiB
+/// each in turn; paced, every message when it is due (stamped with its due time, so a
+/// late send counts as latency), sleeping until the next one.
+pub fn run_thread(
+    mut pubs: Vec<LibPublisher>,
+    size: usize,
+    interval_ns: f64,
+    window: Window,
+    shared: &Shared,
+) -> PubThreadResult {
+    let paced = interval_ns > 0.0;
+    let mut payload = vec![0u8; size];
+    let mut out = Vec::with_capacity(BATCH + size + 8);
+    let mut cpu_from = None;
+    let cpu_until = loop {
+        let now = ns();
+        if cpu_from.is_none() && now >= window.from {
+            cpu_from = sample_this_thread(now);
         }
-    };
-    let mut c = match setup.await {
-        Ok(c) => {
-            let _ = ready.send(Ok(())).await;
-            c
-        }
-        Err(e) => {
-            let _ = ready.send(Err(e.clone())).await;
-            return Err(e);
-        }
-    };
-    let (from, until) = loop {
-        if let Some(w) = *window.borrow() {
-            break w;
-        }
-        window.changed().await.map_err(|_| "run abandoned".to_string())?;
-    };
-    let mut tally = Tally::new(from, until);
-    if stalled {
-        // Hold the connection open without taking events until the run ends (bounded).
-        while !shared.stop.load(Ordering::Relaxed) {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        return Ok(Tally::new(from, until));
-    }
-    loop {
-        // Take what is queued without a timer per event; wait (bounded) only when idle.
-        let first = match tokio::time::timeout(Duration::from_millis(100), c.next_event()).await {
-            Ok(Some(e)) => e,
-            Ok(None) => return Ok(tally),
-            Err(_) if shared.stop.load(Ordering::Relaxed) => return Ok(tally),
-            Err(_) => continue,
-        };
-        let mut count = 0;
-        let mut event = Some(first);
-        while let Some(e) = event {
-            match e {
-                Event::Message { payload, .. } => {
-                    if let Some((ts, publisher, seq)) = read_stamp(&payload) {
-                        tally.record(publisher, seq, ts, ns(), payload.len());
-                        count += 1;
+        let closing = now >= window.until;
+        let mut next_due = now + 50_000_000;
+        let mut counted = 0;
+        for p in pubs.iter_mut().filter(|p| p.failed.is_none()) {
+            out.clear();
+            if !paced {
+                if closing {
+                    continue;
+                }
+                while out.len() < BATCH {
+                    p.seq += 1;
+                    stamp(&mut payload, now, p.index, p.seq);
+                    push(&mut out, &payload);
+                    counted += u64::from(now >= window.from);
+                }
+            } else {
+                loop {
+                    let at = window.start + p.phase_ns + (p.seq as f64 * interval_ns) as u64;
+                    if at > now || at >= window.until {
+                        next_due = next_due.min(at);
+                        break;
+                    }
+                    p.seq += 1;
+                    stamp(&mut payload, at, p.index, p.seq);
+                    push(&mut out, &payload);
+                    counted += u64::from(at >= window.from);
+                    if out.len() >= BATCH && !closing {
+                        next_due = now;
+                        break;
                     }
                 }
-                Event::Gap(_) => tally.gaps_reported += 1,
-                Event::Disconnected { .. } => {
-                    shared.disconnects.fetch_add(1, Ordering::Relaxed);
-                }
-                _ => {}
             }
-            event = c.try_next_event().map_err(|e| e.to_string())?;
+            if !out.is_empty() {
+                p.send(&out);
+            }
         }
-        shared.delivered.fetch_add(count, Ordering::Relaxed);
+        shared.published.fetch_add(counted, Ordering::Relaxed);
+        if closing {
+            break sample_this_thread(now);
+        }
+        if paced {
+            let wake = next_due.min(window.until);
+            let now = ns();
+            if wake > now {
+                std::thread::sleep(Duration::from_nanos(wake - now));
+            }
+        }
+    };
+    for p in pubs.iter_mut().filter(|p| p.failed.is_none()) {
+        p.finish();
     }
+    let cpu = match (cpu_from, cpu_until) {
+        (Some(a), Some(b)) => ThreadUse::between(a, b),
+        _ => None,
+    };
+    let mut errors = Vec::new();
+    let finals = pubs
+        .iter()
+        .map(|p| {
+            if let Some(e) = &p.failed {
+                errors.push(format!("publisher {}: {e}", p.index));
+            }
+            (p.index, p.failed.is_none().then_some(p.seq))
+        })
+        .collect();
+    PubThreadResult { finals, errors, cpu }
 }
 
 #[cfg(test)]
@@ -227,8 +224,7 @@ mod tests {
     fn a_batch_splits_back_into_its_payloads() {
         let mut out = Vec::new();
         for p in [&b"one"[..], b"", b"three"] {
-            out.extend_from_slice(&(p.len() as u32).to_be_bytes());
-            out.extend_from_slice(p);
+            push(&mut out, p);
         }
         let got: Vec<&[u8]> = Payloads(&out).collect();
         assert_eq!(got, [&b"one"[..], b"", b"three"]);

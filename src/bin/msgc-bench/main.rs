@@ -3,12 +3,19 @@
 //! `msgc-bench fanout`: P publishers × S subscribers × G groups, each on its own connection,
 //! against an embedded msgc server (no address given), a server, a cluster, or nats-server
 //! and redis-server for comparison. Latency is measured from each message's scheduled send
-//! time, so a stalled server cannot hide queueing (no coordinated omission).
+//! time, so a stalled server cannot hide queueing (no coordinated omission). Its publisher
+//! and subscriber threads scale with the machine's cores, and each run measures the load
+//! generator's own CPU and says when it, not the server, was the limit.
 
+mod cpu;
 mod fanout;
 mod lib_client;
+mod publish;
+mod report;
 mod stats;
+mod subscribe;
 mod targets;
+mod threads;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -69,9 +76,13 @@ pub struct FanoutArgs {
     /// bounded in memory and keep the others flowing).
     #[arg(long, default_value_t = 0)]
     stalled: usize,
-    /// Threads of the subscriber runtime.
-    #[arg(long, default_value_t = 1)]
-    threads: usize,
+    /// Threads the reading subscribers are spread over (0 = one per core, at most one per
+    /// subscriber).
+    #[arg(long, alias = "threads", default_value_t = 0)]
+    sub_threads: usize,
+    /// Threads the publishers are spread over (0 = one per core, at most one per publisher).
+    #[arg(long, default_value_t = 0)]
+    pub_threads: usize,
     /// Shard threads of the embedded server (0 = one per core).
     #[arg(long, default_value_t = 0)]
     server_threads: usize,

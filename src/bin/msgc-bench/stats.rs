@@ -28,24 +28,29 @@ const MAX_TRACKED_MISSING: usize = 10_000;
 
 /// One subscriber's tally.
 pub struct Tally {
+    /// Messages received inside the measurement window.
     pub delivered: u64,
     pub bytes: u64,
     pub lost: u64,
     pub duplicates: u64,
     pub reorders: u64,
     pub gaps_reported: u64,
+    /// Messages whose stamp names a publisher this run does not have (corruption).
+    pub foreign: u64,
     pub latency_us: Histogram<u64>,
-    next: HashMap<u32, u64>,
+    /// Next expected sequence number per publisher index; every publisher starts at 1, so a
+    /// missing head counts as loss too.
+    next: Vec<u64>,
     /// Sequence numbers skipped so far, per sender (bounded), to tell a late arrival
     /// (reorder) from a second copy (duplicate).
     missing: HashMap<u32, std::collections::BTreeSet<u64>>,
-    /// Only messages scheduled after this (ns) count.
+    /// Only messages received in `[measure_from, measure_until)` (ns) count as delivered.
     pub measure_from: u64,
     pub measure_until: u64,
 }
 
 impl Tally {
-    pub fn new(measure_from: u64, measure_until: u64) -> Tally {
+    pub fn new(measure_from: u64, measure_until: u64, publishers: usize) -> Tally {
         Tally {
             delivered: 0,
             bytes: 0,
@@ -53,19 +58,23 @@ impl Tally {
             duplicates: 0,
             reorders: 0,
             gaps_reported: 0,
+            foreign: 0,
             // invariant: 1 µs to 1 hour with 3 significant digits is a valid configuration.
             latency_us: Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds"),
-            next: HashMap::new(),
+            next: vec![1; publishers],
             missing: HashMap::new(),
             measure_from,
             measure_until,
         }
     }
 
-    /// Records one message from `sender` with sequence `seq`, scheduled at `sched_ns`,
-    /// received at `now_ns`.
+    /// Records one message from publisher `sender` with sequence `seq`, scheduled at
+    /// `sched_ns`, received at `now_ns`.
     pub fn record(&mut self, sender: u32, seq: u64, sched_ns: u64, now_ns: u64, size: usize) {
-        let next = self.next.entry(sender).or_insert(seq);
+        let Some(next) = self.next.get_mut(sender as usize) else {
+            self.foreign += 1;
+            return;
+        };
         if seq == *next {
             *next += 1;
         } else if seq > *next {
@@ -82,12 +91,23 @@ impl Tally {
         } else {
             self.duplicates += 1;
         }
-        if sched_ns >= self.measure_from && sched_ns < self.measure_until {
+        if now_ns >= self.measure_from && now_ns < self.measure_until {
             self.delivered += 1;
             self.bytes += size as u64;
             let us = now_ns.saturating_sub(sched_ns) / 1000;
             let _ = self.latency_us.record(us.max(1));
         }
+    }
+
+    /// Messages this subscriber never received from the end of each publisher's stream:
+    /// `finals[p]` is publisher `p`'s last sequence number once it stopped (`None` if it did
+    /// not finish sending, or sends to another group).
+    pub fn missing_at_end(&self, finals: &[Option<u64>]) -> u64 {
+        finals
+            .iter()
+            .zip(&self.next)
+            .map(|(last, next)| last.map_or(0, |last| (last + 1).saturating_sub(*next)))
+            .sum()
     }
 
     pub fn merge(&mut self, o: &Tally) {
@@ -97,6 +117,7 @@ impl Tally {
         self.duplicates += o.duplicates;
         self.reorders += o.reorders;
         self.gaps_reported += o.gaps_reported;
+        self.foreign += o.foreign;
         let _ = self.latency_us.add(&o.latency_us);
     }
 }
@@ -107,7 +128,7 @@ mod tests {
 
     #[test]
     fn counts_loss_and_duplicates_from_sequence_numbers() {
-        let mut t = Tally::new(0, u64::MAX);
+        let mut t = Tally::new(0, u64::MAX, 1);
         for seq in [1, 2, 3, 6, 7, 7, 8] {
             t.record(0, seq, 0, 5_000, 10);
         }
@@ -117,7 +138,7 @@ mod tests {
 
     #[test]
     fn a_late_message_is_a_reorder_not_a_loss() {
-        let mut t = Tally::new(0, u64::MAX);
+        let mut t = Tally::new(0, u64::MAX, 8);
         for seq in [1, 3, 2, 4, 4] {
             t.record(7, seq, 0, 1_000, 10);
         }
@@ -125,13 +146,36 @@ mod tests {
     }
 
     #[test]
-    fn only_the_measurement_window_counts() {
-        let mut t = Tally::new(100, 200);
+    fn only_messages_received_in_the_window_count() {
+        let mut t = Tally::new(100, 200, 1);
         t.record(0, 1, 50, 60, 1);
-        t.record(0, 2, 150, 160, 1);
-        t.record(0, 3, 250, 260, 1);
+        // Sent before the window, received in it: counted, with its whole latency.
+        t.record(0, 2, 90, 150, 1);
+        t.record(0, 3, 150, 250, 1);
         assert_eq!(t.delivered, 1);
         assert_eq!(t.lost, 0);
+        assert_eq!(t.latency_us.max(), 1);
+    }
+
+    #[test]
+    fn a_missing_head_and_a_missing_tail_are_loss() {
+        let mut t = Tally::new(0, u64::MAX, 3);
+        for seq in [3, 4, 5] {
+            t.record(0, seq, 0, 0, 1);
+        }
+        t.record(1, 1, 0, 0, 1);
+        assert_eq!(t.lost, 2, "sequence numbers start at 1");
+        // Publisher 0 stopped at 7, publisher 1 at 1, publisher 2 sends elsewhere.
+        assert_eq!(t.missing_at_end(&[Some(7), Some(1), None]), 2);
+        assert_eq!(t.missing_at_end(&[Some(5), Some(1), None]), 0);
+    }
+
+    #[test]
+    fn an_unknown_publisher_is_counted_not_stored() {
+        let mut t = Tally::new(0, u64::MAX, 2);
+        t.record(2, 1, 0, 0, 1);
+        t.record(u32::MAX, 1, 0, 0, 1);
+        assert_eq!((t.foreign, t.delivered, t.lost), (2, 0, 0));
     }
 
     #[test]

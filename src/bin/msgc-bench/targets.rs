@@ -1,6 +1,6 @@
-//! The three systems the benchmark drives, each in its own protocol: msgc, NATS and Redis.
-//! Publishers use blocking sockets on their own threads (precise pacing); subscribers are
-//! tokio tasks that parse frames in place without allocating per message.
+//! The three systems the benchmark drives, each in its own protocol (msgc, NATS, Redis):
+//! handshakes, message encoding, and parsers for what subscribers and publishers receive,
+//! which work in place without allocating per message. No threads or timing here.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -45,16 +45,9 @@ impl Target {
 }
 
 /// Publisher socket send buffer, the msgc client's default `tcpbuf_size`.
-const SEND_BUFFER: usize = 131072;
-
-/// A publisher's connection: encodes messages in the target's protocol.
-pub struct Publisher {
-    target: Target,
-    stream: TcpStream,
-    session: SessionId,
-    group: GroupName,
-    seq: u64,
-}
+pub const SEND_BUFFER: usize = 131072;
+/// Largest msgc frame the load generator accepts from a server.
+const MAX_FRAME: usize = 64 << 20;
 
 fn hello(name: &str) -> Vec<u8> {
     Frame::Hello(Handshake::client(Name::new(name).unwrap_or_default(), 64 << 20)).to_bytes().to_vec()
@@ -65,96 +58,162 @@ fn read_frame(stream: &mut TcpStream) -> std::io::Result<Frame> {
     let mut len = [0u8; 4];
     stream.read_exact(&mut len)?;
     let n = u32::from_be_bytes(len) as usize;
-    if n > 64 << 20 {
+    if n > MAX_FRAME {
         return Err(std::io::Error::other("frame too large"));
     }
     let mut body = vec![0u8; n];
     stream.read_exact(&mut body)?;
     let mut all = BytesMut::from(&len[..]);
     all.extend_from_slice(&body);
-    proto::decode(&mut all, 64 << 20)
+    proto::decode(&mut all, MAX_FRAME)
         .map_err(std::io::Error::other)?
         .ok_or_else(|| std::io::Error::other("short frame"))
 }
 
-impl Publisher {
-    pub fn connect(target: &Target, i: usize, group: &str) -> Result<Publisher, String> {
-        let addr = target.addr(i);
-        let mut stream =
-            TcpStream::connect(addr).map_err(|e| format!("publisher cannot connect to {addr}: {e}"))?;
-        stream.set_nodelay(true).map_err(|e| e.to_string())?;
-        // Like the msgc client (SO_SNDBUF = tcpbuf_size): a publisher's own kernel buffer
-        // is not allowed to hide megabytes of queueing from the latency figures.
-        let _ = socket2::SockRef::from(&stream).set_send_buffer_size(SEND_BUFFER);
-        let mut session = SessionId::NONE;
-        match target {
-            Target::Msgc(_) => {
-                stream.write_all(&hello(&format!("pub{i}"))).map_err(|e| e.to_string())?;
-                match read_frame(&mut stream).map_err(|e| format!("handshake with {addr}: {e}"))? {
-                    Frame::Welcome(w) => session = w.id,
-                    other => return Err(format!("{addr} answered HELLO with {}", other.name())),
-                }
-            }
-            Target::Nats(_) => {
-                stream
-                    .write_all(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\n")
-                    .map_err(|e| e.to_string())?;
-                // Replies (INFO, PING) are drained by a thread so the server never blocks on us.
-                let mut r = stream.try_clone().map_err(|e| e.to_string())?;
-                let mut w = stream.try_clone().map_err(|e| e.to_string())?;
-                std::thread::spawn(move || {
-                    let mut buf = vec![0u8; 65536];
-                    while let Ok(n) = r.read(&mut buf) {
-                        if n == 0 {
-                            break;
-                        }
-                        if buf[..n].windows(4).any(|x| x == b"PING") && w.write_all(b"PONG\r\n").is_err() {
-                            break;
-                        }
-                    }
-                });
-            }
-            Target::Redis(_) => {
-                // PUBLISH replies (subscriber counts) are drained by a thread.
-                let mut r = stream.try_clone().map_err(|e| e.to_string())?;
-                std::thread::spawn(move || {
-                    let mut buf = vec![0u8; 65536];
-                    while matches!(r.read(&mut buf), Ok(n) if n > 0) {}
-                });
+/// Reads CRLF-terminated lines from a blocking stream until `done` accepts one, answering
+/// the server's PINGs (NATS) on the way. Returns the bytes read after that line.
+fn read_lines_until(
+    stream: &mut TcpStream,
+    mut done: impl FnMut(&[u8]) -> Result<bool, String>,
+) -> Result<Vec<u8>, String> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        while let Some(eol) = find_crlf(&buf, 0) {
+            let line: Vec<u8> = buf.drain(..eol + 2).take(eol).collect();
+            if line == b"PING" {
+                stream.write_all(b"PONG\r\n").map_err(|e| e.to_string())?;
+            } else if done(&line)? {
+                return Ok(buf);
             }
         }
+        if buf.len() > 1 << 20 {
+            return Err("a reply line longer than 1 MiB".into());
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) => return Err("the server closed the connection during the handshake".into()),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+/// Publisher `i`'s handshake on a fresh blocking connection; returns its msgc session id
+/// (`NONE` for the other systems) and what the server sent after the handshake (to be
+/// handled as replies). NATS publishers wait for the PONG to their PING, so the server has
+/// processed CONNECT before the first PUB.
+pub fn publisher_handshake(
+    target: &Target,
+    stream: &mut TcpStream,
+    i: usize,
+) -> Result<(SessionId, Vec<u8>), String> {
+    match target {
+        Target::Msgc(_) => {
+            stream.write_all(&hello(&format!("pub{i}"))).map_err(|e| e.to_string())?;
+            match read_frame(stream).map_err(|e| format!("handshake: {e}"))? {
+                Frame::Welcome(w) => Ok((w.id, Vec::new())),
+                other => Err(format!("answered HELLO with {}", other.name())),
+            }
+        }
+        Target::Nats(_) => {
+            stream
+                .write_all(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\nPING\r\n")
+                .map_err(|e| e.to_string())?;
+            let rest = read_lines_until(stream, |line| {
+                if line.starts_with(b"-ERR") {
+                    return Err(String::from_utf8_lossy(line).into_owned());
+                }
+                Ok(line == b"PONG")
+            })?;
+            Ok((SessionId::NONE, rest))
+        }
+        Target::Redis(_) => Ok((SessionId::NONE, Vec::new())),
+    }
+}
+
+/// Encodes one publisher's messages in its target's protocol.
+pub struct Encoder {
+    target: Target,
+    session: SessionId,
+    group: GroupName,
+    /// msgc: the frame sequence number.
+    seq: u64,
+    /// NATS and Redis: the constant bytes before each payload.
+    prefix: Vec<u8>,
+}
+
+impl Encoder {
+    pub fn new(target: &Target, session: SessionId, group: &str, size: usize) -> Result<Encoder, String> {
         let group = GroupName::new(group).map_err(|e| e.to_string())?;
-        Ok(Publisher { target: target.clone(), stream, session, group, seq: 0 })
+        let g = group.as_str();
+        let prefix = match target {
+            Target::Msgc(_) => Vec::new(),
+            Target::Nats(_) => format!("PUB {g} {size}\r\n").into_bytes(),
+            Target::Redis(_) => {
+                format!("*3\r\n$7\r\nPUBLISH\r\n${}\r\n{g}\r\n${size}\r\n", g.len()).into_bytes()
+            }
+        };
+        Ok(Encoder { target: target.clone(), session, group, seq: 0, prefix })
     }
 
     /// Appends one message to `out`.
-    pub fn encode(&mut self, out: &mut Vec<u8>, payload: &[u8]) {
+    pub fn encode(&mut self, out: &mut BytesMut, payload: &[u8]) {
         self.seq += 1;
         match self.target {
-            Target::Msgc(_) => {
-                let mut b = BytesMut::with_capacity(payload.len() + 64);
-                encode_mcast(&mut b, self.session, self.seq, &self.group, payload);
-                out.extend_from_slice(&b);
-            }
-            Target::Nats(_) => {
-                out.extend_from_slice(format!("PUB {} {}\r\n", self.group, payload.len()).as_bytes());
-                out.extend_from_slice(payload);
-                out.extend_from_slice(b"\r\n");
-            }
-            Target::Redis(_) => {
-                let g = self.group.as_str();
-                out.extend_from_slice(
-                    format!("*3\r\n$7\r\nPUBLISH\r\n${}\r\n{g}\r\n${}\r\n", g.len(), payload.len())
-                        .as_bytes(),
-                );
+            Target::Msgc(_) => encode_mcast(out, self.session, self.seq, &self.group, payload),
+            Target::Nats(_) | Target::Redis(_) => {
+                out.extend_from_slice(&self.prefix);
                 out.extend_from_slice(payload);
                 out.extend_from_slice(b"\r\n");
             }
         }
     }
+}
 
-    pub fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.stream.write_all(bytes)
+/// What a server sent back to a publisher.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// NATS keepalive: must be answered with PONG.
+    Ping,
+    /// The server refused something; the run reports it.
+    Error(String),
+    /// Anything else (msgc NOOP or views, NATS INFO/PONG/+OK, Redis subscriber counts).
+    Other,
+}
+
+/// Takes the next complete reply from the front of a publisher's inbound buffer, or
+/// `Ok(None)` if more bytes are needed.
+pub fn next_reply(target: &Target, buf: &mut BytesMut) -> Result<Option<Reply>, String> {
+    match target {
+        Target::Msgc(_) => {
+            let Some(size) = proto::frame_len(buf, MAX_FRAME).map_err(|e| e.to_string())? else {
+                return Ok(None);
+            };
+            if buf.len() < size {
+                return Ok(None);
+            }
+            let frame = buf.split_to(size);
+            Ok(Some(if frame[4] == proto::kind::ERROR {
+                Reply::Error(match proto::decode(&mut BytesMut::from(&frame[..]), MAX_FRAME) {
+                    Ok(Some(f)) => format!("{f:?}"),
+                    _ => "a malformed ERROR frame".into(),
+                })
+            } else {
+                Reply::Other
+            }))
+        }
+        Target::Nats(_) | Target::Redis(_) => {
+            let Some(eol) = find_crlf(buf, 0) else { return Ok(None) };
+            let line = buf.split_to(eol + 2);
+            let line = &line[..eol];
+            Ok(Some(if line == b"PING" && matches!(target, Target::Nats(_)) {
+                Reply::Ping
+            } else if line.starts_with(b"-") {
+                Reply::Error(String::from_utf8_lossy(line).into_owned())
+            } else {
+                Reply::Other
+            }))
+        }
     }
 }
 
@@ -336,5 +395,54 @@ mod tests {
             items(&redis, b"*3\r\n$9\r\nsubscribe\r\n$1\r\ng\r\n:1\r\n*3\r\n$7\r\nmessage\r\n$1\r\ng\r\n$2\r\nhi\r\n*3\r\n$7\r\nmess"),
             vec!["subscribed", "msg hi"]
         );
+    }
+
+    fn replies(target: &Target, bytes: &[u8]) -> (Vec<Reply>, usize) {
+        let mut buf = BytesMut::from(bytes);
+        let mut out = Vec::new();
+        while let Some(r) = next_reply(target, &mut buf).unwrap() {
+            out.push(r);
+        }
+        (out, buf.len())
+    }
+
+    #[test]
+    fn publisher_replies_are_recognised_and_partial_ones_kept() {
+        let nats = Target::Nats(vec!["127.0.0.1:1".parse().unwrap()]);
+        let (r, left) = replies(&nats, b"INFO {}\r\nPING\r\n-ERR 'Slow Consumer'\r\nPI");
+        assert_eq!(r, vec![Reply::Other, Reply::Ping, Reply::Error("-ERR 'Slow Consumer'".into())]);
+        assert_eq!(left, 2);
+        let redis = Target::Redis("127.0.0.1:1".parse().unwrap());
+        let (r, _) = replies(&redis, b":8\r\n-ERR wrong\r\nPING\r\n");
+        assert_eq!(r, vec![Reply::Other, Reply::Error("-ERR wrong".into()), Reply::Other]);
+        let msgc = Target::Msgc(vec!["127.0.0.1:1".parse().unwrap()]);
+        let mut bytes = Frame::Noop.to_bytes().to_vec();
+        bytes.extend_from_slice(&proto::ErrorFrame::fatal(proto::ErrorCode::Malformed, "bad").to_bytes());
+        let (r, left) = replies(&msgc, &bytes);
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[0], Reply::Other);
+        assert!(matches!(&r[1], Reply::Error(e) if e.contains("bad")), "{r:?}");
+        assert_eq!(left, 0);
+    }
+
+    #[test]
+    fn encodes_whole_messages_in_each_protocol() {
+        let payload = b"0123456789";
+        let mut out = BytesMut::new();
+        let nats = Target::Nats(vec!["127.0.0.1:1".parse().unwrap()]);
+        Encoder::new(&nats, SessionId::NONE, "bench.g0", 10).unwrap().encode(&mut out, payload);
+        assert_eq!(&out[..], b"PUB bench.g0 10\r\n0123456789\r\n");
+        out.clear();
+        let redis = Target::Redis("127.0.0.1:1".parse().unwrap());
+        Encoder::new(&redis, SessionId::NONE, "g", 10).unwrap().encode(&mut out, payload);
+        assert_eq!(&out[..], b"*3\r\n$7\r\nPUBLISH\r\n$1\r\ng\r\n$10\r\n0123456789\r\n");
+        out.clear();
+        let msgc = Target::Msgc(vec!["127.0.0.1:1".parse().unwrap()]);
+        let mut e = Encoder::new(&msgc, SessionId(7), "g", 10).unwrap();
+        e.encode(&mut out, payload);
+        e.encode(&mut out, payload);
+        // Two frames a subscriber parses back to the same payloads.
+        let got = items(&msgc, &out);
+        assert_eq!(got, vec!["msg 0123456789", "msg 0123456789"]);
     }
 }
