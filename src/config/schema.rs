@@ -412,6 +412,7 @@ pub fn set_server_option(config: &mut Config, key: &str, text: &str) -> Result<(
     };
     let mut server = config.server.clone();
     set_server(&mut server, &key, pos, value)?;
+    check_server_tls(&server, &[(key.clone(), pos.clone(), value.clone())])?;
     if server.idle_timeout <= server.keepalive_interval {
         return Err(ConfigError::plain(format!(
             "idle_timeout ({:?}) must be longer than keepalive_interval ({:?}), or quiet peers time each other out",
