@@ -828,6 +828,15 @@ mod tests {
         }
         assert_eq!(copy.server, config.server);
         assert_eq!(server_option(&config.server, "idle_timeout").unwrap(), "12.5");
+        // The secret is never shown.
+        let secret =
+            parse_str("msgc_server { cluster_secret = \"0123456789abcdef-very-secret\" }", "f").unwrap();
+        assert_eq!(server_option(&secret.server, "cluster_secret").unwrap(), HIDDEN);
+        assert_eq!(server_option(&config.server, "cluster_secret").unwrap(), "\"\"");
+        let e = set_server_option(&mut copy, "tls_certificate", "\"/etc/msgc/cert.pem\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("go together"), "{e}");
         assert_eq!(server_option(&config.server, "metrics_listen").unwrap(), "\"127.0.0.1:9809\"");
     }
 
