@@ -218,7 +218,8 @@ pub fn run(setup: ShardSetup) {
     // (tokio_uring::spawn is spawn_local underneath).
     let started = setup.started.clone();
     let failed = |e: std::io::Error| {
-        let _ = started.send(Err(format!("shard {}: cannot start its {} runtime: {e}", setup.id, setup.backend)));
+        let _ =
+            started.send(Err(format!("shard {}: cannot start its {} runtime: {e}", setup.id, setup.backend)));
     };
     match setup.backend {
         Backend::Uring => match tokio_uring::Runtime::new(&tokio_uring::builder()) {
