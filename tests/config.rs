@@ -192,7 +192,7 @@ fn include_errors() {
     std::fs::write(dir.join("f12.conf"), "# leaf\n").unwrap();
     let e = Config::load(&dir.join("f0.conf")).unwrap_err().to_string();
     assert!(e.contains("more than 256 config files included"), "{e}");
-    // Size: a huge file is refused before it is read.
+    // Size: a huge file is refused after at most the limit is read.
     std::fs::write(dir.join("big.conf"), vec![b'#'; 5 << 20]).unwrap();
     std::fs::write(dir.join("inc-big.conf"), "include \"big.conf\"").unwrap();
     let e = Config::load(&dir.join("inc-big.conf")).unwrap_err().to_string();
@@ -296,4 +296,18 @@ fn io_and_tls_options_that_cannot_work_are_errors_with_a_place() {
     // "" means none (so `msgc-ctl config set tls_ca '""'` can turn it off).
     let c = Config::parse_str("msgc_server { tls_ca = \"\" }", "t.conf").unwrap();
     assert_eq!(c.server.tls_ca, None);
+}
+
+/// Files whose size metadata says 0 but that never end (`/dev/zero`) are read only up to the
+/// limit: an include of one, or one as the cluster secret, is an error, not a hang.
+#[test]
+fn endless_files_are_refused_at_the_size_limit() {
+    if !Path::new("/dev/zero").exists() {
+        eprintln!("skipped: no /dev/zero");
+        return;
+    }
+    let e = error_of("include \"/dev/zero\"");
+    assert!(e.contains("config files are limited to"), "{e}");
+    let e = error_of("msgc_server { cluster_secret_file = \"/dev/zero\" }");
+    assert!(e.contains("cannot read cluster_secret_file /dev/zero: over 65536 bytes"), "{e}");
 }

@@ -1,4 +1,4 @@
-//! The server test suites again (server, mesh, client, tls, security), every test of them,
+//! The server test suites again (server, mesh, client, tls, security, ops), every test of them,
 //! with the servers on the epoll backend (tests/common picks epoll for modules below
 //! `epoll::`), so that one `cargo test` covers both backends. `MSGC_TEST_IO=uring|epoll`
 //! overrides the choice in every target.
@@ -21,3 +21,6 @@ mod tls;
 
 #[path = "security.rs"]
 mod security;
+
+#[path = "ops.rs"]
+mod ops;

@@ -75,6 +75,10 @@ const PEER_TAG: u32 = 99;
 
 impl OneShard {
     fn new() -> OneShard {
+        OneShard::with_limits(Limits::default())
+    }
+
+    fn with_limits(limits: Limits) -> OneShard {
         let identity = ServerIdentity {
             node_tag: NodeTag(7),
             node_name: Name::new("self").unwrap(),
@@ -82,7 +86,7 @@ impl OneShard {
             boot: 1000,
             entropy: [7; 32],
         };
-        let mut core = ShardCore::new(0, 1, identity, Limits::default());
+        let mut core = ShardCore::new(0, 1, identity, limits);
         core.set_peers(
             ["self", "peer1"].map(|n| PeerEntry { name: n.into(), addrs: vec![[127, 0, 0, 1].into()] }),
         );
@@ -109,7 +113,7 @@ impl OneShard {
         s
     }
 
-    fn input_from_peer(&mut self, bytes: &[u8]) -> Flow {
+    fn peer_sends(&mut self, bytes: &[u8]) -> Flow {
         let mut buf = BytesMut::from(bytes);
         loop {
             match self.core.handle_input(self.peer, &mut buf, self.now) {
@@ -177,7 +181,7 @@ fn view_from_peer(s: &OneShard, view_id: u64) -> Bytes {
 #[test]
 fn a_view_id_at_u64_max_from_a_peer_does_not_overflow() {
     let mut s = OneShard::new();
-    let _ = s.input_from_peer(&view_from_peer(&s, u64::MAX));
+    let _ = s.peer_sends(&view_from_peer(&s, u64::MAX));
     s.drain_client();
     s.peer_lost();
     s.tick(Duration::from_secs(1));
@@ -203,12 +207,12 @@ fn a_sequence_number_at_u64_max_from_a_peer_does_not_overflow() {
     let mut join = BytesMut::from(&Frame::Join(group()).to_bytes()[..]);
     assert_eq!(s.core.handle_input(s.client, &mut join, s.now), Flow::Read);
     // The peer orders membership: our join went to it; it answers with the view.
-    let _ = s.input_from_peer(&view_from_peer(&s, 1));
+    let _ = s.peer_sends(&view_from_peer(&s, 1));
     s.drain_client();
     let mut run = BytesMut::new();
     encode_mcast(&mut run, remote(), u64::MAX - 1, &group(), b"a");
     encode_mcast(&mut run, remote(), u64::MAX, &group(), b"b");
-    assert_eq!(s.input_from_peer(&run), Flow::Read);
+    assert_eq!(s.peer_sends(&run), Flow::Read);
     let got = s.drain_client();
     assert_eq!(got.iter().filter(|f| matches!(f, Frame::Mcast(_))).count(), 2, "{got:?}");
     s.peer_lost();
@@ -240,7 +244,7 @@ proptest! {
         for &seq in &seqs {
             encode_mcast(&mut input, remote(), seq, &group(), b"x");
         }
-        let _ = s.input_from_peer(&input);
+        let _ = s.peer_sends(&input);
         if lose_link {
             s.peer_lost();
         }
@@ -260,4 +264,42 @@ proptest! {
 /// Metadata of a connection from the loopback address (where the peer is listed).
 fn loopback() -> msgc::core::ConnMeta {
     msgc::core::ConnMeta { remote: Some(([127, 0, 0, 1], 40000).into()), tls: None }
+}
+
+/// Core target: a linked server announces 16 members with 255-byte names in a group with a
+/// long name; at the smallest frame limit (4 KiB) the VIEW this server then sends to the
+/// link was 4205 bytes, which no receiver accepts (it closes the link, which comes back and
+/// gets the view again). The same happened at the default 1 MiB limit with about 4000 such
+/// members. Fixed by issue 8 item 3: a member whose view would not fit is refused.
+#[test]
+fn a_view_never_exceeds_the_frame_limit() {
+    let max_frame = proto::MIN_MAX_FRAME;
+    let mut s = OneShard::with_limits(Limits { max_frame, ..Limits::default() });
+    let g = GroupName::new(&"x".repeat(209)).unwrap();
+    let mut joins = BytesMut::new();
+    for serial in 1..=16 {
+        let member = Member {
+            session: SessionId::new(NodeTag(PEER_TAG), serial),
+            name: Name::new(&"n".repeat(255)).unwrap(),
+        };
+        Frame::PeerJoin(proto::PeerJoin { cause: Cause::Join, group: g.clone(), member }).encode(&mut joins);
+    }
+    assert_eq!(s.peer_sends(&joins), Flow::Read);
+    let mut out = BytesMut::new();
+    let mut batch = Vec::new();
+    while s.core.take_batch(s.peer, &mut batch, s.now) == Take::Write {
+        for b in batch.drain(..) {
+            out.extend_from_slice(&b);
+        }
+    }
+    let mut views = 0;
+    loop {
+        match proto::decode(&mut out, max_frame) {
+            Ok(Some(Frame::View(_))) => views += 1,
+            Ok(Some(_)) => {}
+            Ok(None) => break,
+            Err(e) => panic!("the peer cannot read what this server sent it: {e}"),
+        }
+    }
+    assert!(views > 0, "the joins produced no view");
 }

@@ -333,7 +333,8 @@ impl Server {
     fn start(dir: &TempDir, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let control = dir.path("msgc.sock");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_msgc-server"));
-        cmd.args(["--listen", "127.0.0.1:0", "--threads", "2", "--control"])
+        // On the backend of this test target (epoll when tests/epoll.rs reruns this suite).
+        cmd.args(["--listen", "127.0.0.1:0", "--threads", "2", "--io", &test_io().to_string(), "--control"])
             .arg(&control)
             .args(extra)
             .env_remove("NOTIFY_SOCKET")
@@ -364,13 +365,17 @@ impl Server {
         let addr =
             line.trim().rsplit(' ').next().unwrap().parse().unwrap_or_else(|_| panic!("bad line {line:?}"));
         let metrics = extra.contains(&"--metrics").then(|| {
-            let mut line = String::new();
-            out.read_line(&mut line).unwrap();
-            let a = line
-                .trim()
-                .strip_prefix("msgc-server: metrics on http://")
-                .unwrap_or_else(|| panic!("{line:?}"));
-            a.strip_suffix("/metrics").unwrap().parse().unwrap()
+            // After the banner's other lines (the io backend), at most a few.
+            let mut seen = Vec::new();
+            for _ in 0..5 {
+                let mut line = String::new();
+                out.read_line(&mut line).unwrap();
+                if let Some(a) = line.trim().strip_prefix("msgc-server: metrics on http://") {
+                    return a.strip_suffix("/metrics").unwrap().parse().unwrap();
+                }
+                seen.push(line);
+            }
+            panic!("no metrics line in {seen:?}");
         });
         // Keep reading stdout so that later lines never block the server.
         std::thread::spawn(move || {

@@ -42,6 +42,8 @@ struct Input {
     max_backlog: u8,
     messages_per_iter: u8,
     small_budget: bool,
+    /// Tiny resource bounds, so that every one of them is reached.
+    small_bounds: bool,
     ops: Vec<Op>,
 }
 
@@ -145,8 +147,12 @@ enum FrameSpec {
 }
 
 fn name(i: u8) -> Name {
-    // invariant: the names are short ASCII.
-    Name::new(NAMES[usize::from(i) % NAMES.len()]).expect("valid name")
+    // One more than the pool: the longest name, so views outgrow small frames quickly.
+    static LONG: OnceLock<String> = OnceLock::new();
+    let long = LONG.get_or_init(|| "n".repeat(proto::MAX_NAME_LEN));
+    let s = NAMES.get(usize::from(i) % (NAMES.len() + 1)).copied().unwrap_or(long);
+    // invariant: at most MAX_NAME_LEN bytes of ASCII.
+    Name::new(s).expect("valid name")
 }
 
 fn group(g: Grp) -> GroupName {
@@ -196,6 +202,18 @@ impl Harness {
             tcpbuf_size: 4096,
             ..Limits::default()
         };
+        let limits = if input.small_bounds {
+            Limits {
+                max_connections: 6,
+                max_handshakes: 2,
+                max_groups_per_session: 2,
+                max_group_members: 3,
+                handshake_timeout: Duration::from_millis(500),
+                ..limits
+            }
+        } else {
+            limits
+        };
         let identity = ServerIdentity {
             node_tag: NodeTag(OUR_TAG),
             node_name: Name::new(OUR_NAME).expect("valid name"),
@@ -206,7 +224,10 @@ impl Harness {
         let shards = (0..n)
             .map(|i| {
                 let mut s = ShardCore::new(i, n, identity.clone(), limits.clone());
-                s.set_peers(["self", "peer1", "peer2"].map(|n| PeerEntry { name: n.into(), addrs: vec![[127, 0, 0, 1].into()] }));
+                s.set_peers(
+                    ["self", "peer1", "peer2"]
+                        .map(|n| PeerEntry { name: n.into(), addrs: vec![[127, 0, 0, 1].into()] }),
+                );
                 s
             })
             .collect();
@@ -389,6 +410,7 @@ impl Harness {
         }
         let conn = &mut self.conns[c];
         loop {
+            // Within the frame limit: views included (issue 8 item 3, found by this target).
             match proto::decode(&mut conn.inbox, self.max_frame) {
                 Ok(Some(_)) => {}
                 Ok(None) => break,
@@ -477,7 +499,11 @@ impl Harness {
             }
             Op::Dial { shard, name: n } => {
                 let shard = usize::from(*shard) % nshards;
-                let id = self.shards[shard].handle_dial(NAMES[usize::from(*n) % NAMES.len()], self.now, loopback());
+                let id = self.shards[shard].handle_dial(
+                    NAMES[usize::from(*n) % NAMES.len()],
+                    self.now,
+                    loopback(),
+                );
                 self.add(shard, id, 0);
             }
             Op::Frames { conn, frames, chunk } => {

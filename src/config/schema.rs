@@ -78,6 +78,8 @@ const MAX_INCLUDE_FILES: usize = 256;
 const MAX_FILE_BYTES: u64 = 4 << 20;
 /// Shortest cluster secret accepted.
 const MIN_SECRET_LEN: usize = 16;
+/// Largest `cluster_secret_file` read.
+const MAX_SECRET_FILE_BYTES: u64 = 64 << 10;
 
 /// Sets one of the options `msgc_server` and `msgc_client` share (same names, types and
 /// ranges) on `$cfg`; evaluates to whether `$key` was one of them.
@@ -167,12 +169,12 @@ fn read_file(
             format!("more than {MAX_INCLUDE_FILES} config files included"),
         ));
     }
-    let size = std::fs::metadata(path).map_err(io_err)?.len();
-    if size > MAX_FILE_BYTES {
+    let Some(bytes) = read_bounded(path, MAX_FILE_BYTES).map_err(io_err)? else {
         let p = here();
-        let msg = format!("{shown} is {size} bytes; config files are limited to {MAX_FILE_BYTES}");
+        let msg =
+            format!("{shown} is over {MAX_FILE_BYTES} bytes; config files are limited to {MAX_FILE_BYTES}");
         return Err(ConfigError::at(&p.file, p.line, p.col, msg));
-    }
+    };
     let stack = &mut inc.stack;
     if stack.contains(&canonical) {
         let p = from.cloned().unwrap_or(Pos { file: shown.clone(), line: 0, col: 0 });
@@ -187,12 +189,23 @@ fn read_file(
         let p = from.cloned().unwrap_or(Pos { file: shown.clone(), line: 0, col: 0 });
         return Err(ConfigError::at(&p.file, p.line, p.col, "includes nested too deeply"));
     }
-    let text = std::fs::read_to_string(path).map_err(io_err)?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| io_err(std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8")))?;
     stack.push(canonical);
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
     let result = expand(parse(&text, &shown)?, &dir, inc, out);
     inc.stack.pop();
     result
+}
+
+/// The contents of `path` if they are at most `max` bytes, else `None`. The size is found by
+/// reading, not from metadata: `/dev/zero` and files under `/proc` report 0 bytes, and a
+/// read of them must not run without end.
+fn read_bounded(path: &Path, max: u64) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?.take(max + 1).read_to_end(&mut bytes)?;
+    Ok((bytes.len() as u64 <= max).then_some(bytes))
 }
 
 /// Replaces top-level includes by the entries of the files they name.
@@ -340,8 +353,11 @@ fn set_server(s: &mut ServerConfig, key: &str, pos: &Pos, value: &Value) -> Resu
         "cluster_secret" => s.cluster_secret = Some(secret(scalar(value, "a secret string")?, value)?),
         "cluster_secret_file" => {
             let path = Path::new(scalar(value, "a file name")?);
-            let text = std::fs::read(path)
-                .map_err(|e| err(pos, format!("cannot read cluster_secret_file {}: {e}", path.display())))?;
+            let cannot =
+                |why: String| err(pos, format!("cannot read cluster_secret_file {}: {why}", path.display()));
+            let text = read_bounded(path, MAX_SECRET_FILE_BYTES)
+                .map_err(|e| cannot(e.to_string()))?
+                .ok_or_else(|| cannot(format!("over {MAX_SECRET_FILE_BYTES} bytes")))?;
             let trimmed = String::from_utf8_lossy(&text).trim().to_string();
             s.cluster_secret = Some(secret(&trimmed, value)?);
         }
@@ -396,6 +412,7 @@ pub fn set_server_option(config: &mut Config, key: &str, text: &str) -> Result<(
     };
     let mut server = config.server.clone();
     set_server(&mut server, &key, pos, value)?;
+    check_server_tls(&server, &[(key.clone(), pos.clone(), value.clone())])?;
     if server.idle_timeout <= server.keepalive_interval {
         return Err(ConfigError::plain(format!(
             "idle_timeout ({:?}) must be longer than keepalive_interval ({:?}), or quiet peers time each other out",
@@ -811,6 +828,15 @@ mod tests {
         }
         assert_eq!(copy.server, config.server);
         assert_eq!(server_option(&config.server, "idle_timeout").unwrap(), "12.5");
+        // The secret is never shown.
+        let secret =
+            parse_str("msgc_server { cluster_secret = \"0123456789abcdef-very-secret\" }", "f").unwrap();
+        assert_eq!(server_option(&secret.server, "cluster_secret").unwrap(), HIDDEN);
+        assert_eq!(server_option(&config.server, "cluster_secret").unwrap(), "\"\"");
+        let e = set_server_option(&mut copy, "tls_certificate", "\"/etc/msgc/cert.pem\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("go together"), "{e}");
         assert_eq!(server_option(&config.server, "metrics_listen").unwrap(), "\"127.0.0.1:9809\"");
     }
 

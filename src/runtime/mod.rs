@@ -112,6 +112,8 @@ pub enum StartError {
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error("cannot start thread: {0}")]
     Thread(std::io::Error),
+    #[error("{0}")]
+    Shard(String),
     #[error("TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
 }
@@ -149,6 +151,7 @@ impl ServerHandle {
         let cores =
             if opts.pin_threads { core_affinity::get_core_ids().unwrap_or_default() } else { Vec::new() };
         let mut handles = Vec::new();
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
         for (i, inbox) in receivers.into_iter().enumerate() {
             let setup = shard::ShardSetup {
                 id: i as u16,
@@ -161,12 +164,28 @@ impl ServerHandle {
                 stats: stats.clone(),
                 backend,
                 tls: tls.clone(),
+                started: started_tx.clone(),
             };
             let h = std::thread::Builder::new()
                 .name(format!("msgc-shard-{i}"))
                 .spawn(move || shard::run(setup))
                 .map_err(StartError::Thread)?;
             handles.push(h);
+        }
+        // Every shard must be running before the server counts as started. (Our sender goes,
+        // so a shard thread that dies without a word ends the wait too.)
+        drop(started_tx);
+        for _ in 0..threads {
+            let outcome = started_rx.recv().unwrap_or_else(|_| Err("a shard thread ended at startup".into()));
+            if let Err(why) = outcome {
+                for tx in &senders {
+                    let _ = tx.send(shard::Inbound::Control(Control::Shutdown));
+                }
+                for h in handles.drain(..) {
+                    let _ = h.join();
+                }
+                return Err(StartError::Shard(why));
+            }
         }
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
         let shard_tx = senders.clone();

@@ -43,6 +43,8 @@ pub struct ShardSetup {
     pub stats: Arc<Mutex<Vec<Stats>>>,
     pub backend: Backend,
     pub tls: Option<Arc<ServerTls>>,
+    /// Told once whether the shard's runtime started (a server never runs short a shard).
+    pub started: std::sync::mpsc::Sender<Result<(), String>>,
 }
 
 /// The socket side of one connection.
@@ -214,20 +216,26 @@ pub fn run(setup: ShardSetup) {
     }
     // Both runtimes run the shard's tasks with `spawn_local` on this one thread
     // (tokio_uring::spawn is spawn_local underneath).
+    let started = setup.started.clone();
+    let failed = |e: std::io::Error| {
+        let _ =
+            started.send(Err(format!("shard {}: cannot start its {} runtime: {e}", setup.id, setup.backend)));
+    };
     match setup.backend {
         Backend::Uring => match tokio_uring::Runtime::new(&tokio_uring::builder()) {
             Ok(rt) => rt.block_on(serve(setup)),
-            Err(e) => tracing::error!(shard = setup.id, "cannot start io_uring runtime: {e}"),
+            Err(e) => failed(e),
         },
         Backend::Epoll => match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(rt) => tokio::task::LocalSet::new().block_on(&rt, serve(setup)),
-            Err(e) => tracing::error!(shard = setup.id, "cannot start tokio runtime: {e}"),
+            Err(e) => failed(e),
         },
     }
 }
 
 async fn serve(setup: ShardSetup) {
-    let ShardSetup { id, nshards, identity, limits, peers, inbox, stats, backend, tls, .. } = setup;
+    let ShardSetup { id, nshards, identity, limits, peers, inbox, stats, backend, tls, started, .. } = setup;
+    let _ = started.send(Ok(()));
     let node_name = identity.node_name.as_str().to_string();
     let shard = Rc::new(ShardRt {
         id,
