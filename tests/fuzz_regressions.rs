@@ -238,7 +238,7 @@ proptest! {
         let mut input = BytesMut::new();
         for &id in &view_ids {
             input.extend_from_slice(&view_from_peer(&s, id));
-            let state = proto::PeerState { shard: 0, shards: 1, more: false, views: vec![(group(), id, 0)] };
+            let state = proto::PeerState { shard: 0, shards: 1, more: false, version: 0, views: vec![(group(), id, 0)] };
             Frame::PeerState(state).encode(&mut input);
         }
         for &seq in &seqs {
@@ -282,7 +282,8 @@ fn a_view_never_exceeds_the_frame_limit() {
             session: SessionId::new(NodeTag(PEER_TAG), serial),
             name: Name::new(&"n".repeat(255)).unwrap(),
         };
-        Frame::PeerJoin(proto::PeerJoin { cause: Cause::Join, group: g.clone(), member }).encode(&mut joins);
+        let version = proto::MemberVersion::new(0, u64::from(serial));
+        Frame::PeerJoin(proto::PeerJoin { cause: Cause::Join, group: g.clone(), member, version }).encode(&mut joins);
     }
     assert_eq!(s.peer_sends(&joins), Flow::Read);
     let mut out = BytesMut::new();
