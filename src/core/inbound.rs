@@ -76,12 +76,16 @@ impl ShardCore {
             let Some(frame) = run.get(at..at + size) else { break };
             let Ok(h) = McastHeader::parse(frame) else { break };
             // Out of range (never sent by an honest server): dropped, and no arithmetic on it.
-            let bad = h.seq == 0 || h.seq >= MAX_COUNTER;
+            if h.seq == 0 || h.seq >= MAX_COUNTER {
+                out.get_or_insert_with(|| Rebuilt { bytes: BytesMut::from(&run[..at]), count: count_frames(&run[..at]) });
+                at += size;
+                continue;
+            }
             let t = tracks
                 .entry(h.sender)
                 .or_insert_with(|| SenderTrack { last: h.seq.saturating_sub(1), ..Default::default() });
             t.seen = Some(now);
-            let in_order = !bad && (h.seq == t.last + 1 || (t.fresh && h.seq > t.last));
+            let in_order = h.seq == t.last + 1 || (t.fresh && h.seq > t.last);
             if in_order && t.held.is_empty() && out.is_none() {
                 t.last = h.seq;
                 t.fresh = false;
@@ -89,7 +93,7 @@ impl ShardCore {
                 continue;
             }
             let o = out.get_or_insert_with(|| Rebuilt { bytes: BytesMut::from(&run[..at]), count: count_frames(&run[..at]) });
-            if bad || h.seq <= t.last {
+            if h.seq <= t.last {
                 // Delivered already.
             } else if in_order {
                 o.push(frame);

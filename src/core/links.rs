@@ -256,6 +256,27 @@ impl ShardCore {
         self.send_to_link(leader, sync.freeze(), count + 1);
     }
 
+    /// On the ordering server: this shard's sessions' memberships, applied like another
+    /// server's state sync (see [`Self::send_state_sync`]).
+    pub(super) fn sync_own_sessions(&mut self) {
+        let version = MemberVersion::new(self.id, self.member_ops);
+        let mut synced = HashSet::new();
+        let mut joins = Vec::new();
+        for (_, c) in self.conns.iter().filter(|(_, c)| c.state == State::Client) {
+            for g in &c.joined {
+                synced.insert((g.clone(), c.session));
+                joins.push((g.clone(), Member { session: c.session, name: c.name.clone() }));
+            }
+        }
+        for (group, member) in joins {
+            let msg = ShardMsg::Join { group: group.clone(), member, cause: Cause::Network, via: None, version };
+            self.send_to_owner(&group, msg);
+        }
+        let tag = self.identity.node_tag;
+        let (shard, shards) = (self.id, self.nshards);
+        self.broadcast(ShardMsg::SyncDone { tag, shard, shards, version, synced: Arc::new(synced) });
+    }
+
     /// Every shard learns that a link is gone.
     pub(super) fn handle_link_down(&mut self, tag: NodeTag) {
         self.links.retain(|l| l.tag != tag);

@@ -301,7 +301,12 @@ impl ShardCore {
             self.flood_own_topo(None);
         }
         match self.leader() {
-            None => self.reconcile_membership(),
+            None => {
+                // This server's own sessions' joins and leaves may have gone to a previous
+                // ordering server and been lost with it: sync them to ourselves as well.
+                self.sync_own_sessions();
+                self.reconcile_membership();
+            }
             Some(leader) => self.send_state_sync(leader),
         }
     }
