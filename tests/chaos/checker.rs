@@ -91,7 +91,7 @@ pub struct Checker {
     /// module docs): reset with each connection, pruned at each view as the library does.
     mirror: HashMap<GroupName, HashMap<SessionId, u64>>,
     /// A gap event waiting for the next event, which decides whether the library made it.
-    held: Option<(Gap, Instant)>,
+    held: Option<(Gap, Instant, usize)>,
     notices: Vec<Notice>,
     idx: u64,
     views: HashMap<GroupName, LatestView>,
@@ -166,10 +166,10 @@ impl Checker {
             _ => None,
         };
         match (self.held.take(), expected) {
-            (Some((gap, _)), Some(own)) if gap == own => self.own_jump_gaps += 1,
+            (Some((gap, ..)), Some(own)) if gap == own => self.own_jump_gaps += 1,
             (held, expected) => {
-                if let Some((gap, at)) = held {
-                    self.take_notice(gap, at, phase);
+                if let Some((gap, at, in_phase)) = held {
+                    self.take_notice(gap, at, in_phase);
                 }
                 if let (Some(own), Event::Message { seq, .. }) = (expected, &event) {
                     self.mirror_mismatches += 1;
@@ -181,7 +181,7 @@ impl Checker {
             Event::Message { group, sender, seq, .. } => {
                 self.message(group, sender, seq, now, phase, started)
             }
-            Event::Gap(gap) => self.held = Some((gap, now)),
+            Event::Gap(gap) => self.held = Some((gap, now, phase)),
             Event::View(v) => {
                 self.idx += 1;
                 // As the library's receive state: senders not listed are forgotten.
@@ -229,8 +229,8 @@ impl Checker {
         phase: usize,
         started: &dyn Fn(SessionId) -> Option<Instant>,
     ) {
-        if let Some((gap, at)) = self.held.take() {
-            self.take_notice(gap, at, phase);
+        if let Some((gap, at, in_phase)) = self.held.take() {
+            self.take_notice(gap, at, in_phase);
         }
         for ((group, sender), &max) in highest {
             if !groups.contains(group) {
@@ -273,7 +273,7 @@ impl Checker {
             }
         }
         let key = (group, sender);
-        let (from, after_idx, after_at) = match self.senders.get_mut(&key) {
+        let (from, after_idx, after_at, lost_in) = match self.senders.get_mut(&key) {
             Some(st) if seq == st.last + 1 => {
                 st.last = seq;
                 st.last_idx = self.idx;
@@ -292,17 +292,18 @@ impl Checker {
                 }
                 return;
             }
-            Some(st) => (st.last + 1, st.last_idx, None),
+            // A loss counts in the phase where it began: after the last message that came.
+            Some(st) => (st.last + 1, st.last_idx, None, st.last_phase),
             // The first message of a sender: a loss before it is excused only by a notice
             // after the sender's session began (this member was away when it started).
-            None => (1, 0, Some(started(sender).unwrap_or(now))),
+            None => (1, 0, Some(started(sender).unwrap_or(now)), phase),
         };
         if seq > from {
             let to = seq - 1;
             let covered = self.covered(&key.0, sender, from, to, after_idx, after_at);
             let missing = to - from + 1;
-            self.per_phase[phase].lost_notice += covered;
-            self.per_phase[phase].silent += missing - covered;
+            self.per_phase[lost_in].lost_notice += covered;
+            self.per_phase[lost_in].silent += missing - covered;
             if covered < missing {
                 self.detail(format!(
                     "{:?} from {sender}: #{from}..=#{to} missing, {} without notice",
@@ -512,6 +513,17 @@ mod tests {
         ]);
         let n = c.counts(0);
         assert_eq!((n.dups, n.reordered, n.checked, n.lost_notice), (2, 1, 3, 2));
+    }
+
+    #[test]
+    fn a_loss_counts_in_the_phase_where_it_began() {
+        let t0 = Instant::now();
+        let mut c = Checker::new("t", ME, 3);
+        c.handle(msg(1), t0, 0, &|_| None);
+        c.handle(gap(GapReason::LinkLost, S, 2, u64::MAX), t0, 1, &|_| None);
+        c.handle(gap(GapReason::LinkLost, S, 2, 9), t0, 2, &|_| None);
+        c.handle(msg(10), t0, 2, &|_| None);
+        assert_eq!((c.counts(0).lost_notice, c.counts(1).notices, c.counts(2).checked), (8, 1, 1));
     }
 
     #[test]
