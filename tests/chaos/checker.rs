@@ -68,6 +68,7 @@ const MAX_DETAILS: usize = 12;
 struct Notice {
     idx: u64,
     at: Instant,
+    phase: usize,
     gap: Gap,
 }
 
@@ -236,20 +237,15 @@ impl Checker {
             if !groups.contains(group) {
                 continue;
             }
-            let (from, after_idx, after_at, at_phase) = match self.senders.get(&(group.clone(), *sender)) {
+            let (from, after_idx, after_at, quiet_since) = match self.senders.get(&(group.clone(), *sender)) {
                 Some(st) if st.last >= max => continue,
                 Some(st) => (st.last + 1, st.last_idx, None, st.last_phase),
                 None => (1, 0, started(*sender), phase),
             };
-            let covered = self.covered(group, *sender, from, max, after_idx, after_at);
-            let missing = max - from + 1;
-            let at_phase = at_phase.min(self.per_phase.len() - 1);
-            self.per_phase[at_phase].lost_notice += covered;
-            self.per_phase[at_phase].silent += missing - covered;
-            if covered < missing {
+            let unnoticed = self.loss(group, *sender, from, max, after_idx, after_at, quiet_since);
+            if unnoticed > 0 {
                 self.detail(format!(
-                    "tail of {group:?} from {sender}: #{from}..=#{max} missing, {} without notice",
-                    missing - covered
+                    "tail of {group:?} from {sender}: #{from}..=#{max} missing, {unnoticed} without notice"
                 ));
             }
         }
@@ -273,7 +269,7 @@ impl Checker {
             }
         }
         let key = (group, sender);
-        let (from, after_idx, after_at, lost_in) = match self.senders.get_mut(&key) {
+        let (from, after_idx, after_at) = match self.senders.get_mut(&key) {
             Some(st) if seq == st.last + 1 => {
                 st.last = seq;
                 st.last_idx = self.idx;
@@ -292,23 +288,18 @@ impl Checker {
                 }
                 return;
             }
-            // A loss counts in the phase where it began: after the last message that came.
-            Some(st) => (st.last + 1, st.last_idx, None, st.last_phase),
+            Some(st) => (st.last + 1, st.last_idx, None),
             // The first message of a sender: a loss before it is excused only by a notice
             // after the sender's session began (this member was away when it started).
-            None => (1, 0, Some(started(sender).unwrap_or(now)), phase),
+            None => (1, 0, Some(started(sender).unwrap_or(now))),
         };
         if seq > from {
-            let to = seq - 1;
-            let covered = self.covered(&key.0, sender, from, to, after_idx, after_at);
-            let missing = to - from + 1;
-            self.per_phase[lost_in].lost_notice += covered;
-            self.per_phase[lost_in].silent += missing - covered;
-            if covered < missing {
+            let unnoticed = self.loss(&key.0, sender, from, seq - 1, after_idx, after_at, phase);
+            if unnoticed > 0 {
                 self.detail(format!(
-                    "{:?} from {sender}: #{from}..=#{to} missing, {} without notice",
+                    "{:?} from {sender}: #{from}..=#{} missing, {unnoticed} without notice",
                     key.0,
-                    missing - covered
+                    seq - 1
                 ));
             }
         }
@@ -352,38 +343,52 @@ impl Checker {
                 self.detail("notice log overflowed; older notices dropped".into());
             }
         }
-        self.notices.push(Notice { idx: self.idx, at, gap });
+        self.notices.push(Notice { idx: self.idx, at, phase, gap });
     }
 
-    /// How many of `from..=to` the notices for (group, sender) cover, counting only notices
-    /// after event `after_idx` and, if given, received at or after `after_at`.
-    fn covered(
-        &self,
+    /// Counts `from..=to` from `sender` in `group` as lost: with notice as far as notices
+    /// after event `after_idx` (and, if given, received at or after `after_at`) cover it, in
+    /// the phase of the first such notice; the rest silent, in phase `found_in`. Returns the
+    /// silent count.
+    #[allow(clippy::too_many_arguments)]
+    fn loss(
+        &mut self,
         group: &GroupName,
         sender: SessionId,
         from: u64,
         to: u64,
         after_idx: u64,
         after_at: Option<Instant>,
+        found_in: usize,
     ) -> u64 {
-        let mut ranges: Vec<(u64, u64)> = self
-            .notices
-            .iter()
-            .filter(|n| n.idx > after_idx && after_at.is_none_or(|t| n.at >= t))
-            .filter(|n| n.gap.group == *group && (n.gap.sender == sender || n.gap.sender.is_none()))
-            .map(|n| (n.gap.first.max(from), n.gap.last.min(to)))
-            .filter(|(a, b)| a <= b)
-            .collect();
+        let mut first_phase = None;
+        let mut ranges: Vec<(u64, u64)> = Vec::new();
+        for n in &self.notices {
+            let applies = n.idx > after_idx
+                && after_at.is_none_or(|t| n.at >= t)
+                && n.gap.group == *group
+                && (n.gap.sender == sender || n.gap.sender.is_none());
+            let (a, b) = (n.gap.first.max(from), n.gap.last.min(to));
+            if applies && a <= b {
+                ranges.push((a, b));
+                // Notices are kept in arrival order.
+                first_phase.get_or_insert(n.phase);
+            }
+        }
         ranges.sort_unstable();
-        let (mut total, mut next) = (0u64, from);
+        let (mut covered, mut next) = (0u64, from);
         for (a, b) in ranges {
             let a = a.max(next);
             if a <= b {
-                total += b - a + 1;
+                covered += b - a + 1;
                 next = b.saturating_add(1);
             }
         }
-        total
+        let last = self.per_phase.len() - 1;
+        let silent = (to - from + 1) - covered;
+        self.per_phase[first_phase.unwrap_or(found_in).min(last)].lost_notice += covered;
+        self.per_phase[found_in.min(last)].silent += silent;
+        silent
     }
 
     fn detail(&mut self, what: String) {
@@ -516,14 +521,18 @@ mod tests {
     }
 
     #[test]
-    fn a_loss_counts_in_the_phase_where_it_began() {
+    fn a_loss_counts_in_the_phase_of_its_notice_and_a_silent_one_where_it_shows() {
         let t0 = Instant::now();
-        let mut c = Checker::new("t", ME, 3);
+        let mut c = Checker::new("t", ME, 4);
         c.handle(msg(1), t0, 0, &|_| None);
         c.handle(gap(GapReason::LinkLost, S, 2, u64::MAX), t0, 1, &|_| None);
         c.handle(gap(GapReason::LinkLost, S, 2, 9), t0, 2, &|_| None);
         c.handle(msg(10), t0, 2, &|_| None);
-        assert_eq!((c.counts(0).lost_notice, c.counts(1).notices, c.counts(2).checked), (8, 1, 1));
+        c.handle(gap(GapReason::LinkLost, S, 11, 14), t0, 3, &|_| None);
+        c.handle(msg(15), t0, 3, &|_| None);
+        let got: Vec<_> =
+            (0..4).map(|p| (c.counts(p).lost_notice, c.counts(p).silent, c.counts(p).notices)).collect();
+        assert_eq!(got, [(0, 0, 0), (8, 0, 1), (0, 0, 0), (0, 4, 0)]);
     }
 
     #[test]
