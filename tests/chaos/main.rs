@@ -80,6 +80,7 @@ struct Run {
     phases: Vec<PhaseRecord>,
     /// Per server: the counters last read (to turn them into per-phase deltas).
     counters: Vec<HashMap<&'static str, f64>>,
+    t0: Instant,
     // Dropped last: the members' clients go before the servers and namespaces.
     lab: Lab,
 }
@@ -102,7 +103,15 @@ impl Run {
             })
             .collect();
         let counters = vec![HashMap::new(); lab.len()];
-        Run { rt, shared: Arc::new(Shared::default()), members: Vec::new(), phases, counters, lab }
+        Run {
+            rt,
+            shared: Arc::new(Shared::default()),
+            members: Vec::new(),
+            phases,
+            counters,
+            t0: Instant::now(),
+            lab,
+        }
     }
 
     fn start_servers(&mut self) -> Result<(), String> {
@@ -127,7 +136,11 @@ impl Run {
 
     fn enter(&mut self, phase: usize) {
         self.shared.phase.store(phase, Ordering::Relaxed);
-        eprintln!("chaos: phase {phase}: {} (t={:?})", self.phases[phase].name, Instant::now());
+        eprintln!(
+            "chaos: phase {phase}: {} (at {:.1} s)",
+            self.phases[phase].name,
+            self.t0.elapsed().as_secs_f64()
+        );
     }
 
     /// Polls `check` (None = done) until `deadline`; the error names what was still missing.
