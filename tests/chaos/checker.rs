@@ -108,10 +108,14 @@ pub struct Checker {
     /// The longest time between two messages (any sender), and when it started.
     pub longest_stall: Option<(Duration, Instant)>,
     pub details: Vec<String>,
+    /// When the run began and when the last event came (details say when, for the logs).
+    origin: Instant,
+    now: Instant,
 }
 
 impl Checker {
-    pub fn new(label: impl Into<String>, session: SessionId, phases: usize) -> Checker {
+    /// A checker for a member whose session is `session`, in a run that began at `origin`.
+    pub fn new(label: impl Into<String>, session: SessionId, phases: usize, origin: Instant) -> Checker {
         Checker {
             label: label.into(),
             per_phase: vec![Counts::default(); phases.max(1)],
@@ -129,6 +133,8 @@ impl Checker {
             last_message_at: None,
             longest_stall: None,
             details: Vec::new(),
+            origin,
+            now: origin,
         }
     }
 
@@ -161,6 +167,7 @@ impl Checker {
         started: &dyn Fn(SessionId) -> Option<Instant>,
     ) {
         let phase = phase.min(self.per_phase.len() - 1);
+        self.now = self.now.max(now);
         // The gap the library would have put just before this message, if any.
         let expected = match &event {
             Event::Message { group, sender, seq, .. } => self.library_jump(group, *sender, *seq),
@@ -393,7 +400,8 @@ impl Checker {
 
     fn detail(&mut self, what: String) {
         if self.details.len() < MAX_DETAILS {
-            self.details.push(what);
+            let at = self.now.saturating_duration_since(self.origin).as_secs_f64();
+            self.details.push(format!("[{at:.1} s] {what}"));
         }
     }
 }
@@ -426,7 +434,7 @@ mod tests {
     }
     fn run(events: Vec<Event>) -> Checker {
         let t0 = Instant::now();
-        let mut c = Checker::new("t", ME, 2);
+        let mut c = Checker::new("t", ME, 2, t0);
         for (i, e) in events.into_iter().enumerate() {
             c.handle(e, t0 + Duration::from_millis(i as u64), 0, &|_| None);
         }
@@ -523,7 +531,7 @@ mod tests {
     #[test]
     fn a_loss_counts_in_the_phase_of_its_notice_and_a_silent_one_where_it_shows() {
         let t0 = Instant::now();
-        let mut c = Checker::new("t", ME, 4);
+        let mut c = Checker::new("t", ME, 4, t0);
         c.handle(msg(1), t0, 0, &|_| None);
         c.handle(gap(GapReason::LinkLost, S, 2, u64::MAX), t0, 1, &|_| None);
         c.handle(gap(GapReason::LinkLost, S, 2, 9), t0, 2, &|_| None);
@@ -561,7 +569,7 @@ mod tests {
     #[test]
     fn a_late_first_message_needs_a_notice_after_the_sender_began() {
         let t0 = Instant::now();
-        let mut c = Checker::new("t", ME, 1);
+        let mut c = Checker::new("t", ME, 1, t0);
         c.handle(gap(GapReason::Reconnected, SessionId::NONE, 0, u64::MAX), t0, 0, &|_| None);
         // The sender began after that notice: the notice does not excuse its lost head.
         let began = t0 + Duration::from_secs(1);
@@ -572,7 +580,7 @@ mod tests {
     #[test]
     fn the_tail_check_counts_what_never_came() {
         let t0 = Instant::now();
-        let mut c = Checker::new("t", ME, 1);
+        let mut c = Checker::new("t", ME, 1, t0);
         let quiet = SessionId(0x4_0000_0001);
         for (i, e) in [msg(1), msg(2), msg_from(quiet, 1), gap(GapReason::LinkLost, quiet, 2, u64::MAX)]
             .into_iter()

@@ -128,7 +128,8 @@ impl Run {
         let phases = self.phases.len();
         for spec in specs {
             let shared = self.shared.clone();
-            let m = self.rt.block_on(Member::start(spec, shared, phases, Duration::from_secs(20)))?;
+            let m =
+                self.rt.block_on(Member::start(spec, shared, phases, self.t0, Duration::from_secs(20)))?;
             self.members.push(m);
         }
         self.wait_for("views converged", START_DEADLINE, |r| r.not_converged())

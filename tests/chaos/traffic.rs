@@ -75,6 +75,7 @@ impl Member {
         spec: Spec,
         shared: Arc<Shared>,
         phases: usize,
+        origin: Instant,
         deadline: Duration,
     ) -> Result<Member, String> {
         let end = Instant::now() + deadline;
@@ -98,7 +99,8 @@ impl Member {
             client.join(g).await.map_err(|e| format!("{} join {g}: {e}", spec.label))?;
         }
         shared.began(client.session_id(), Instant::now());
-        let checker = Arc::new(Mutex::new(Checker::new(spec.label.clone(), client.session_id(), phases)));
+        let checker =
+            Arc::new(Mutex::new(Checker::new(spec.label.clone(), client.session_id(), phases, origin)));
         let (stop, stop_rx) = watch::channel(false);
         let sent = Arc::new(AtomicU64::new(0));
         let skipped = Arc::new(AtomicU64::new(0));
