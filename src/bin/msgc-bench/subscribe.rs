@@ -16,7 +16,7 @@ use tokio::sync::watch;
 
 use crate::cpu::{sample_this_thread, ThreadUse};
 use crate::fanout::{instant_at, ns, Shared, Window};
-use crate::stats::{read_stamp, Tally};
+use crate::stats::{read_stamp, Tally, PROBE_SEQ};
 use crate::targets::{next_item, subscribe_request, Item, Target};
 
 /// How long a read waits before the subscriber looks at the stop flag.
@@ -137,34 +137,47 @@ async fn run(
         }
     };
     drop(ready);
-    let Some(w) = wait_window(&mut window).await else {
-        outcome.error = Some("run abandoned".into());
-        return outcome;
-    };
-    let mut tally = Tally::new(w.from, w.until, spec.publishers);
     if spec.stalled {
         // Hold the connection open without reading until the run ends (bounded by stop).
+        let Some(w) = wait_window(&mut window).await else {
+            outcome.error = Some("run abandoned".into());
+            return outcome;
+        };
+        outcome.tally = Some(Tally::new(w.from, w.until, spec.publishers));
         while !shared.stop.load(Ordering::Relaxed) {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        outcome.tally = Some(tally);
         return outcome;
     }
+    // Reading starts before the window is known: the probes that prove the publishers reach
+    // this subscriber arrive first. Until the window is known nothing counts as delivered.
+    let mut tally = Tally::new(u64::MAX, u64::MAX, spec.publishers);
     loop {
         let mut count = 0;
+        let mut probed = 0;
         let got = conn
             .receive(POLL_STOP, |now, item| match item {
-                Item::Message(p) => {
-                    if let Some((ts, publisher, seq)) = read_stamp(p) {
+                Item::Message(p) => match read_stamp(p) {
+                    Some((_, publisher, PROBE_SEQ)) => probed += u64::from(tally.probe(publisher)),
+                    Some((ts, publisher, seq)) => {
+                        if tally.measure_from == u64::MAX {
+                            // The window is sent before any publisher starts, so it is
+                            // known by the time the first real message arrives.
+                            if let Some(w) = *window.borrow() {
+                                (tally.measure_from, tally.measure_until) = (w.from, w.until);
+                            }
+                        }
                         tally.record(publisher, seq, ts, now, p.len());
                         count += 1;
                     }
-                }
+                    None => {}
+                },
                 Item::Gap => tally.gaps_reported += 1,
                 _ => {}
             })
             .await;
         shared.received.fetch_add(count, Ordering::Relaxed);
+        shared.probed.fetch_add(probed, Ordering::Relaxed);
         match got {
             Ok(Received::Data) => {}
             Ok(Received::Idle) if shared.stop.load(Ordering::Relaxed) => break,
