@@ -7,7 +7,7 @@
 # disconnects). The target: zero link kills, zero link downs, zero gap notices, zero loss.
 #
 #   benches/saturation.sh                       # 9 servers, 3 -> 27, 3 runs of 10 s, release
-#   RUNS=1 DURATION=5 PROFILE=debug benches/saturation.sh
+#   RUNS=1 DURATION=5 PROFILE=debug THREADS=0 benches/saturation.sh
 #
 # Writes tuning/results/saturation-<date>.md and the raw JSON lines beside it; exits 1 when
 # the target was missed, 2 when the cluster could not be set up.
@@ -23,6 +23,7 @@ WARMUP=${WARMUP:-2}
 RUNS=${RUNS:-3}
 CLIENT=${CLIENT:-raw}
 PROFILE=${PROFILE:-release}
+THREADS=${THREADS:-1} # shard threads per server (0 = one per core)
 LINK_DEADLINE=${LINK_DEADLINE:-60} # seconds for the full mesh to form (or re-form)
 
 if [ "$PROFILE" = release ]; then BUILD=(--release); else BUILD=(); fi
@@ -51,7 +52,7 @@ for i in $(seq 1 "$SERVERS"); do P+=("$(free_port)"); M+=("$(free_port)"); done
   echo '  peers = ['
   for i in $(seq 1 "$SERVERS"); do echo "    n$i = \"127.0.0.1:${P[$((i-1))]}\""; done
   echo '  ]'
-  echo '  threads = 1'
+  echo "  threads = $THREADS"
   echo '  debug_level = INFO'
   echo '}'
 } > "$TMP/msgc.conf"
@@ -111,7 +112,7 @@ CMD="msgc-bench fanout --client $CLIENT --servers <n1..n$SERVERS> -p $PUBLISHERS
   echo "# Saturation: $SERVERS servers on loopback, $PUBLISHERS publishers at full speed, $SUBSCRIBERS subscribers, $(date -u +%Y-%m-%dT%H:%M:%SZ)"
   echo
   echo "- CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | xargs), $(nproc) cores; kernel $(uname -r); commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown); $PROFILE build"
-  echo "- \`benches/saturation.sh\` (SERVERS=$SERVERS PUBLISHERS=$PUBLISHERS SUBSCRIBERS=$SUBSCRIBERS NGROUPS=$NGROUPS RUNS=$RUNS): $SERVERS \`msgc-server\` processes (\`threads = 1\`, default limits) and the load generator on one machine; each run is \`$CMD\` once the full mesh is up"
+  echo "- \`benches/saturation.sh\` (SERVERS=$SERVERS PUBLISHERS=$PUBLISHERS SUBSCRIBERS=$SUBSCRIBERS NGROUPS=$NGROUPS THREADS=$THREADS RUNS=$RUNS): $SERVERS \`msgc-server\` processes (\`threads = $THREADS\`, default limits) and the load generator on one machine; each run is \`$CMD\` once the full mesh is up"
   echo "- publishers connect to n1..n$PUBLISHERS (round-robin), subscribers to n2..n$SERVERS; the run starts once every publisher's probe reached every subscriber"
   echo "- server columns are /metrics deltas over the run, summed over servers: \`link kills\` / \`client kills\` count the log lines \"killing stuck peer link\" / \"killing stuck connection\" (\`stuck kills\` is msgc_stuck_kills_total, both kinds), \`link downs\` msgc_link_downs_total, \`gaps sent\` msgc_gaps_sent_total, \`pauses\` msgc_publisher_pauses_total; client columns are msgc-bench's: \`lost\` sequence holes, \`gaps\` gap notices received, \`missing\` tail never received, \`disc.\` subscribers or publishers cut"
   echo "- \`LG sat\`: msgc-bench says one of its own threads was the limit; \`machine %\`: all CPUs' busy share over the window; \`load\`: 1-minute load average before the run"
