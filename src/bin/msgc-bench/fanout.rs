@@ -526,10 +526,12 @@ mod tests {
         (servers, table)
     }
 
+    /// Arguments for a raw-client run against `servers` (one: `--server`, more: `--servers`).
     fn fanout_args(servers: &[msgc::runtime::ServerHandle], extra: &[&str]) -> FanoutArgs {
         use clap::Parser;
         let list = servers.iter().map(|s| s.local_addrs()[0].to_string()).collect::<Vec<_>>().join(",");
-        let mut argv = vec!["msgc-bench", "fanout", "--client", "raw", "--servers", &list, "--json"];
+        let flag = if servers.len() == 1 { "--server" } else { "--servers" };
+        let mut argv = vec!["msgc-bench", "fanout", "--client", "raw", flag, &list, "--json"];
         argv.extend_from_slice(extra);
         let crate::Cli { cmd: crate::Cmd::Fanout(args) } = crate::Cli::try_parse_from(argv).unwrap();
         args
@@ -580,5 +582,33 @@ mod tests {
         let err = err.unwrap_err();
         assert!(err.contains("0 of 2 (subscriber, publisher) pairs had received a probe"), "{err}");
         assert!(started.elapsed() < Duration::from_secs(20), "bounded by --setup-timeout");
+    }
+
+    /// A subscriber only reads, but a msgc server closes connections that send nothing for
+    /// `idle_timeout`: a run longer than that must not lose its subscribers to it.
+    #[test]
+    fn raw_subscribers_outlive_the_servers_idle_timeout() {
+        let server = msgc::runtime::ServerHandle::start(msgc::runtime::ServerOptions {
+            listen: vec!["127.0.0.1:0".parse().unwrap()],
+            threads: 1,
+            pin_threads: false,
+            node_name: "bench-idle".into(),
+            limits: msgc::core::Limits {
+                idle_timeout: Duration::from_millis(1500),
+                keepalive_interval: Duration::from_millis(500),
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+        .expect("server starts");
+        let report = run(fanout_args(
+            std::slice::from_ref(&server),
+            &["-s", "2", "--rate", "2000", "--duration", "3", "--warmup", "0.5"],
+        ));
+        server.shutdown();
+        let r: serde_json::Value = serde_json::from_str(&report.expect("the run completes")).unwrap();
+        assert_eq!(r["disconnects"], 0, "{r}");
+        assert_eq!(r["missing_at_end"], 0, "{r}");
+        assert!(r["delivered_msgs_per_s"].as_f64().unwrap() > 0.0, "{r}");
     }
 }

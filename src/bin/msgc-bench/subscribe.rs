@@ -8,9 +8,10 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use msgc::proto::Frame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
@@ -21,6 +22,8 @@ use crate::targets::{next_item, subscribe_request, Item, Target};
 
 /// How long a read waits before the subscriber looks at the stop flag.
 const POLL_STOP: Duration = Duration::from_millis(100);
+/// How often a raw msgc subscriber sends a NOOP: well under any sensible `idle_timeout`.
+const KEEPALIVE: Duration = Duration::from_secs(1);
 /// Read buffer: refilled when less than `READ_SPARE` is free.
 const READ_BUFFER: usize = 256 * 1024;
 const READ_SPARE: usize = 64 * 1024;
@@ -206,7 +209,13 @@ pub enum Received {
 /// A subscriber's connection.
 pub enum SubConn {
     /// The load generator's own protocol code ([`crate::targets`]).
-    Raw { target: Target, stream: tokio::net::TcpStream, buf: BytesMut },
+    Raw {
+        target: Target,
+        stream: tokio::net::TcpStream,
+        buf: BytesMut,
+        /// When this subscriber last sent something (msgc keepalives).
+        last_sent: Instant,
+    },
     /// The msgc client library (`--client lib`).
     Lib(Box<msgc::client::Client>),
 }
@@ -227,8 +236,12 @@ impl SubConn {
             .write_all(&subscribe_request(&spec.target, spec.index, &spec.group))
             .await
             .map_err(|e| e.to_string())?;
-        let mut conn =
-            SubConn::Raw { target: spec.target.clone(), stream, buf: BytesMut::with_capacity(READ_BUFFER) };
+        let mut conn = SubConn::Raw {
+            target: spec.target.clone(),
+            stream,
+            buf: BytesMut::with_capacity(READ_BUFFER),
+            last_sent: Instant::now(),
+        };
         let mut done = false;
         while !done {
             let got = conn
@@ -267,7 +280,16 @@ impl SubConn {
     /// they arrived (one clock read per read, not per message). Answers NATS PINGs.
     pub async fn receive(&mut self, wait: Duration, f: impl FnMut(u64, Item)) -> Result<Received, String> {
         let (target, stream, buf) = match self {
-            SubConn::Raw { target, stream, buf } => (target, stream, buf),
+            SubConn::Raw { target, stream, buf, last_sent } => {
+                // A msgc server closes a connection that sends nothing for idle_timeout
+                // (30 s by default), and a subscriber only reads: it sends NOOPs, as the
+                // client library does.
+                if matches!(target, Target::Msgc(_)) && last_sent.elapsed() >= KEEPALIVE {
+                    stream.write_all(&Frame::Noop.to_bytes()).await.map_err(|e| e.to_string())?;
+                    *last_sent = Instant::now();
+                }
+                (target, stream, buf)
+            }
             SubConn::Lib(c) => return receive_lib(c, wait, f).await,
         };
         let mut f = f;
