@@ -115,16 +115,16 @@ CMD="msgc-bench fanout --client $CLIENT --servers <n1..n$SERVERS> -p $PUBLISHERS
   echo "- \`benches/saturation.sh\` (SERVERS=$SERVERS PUBLISHERS=$PUBLISHERS SUBSCRIBERS=$SUBSCRIBERS NGROUPS=$NGROUPS THREADS=$THREADS RUNS=$RUNS): $SERVERS \`msgc-server\` processes (\`threads = $THREADS\`, default limits) and the load generator on one machine; each run is \`$CMD\` once the full mesh is up"
   echo "- publishers connect to n1..n$PUBLISHERS (round-robin), subscribers to n2..n$SERVERS; the run starts once every publisher's probe reached every subscriber"
   echo "- server columns are /metrics deltas over the run, summed over servers: \`link kills\` / \`client kills\` count the log lines \"killing stuck peer link\" / \"killing stuck connection\" (\`stuck kills\` is msgc_stuck_kills_total, both kinds), \`link downs\` msgc_link_downs_total, \`gaps sent\` msgc_gaps_sent_total, \`pauses\` msgc_publisher_pauses_total; client columns are msgc-bench's: \`lost\` sequence holes, \`gaps\` gap notices received, \`missing\` tail never received, \`disc.\` subscribers or publishers cut"
-  echo "- \`LG sat\`: msgc-bench says one of its own threads was the limit; \`machine %\`: all CPUs' busy share over the window; \`load\`: 1-minute load average before the run"
+  echo "- \`read gap ms\`: the longest time one of msgc-bench's subscribers went between two reads (if it is under the servers' \`stall_timeout\`, 1 s, a client kill was not the load generator stopping to read); \`LG sat\`: msgc-bench says one of its own threads was the limit; \`machine %\`: all CPUs' busy share over the window; \`load\`: 1-minute load average before the run"
   echo "- target (issue 9 item 6): zero link kills, link downs, gap notices and loss; client kills (a subscriber that made no read progress for \`stall_timeout\`) are shown but are the slow-consumer rule, not a link fault"
   echo
-  echo "| run | delivered msg/s | published msg/s | lost | gaps | missing | disc. | link kills | client kills | stuck kills | link downs | gaps sent | pauses | LG sat | machine % | load |"
-  echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+  echo "| run | delivered msg/s | published msg/s | lost | gaps | missing | disc. | link kills | client kills | stuck kills | link downs | gaps sent | pauses | read gap ms | LG sat | machine % | load |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 } > "$OUT"
 
 MISSED=0
 for run in $(seq 1 "$RUNS"); do
-  wait_mesh || { echo "| $run | the mesh did not re-form within ${LINK_DEADLINE}s | | | | | | | | | | | | | | |" >> "$OUT"; MISSED=1; break; }
+  wait_mesh || { echo "| $run | the mesh did not re-form within ${LINK_DEADLINE}s | | | | | | | | | | | | | | | |" >> "$OUT"; MISSED=1; break; }
   load=$(cut -d' ' -f1 /proc/loadavg)
   echo "== run $run (load $load)" >&2
   before=$(scrape)
@@ -146,13 +146,13 @@ tot = {k: int(sum(s[k] for s in per_server.values())) for k in keys}
 with open(path, "a") as f:
     f.write(json.dumps({"run": run, "load": load, "bench": r, "servers": per_server, "dead_servers": dead}) + "\n")
 if "failed" in r:
-    print(f"| {run} | failed: {r['failed'][:200]} | | | | | | {tot['link kills']} | {tot['client kills']} | {tot['stuck kills']} | {tot['link downs']} | {tot['gaps sent']} | {tot['pauses']} | | | {load:.1f} |")
+    print(f"| {run} | failed: {r['failed'][:200]} | | | | | | {tot['link kills']} | {tot['client kills']} | {tot['stuck kills']} | {tot['link downs']} | {tot['gaps sent']} | {tot['pauses']} | | | | {load:.1f} |")
     print("MISSED", file=sys.stderr)
     sys.exit(0)
 lg = r.get("load_generator", {})
 print(f"| {run} | {r['delivered_msgs_per_s']:,.0f} | {r['published_msgs_per_s']:,.0f} | {r['lost']} | {r['gaps_reported']} | "
       f"{r['missing_at_end']} | {r['disconnects']} | {tot['link kills']} | {tot['client kills']} | {tot['stuck kills']} | "
-      f"{tot['link downs']} | {tot['gaps sent']} | {tot['pauses']} | {'yes' if lg.get('saturated') else 'no'} | {lg.get('machine_busy_percent')} | {load:.1f} |")
+      f"{tot['link downs']} | {tot['gaps sent']} | {tot['pauses']} | {r.get('max_read_gap_ms', 0):.0f} | {'yes' if lg.get('saturated') else 'no'} | {lg.get('machine_busy_percent')} | {load:.1f} |")
 bad = tot["link kills"] + tot["link downs"] + tot["gaps sent"] + r["lost"] + r["gaps_reported"] + r["missing_at_end"] + len(dead)
 if bad:
     print("MISSED", file=sys.stderr)

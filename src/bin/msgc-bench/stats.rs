@@ -46,6 +46,10 @@ pub struct Tally {
     pub gaps_reported: u64,
     /// Messages whose stamp names a publisher this run does not have (corruption).
     pub foreign: u64,
+    /// The longest time (ns) this subscriber went between two reads once the window was
+    /// known: a server cuts a client that makes no read progress for `stall_timeout`, and
+    /// this says whether the load generator itself stopped reading that long.
+    pub max_read_gap_ns: u64,
     pub latency_us: Histogram<u64>,
     /// Next expected sequence number per publisher index; every publisher starts at 1, so a
     /// missing head counts as loss too.
@@ -70,6 +74,7 @@ impl Tally {
             reorders: 0,
             gaps_reported: 0,
             foreign: 0,
+            max_read_gap_ns: 0,
             // invariant: 1 µs to 1 hour with 3 significant digits is a valid configuration.
             latency_us: Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds"),
             next: vec![1; publishers],
@@ -146,6 +151,7 @@ impl Tally {
         self.reorders += o.reorders;
         self.gaps_reported += o.gaps_reported;
         self.foreign += o.foreign;
+        self.max_read_gap_ns = self.max_read_gap_ns.max(o.max_read_gap_ns);
         let _ = self.latency_us.add(&o.latency_us);
     }
 }
@@ -217,6 +223,17 @@ mod tests {
         // The run's first message is still number 1.
         t.record(0, 1, 0, 0, 1);
         assert_eq!((t.delivered, t.lost), (1, 0));
+    }
+
+    #[test]
+    fn merging_keeps_the_longest_read_gap_and_sums_the_counts() {
+        let mut a = Tally::new(0, u64::MAX, 1);
+        let mut b = Tally::new(0, u64::MAX, 1);
+        a.max_read_gap_ns = 7;
+        b.max_read_gap_ns = 1_500_000_000;
+        b.record(0, 2, 0, 0, 1);
+        a.merge(&b);
+        assert_eq!((a.max_read_gap_ns, a.delivered, a.lost), (1_500_000_000, 1, 1));
     }
 
     #[test]

@@ -155,6 +155,7 @@ async fn run(
     // Reading starts before the window is known: the probes that prove the publishers reach
     // this subscriber arrive first. Until the window is known nothing counts as delivered.
     let mut tally = Tally::new(u64::MAX, u64::MAX, spec.publishers);
+    let mut last_read = ns();
     loop {
         let mut count = 0;
         let mut probed = 0;
@@ -181,6 +182,11 @@ async fn run(
             .await;
         shared.received.fetch_add(count, Ordering::Relaxed);
         shared.probed.fetch_add(probed, Ordering::Relaxed);
+        let now = ns();
+        if tally.measure_from != u64::MAX {
+            tally.max_read_gap_ns = tally.max_read_gap_ns.max(now.saturating_sub(last_read));
+        }
+        last_read = now;
         match got {
             Ok(Received::Data) => {}
             Ok(Received::Idle) if shared.stop.load(Ordering::Relaxed) => break,
