@@ -16,14 +16,12 @@ use crate::cpu::{machine_busy, sample_machine, LoadUse};
 use crate::lib_client::{self, ClientKind, LibPublisher};
 use crate::publish::{self, PubConn};
 use crate::report::Report;
-use crate::stats::{Tally, STAMP};
+use crate::stats::{stamp, Tally, PROBE_SEQ, STAMP};
 use crate::subscribe::{self, SubSpec};
 use crate::targets::Target;
 use crate::threads::{available_cores, spread, ThreadPlan};
 use crate::FanoutArgs;
 
-/// How long connecting and subscribing may take before the run is abandoned.
-const SETUP_DEADLINE: Duration = Duration::from_secs(30);
 /// After the publishers stop: the longest wait for what they sent to arrive, and how long
 /// deliveries may pause before the rest is taken as never coming.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
@@ -51,11 +49,14 @@ pub struct Window {
 }
 
 /// Counters every thread updates.
+#[derive(Default)]
 pub struct Shared {
     /// Messages received by all subscribers, window or not.
     pub received: AtomicU64,
     /// Messages stamped inside the window.
     pub published: AtomicU64,
+    /// (subscriber, publisher) pairs whose first probe arrived (see [`PROBE_SEQ`]).
+    pub probed: AtomicU64,
     pub stop: AtomicBool,
 }
 
@@ -71,6 +72,9 @@ pub fn run(args: FanoutArgs) -> Result<String, String> {
     }
     if !(args.duration > 0.0 && args.duration.is_finite() && args.warmup >= 0.0 && args.warmup.is_finite()) {
         return Err("--duration must be positive and --warmup not negative".into());
+    }
+    if !(args.setup_timeout > 0.0 && args.setup_timeout <= 86_400.0) {
+        return Err("--setup-timeout must be positive (seconds, at most a day)".into());
     }
     ns();
     let mut embedded = None;
@@ -137,11 +141,7 @@ fn group_name(g: usize) -> String {
 }
 
 fn drive(args: &FanoutArgs, target: &Target, plan: ThreadPlan, embedded: bool) -> Result<String, String> {
-    let shared = Arc::new(Shared {
-        received: AtomicU64::new(0),
-        published: AtomicU64::new(0),
-        stop: AtomicBool::new(false),
-    });
+    let shared = Arc::new(Shared::default());
     // Abandoned setups leave threads waiting for a window that never comes: the stop flag
     // and the dropped window sender release them.
     let result = drive_inner(args, target, plan, embedded, &shared);
@@ -197,7 +197,8 @@ fn drive_inner(
         )?);
     }
     drop(ready_tx);
-    let setup_end = Instant::now() + SETUP_DEADLINE;
+    let setup = Duration::from_secs_f64(args.setup_timeout);
+    let setup_end = Instant::now() + setup;
     for _ in 0..args.subscribers {
         match ready_rx.recv_timeout(setup_end.saturating_duration_since(Instant::now())) {
             Ok(Ok(())) => {}
@@ -206,7 +207,7 @@ fn drive_inner(
                 return Err("a subscriber stopped during setup".into())
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                return Err(format!("subscriptions not in place after {SETUP_DEADLINE:?}"))
+                return Err(format!("subscriptions not in place after {setup:?}"))
             }
         }
     }
@@ -221,6 +222,14 @@ fn drive_inner(
             conns.push(PubConn::connect(target, p, args.publishers, &group, args.size, interval_ns)?);
         }
     }
+    // The clock starts once every publisher is known to reach every one of its subscribers.
+    let pairs = specs
+        .iter()
+        .filter(|s| !s.stalled)
+        .map(|s| (0..args.publishers).filter(|p| p % args.groups == s.index % args.groups).count() as u64)
+        .sum();
+    probe_paths(&mut conns, &mut lib_pubs, args.size, shared, pairs, setup_end)
+        .map_err(|e| format!("after {setup:?} of setup, {e}"))?;
     let start = ns();
     let from = start + (args.warmup * 1e9) as u64;
     let window = Window { start, from, until: from + (args.duration * 1e9) as u64 };
@@ -320,6 +329,46 @@ fn drive_inner(
         errors,
     };
     Ok(if args.json { report.json() } else { report.text() })
+}
+
+/// How often the publishers probe while waiting for their paths.
+const PROBE_EVERY: Duration = Duration::from_millis(20);
+
+/// Sends probes from every publisher until `pairs` (subscriber, publisher) pairs have each
+/// received one, or fails at `deadline` saying how many did.
+fn probe_paths(
+    conns: &mut [PubConn],
+    lib_pubs: &mut [LibPublisher],
+    size: usize,
+    shared: &Shared,
+    pairs: u64,
+    deadline: Instant,
+) -> Result<(), String> {
+    let mut payload = vec![0u8; size];
+    let mut probes = 0u64;
+    loop {
+        let heard = shared.probed.load(Ordering::Relaxed);
+        if heard >= pairs {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "{heard} of {pairs} (subscriber, publisher) pairs had \
+                 received a probe ({probes} rounds sent): some publisher's server does not reach some \
+                 subscriber's server (are all links of the cluster up?)"
+            ));
+        }
+        for c in conns.iter_mut() {
+            stamp(&mut payload, ns(), c.index, PROBE_SEQ);
+            c.probe(&payload).map_err(|e| format!("publisher {} while probing: {e}", c.index))?;
+        }
+        for p in lib_pubs.iter_mut() {
+            stamp(&mut payload, ns(), p.index(), PROBE_SEQ);
+            p.probe(&payload).map_err(|e| format!("publisher {} while probing: {e}", p.index()))?;
+        }
+        probes += 1;
+        std::thread::sleep(PROBE_EVERY.min(deadline.saturating_duration_since(Instant::now())));
+    }
 }
 
 fn sleep_until(at: u64) {
@@ -440,5 +489,126 @@ mod tests {
         assert!(run_with(&["-p", "0"]).contains("at least 1"));
         assert!(run_with(&["-s", "2", "--stalled", "3"]).contains("--stalled"));
         assert!(run_with(&["--duration", "0"]).contains("--duration"));
+        assert!(run_with(&["--setup-timeout", "0"]).contains("--setup-timeout"));
+        assert!(run_with(&["--setup-timeout", "NaN"]).contains("--setup-timeout"));
+    }
+
+    /// Three embedded servers on 127.0.0.1 (port 0) named `{prefix}-n1..3`, that redial
+    /// quickly; `n2` and `n3` are linked, `n1` (where the publishers connect) is linked to
+    /// nobody yet. Returns the servers and the full peers table.
+    fn cluster_without_n1(prefix: &str) -> (Vec<msgc::runtime::ServerHandle>, Vec<msgc::runtime::PeerSpec>) {
+        let servers: Vec<_> = (1..=3)
+            .map(|i| {
+                msgc::runtime::ServerHandle::start(msgc::runtime::ServerOptions {
+                    listen: vec!["127.0.0.1:0".parse().unwrap()],
+                    threads: 1,
+                    pin_threads: false,
+                    node_name: format!("{prefix}-n{i}"),
+                    limits: msgc::core::Limits {
+                        reconnect_interval: Duration::from_millis(200),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                })
+                .expect("server starts")
+            })
+            .collect();
+        let table: Vec<_> = servers
+            .iter()
+            .enumerate()
+            .map(|(i, s)| msgc::runtime::PeerSpec {
+                name: format!("{prefix}-n{}", i + 1),
+                addr: s.local_addrs()[0].to_string(),
+            })
+            .collect();
+        servers[1].set_peers(table[1..].to_vec());
+        servers[2].set_peers(table[1..].to_vec());
+        (servers, table)
+    }
+
+    /// Arguments for a raw-client run against `servers` (one: `--server`, more: `--servers`).
+    fn fanout_args(servers: &[msgc::runtime::ServerHandle], extra: &[&str]) -> FanoutArgs {
+        use clap::Parser;
+        let list = servers.iter().map(|s| s.local_addrs()[0].to_string()).collect::<Vec<_>>().join(",");
+        let flag = if servers.len() == 1 { "--server" } else { "--servers" };
+        let mut argv = vec!["msgc-bench", "fanout", "--client", "raw", flag, &list, "--json"];
+        argv.extend_from_slice(extra);
+        let crate::Cli { cmd: crate::Cmd::Fanout(args) } = crate::Cli::try_parse_from(argv).unwrap();
+        args
+    }
+
+    /// The silent loss once seen across a 3-server mesh: the subscribers' views were
+    /// complete (n2 and n3 were linked), but the publishers' server n1 was not linked to
+    /// them yet, so what it was sent first reached nobody and the run reported the missing
+    /// head as loss. Here n1 is linked only once it has received something; the run must
+    /// wait for that and then lose nothing.
+    #[test]
+    fn the_clock_starts_only_once_the_publishers_server_reaches_every_subscriber() {
+        let (servers, table) = cluster_without_n1("bench-late");
+        let released = AtomicBool::new(false);
+        let report = std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while servers[0].stats().msgs_in == 0 && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                for s in &servers {
+                    s.set_peers(table.clone());
+                }
+                released.store(true, Ordering::Relaxed);
+            });
+            run(fanout_args(&servers, &["-p", "2", "-s", "4", "--duration", "0.5", "--warmup", "0"]))
+        });
+        for s in servers {
+            s.shutdown();
+        }
+        assert!(released.load(Ordering::Relaxed));
+        let r: serde_json::Value = serde_json::from_str(&report.expect("the run completes")).unwrap();
+        assert!(r["delivered_msgs_per_s"].as_f64().unwrap() > 0.0, "{r}");
+        for key in ["lost", "missing_at_end", "duplicates", "foreign", "disconnects", "unfinished_publishers"]
+        {
+            assert_eq!(r[key], 0, "{key} in {r}");
+        }
+    }
+
+    #[test]
+    fn a_publisher_that_cannot_reach_its_subscribers_fails_the_setup_clearly() {
+        let (servers, _) = cluster_without_n1("bench-cut");
+        let started = Instant::now();
+        let err = run(fanout_args(&servers, &["-s", "2", "--duration", "0.2", "--setup-timeout", "2"]));
+        for s in servers {
+            s.shutdown();
+        }
+        let err = err.unwrap_err();
+        assert!(err.contains("0 of 2 (subscriber, publisher) pairs had received a probe"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(20), "bounded by --setup-timeout");
+    }
+
+    /// A subscriber only reads, but a msgc server closes connections that send nothing for
+    /// `idle_timeout`: a run longer than that must not lose its subscribers to it.
+    #[test]
+    fn raw_subscribers_outlive_the_servers_idle_timeout() {
+        let server = msgc::runtime::ServerHandle::start(msgc::runtime::ServerOptions {
+            listen: vec!["127.0.0.1:0".parse().unwrap()],
+            threads: 1,
+            pin_threads: false,
+            node_name: "bench-idle".into(),
+            limits: msgc::core::Limits {
+                idle_timeout: Duration::from_millis(1500),
+                keepalive_interval: Duration::from_millis(500),
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+        .expect("server starts");
+        let report = run(fanout_args(
+            std::slice::from_ref(&server),
+            &["-s", "2", "--rate", "2000", "--duration", "3", "--warmup", "0.5"],
+        ));
+        server.shutdown();
+        let r: serde_json::Value = serde_json::from_str(&report.expect("the run completes")).unwrap();
+        assert_eq!(r["disconnects"], 0, "{r}");
+        assert_eq!(r["missing_at_end"], 0, "{r}");
+        assert!(r["delivered_msgs_per_s"].as_f64().unwrap() > 0.0, "{r}");
     }
 }

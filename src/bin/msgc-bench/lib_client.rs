@@ -89,6 +89,18 @@ impl LibPublisher {
         })
     }
 
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    /// Queues one probe (see [`crate::stats::PROBE_SEQ`]) unless the send queue is full.
+    pub fn probe(&mut self, payload: &[u8]) -> Result<(), String> {
+        match self.client.try_multicast(&self.group, payload) {
+            Ok(()) | Err(msgc::client::ClientError::WouldBlock) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
     /// Queues a batch with one `send_many`, waiting for room if needed.
     fn send(&mut self, out: &[u8]) {
         if let Err(e) = self.rt.block_on(self.client.send_many(&self.group, Payloads(out))) {

@@ -66,6 +66,10 @@ pub struct FanoutArgs {
     /// Measured seconds.
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
+    /// Seconds that connecting, subscribing and proving every publisher reaches every one of
+    /// its subscribers (probes through the cluster) may take before the run is abandoned.
+    #[arg(long, default_value_t = 30.0)]
+    setup_timeout: f64,
     /// Seconds of traffic before measuring.
     #[arg(long, default_value_t = 2.0)]
     warmup: f64,

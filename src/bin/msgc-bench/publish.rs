@@ -88,6 +88,21 @@ impl PubConn {
         start + self.phase_ns + (k as f64 * interval_ns) as u64
     }
 
+    /// Sends one probe (a payload stamped [`crate::stats::PROBE_SEQ`]) before the run, and
+    /// handles what the server sent meanwhile. A probe is skipped while the last one is
+    /// still unwritten, so probing queues nothing behind a server that does not read.
+    pub fn probe(&mut self, payload: &[u8]) -> Result<(), String> {
+        if self.out.is_empty() {
+            self.encoder.encode(&mut self.out, payload);
+        }
+        self.flush();
+        self.read_replies();
+        match &self.failed {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
+    }
+
     /// Writes as much of `out` as the socket takes. False when it would block.
     fn flush(&mut self) -> bool {
         while !self.out.is_empty() && self.failed.is_none() {
@@ -322,7 +337,6 @@ mod tests {
     use super::*;
     use std::io::{BufRead, BufReader};
     use std::net::TcpListener;
-    use std::sync::atomic::{AtomicBool, AtomicU64};
 
     /// A fake nats-server on loopback that checks every byte a publisher sends: only whole
     /// `PUB` messages and `PONG`s may arrive. While the publisher writes, it sends up to
@@ -369,7 +383,7 @@ mod tests {
     }
 
     fn shared() -> Shared {
-        Shared { received: AtomicU64::new(0), published: AtomicU64::new(0), stop: AtomicBool::new(false) }
+        Shared::default()
     }
 
     #[test]

@@ -59,6 +59,7 @@ impl Report {
             "reorders": self.total.reorders,
             "foreign": self.total.foreign,
             "gaps_reported": self.total.gaps_reported,
+            "max_read_gap_ms": self.total.max_read_gap_ns as f64 / 1e6,
             "disconnects": self.disconnects,
             "server_cpu_percent": self.server_cpu_percent,
             "server_peak_rss_kib": self.server_peak_rss_kib,
@@ -105,6 +106,10 @@ impl Report {
         }
         if self.unfinished_publishers > 0 {
             s.push_str(&format!("\npublishers that could not finish writing {}", self.unfinished_publishers));
+        }
+        if self.total.max_read_gap_ns > 0 {
+            let ms = self.total.max_read_gap_ns as f64 / 1e6;
+            s.push_str(&format!("\nlongest pause between a subscriber's reads {ms:.0} ms"));
         }
         if let Some(cpu) = self.server_cpu_percent {
             s.push_str(&format!("\nserver cpu {cpu:.0}%"));

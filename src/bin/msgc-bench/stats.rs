@@ -7,6 +7,15 @@ use std::collections::HashMap;
 /// epoch), publisher index, per-publisher sequence number.
 pub const STAMP: usize = 20;
 
+/// The sequence number of a probe: before the run starts, every publisher sends probes
+/// until each of its subscribers has received one, which proves that the path from the
+/// publisher's server to every subscriber's server is up. A subscriber's view lists the
+/// members on all the servers *it* is linked to, not whether the publisher's server is
+/// linked to them, so without probes a run can start while the publisher's server still
+/// has no link to a subscriber's server: what it publishes then reaches nobody there, and
+/// the run reports a missing head as loss. Real messages are numbered from 1.
+pub const PROBE_SEQ: u64 = 0;
+
 pub fn stamp(buf: &mut [u8], sched_ns: u64, publisher: u32, seq: u64) {
     buf[..8].copy_from_slice(&sched_ns.to_be_bytes());
     buf[8..12].copy_from_slice(&publisher.to_be_bytes());
@@ -37,6 +46,10 @@ pub struct Tally {
     pub gaps_reported: u64,
     /// Messages whose stamp names a publisher this run does not have (corruption).
     pub foreign: u64,
+    /// The longest time (ns) this subscriber went between two reads once the window was
+    /// known: a server cuts a client that makes no read progress for `stall_timeout`, and
+    /// this says whether the load generator itself stopped reading that long.
+    pub max_read_gap_ns: u64,
     pub latency_us: Histogram<u64>,
     /// Next expected sequence number per publisher index; every publisher starts at 1, so a
     /// missing head counts as loss too.
@@ -44,6 +57,8 @@ pub struct Tally {
     /// Sequence numbers skipped so far, per sender (bounded), to tell a late arrival
     /// (reorder) from a second copy (duplicate).
     missing: HashMap<u32, std::collections::BTreeSet<u64>>,
+    /// Publishers a probe ([`PROBE_SEQ`]) arrived from.
+    probed: Vec<bool>,
     /// Only messages received in `[measure_from, measure_until)` (ns) count as delivered.
     pub measure_from: u64,
     pub measure_until: u64,
@@ -59,10 +74,12 @@ impl Tally {
             reorders: 0,
             gaps_reported: 0,
             foreign: 0,
+            max_read_gap_ns: 0,
             // invariant: 1 µs to 1 hour with 3 significant digits is a valid configuration.
             latency_us: Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds"),
             next: vec![1; publishers],
             missing: HashMap::new(),
+            probed: vec![false; publishers],
             measure_from,
             measure_until,
         }
@@ -99,6 +116,22 @@ impl Tally {
         }
     }
 
+    /// Notes a probe from publisher `sender`; true the first time one arrives from it.
+    /// Probes are not messages of the run: they count nowhere else.
+    pub fn probe(&mut self, sender: u32) -> bool {
+        match self.probed.get_mut(sender as usize) {
+            Some(seen) if !*seen => {
+                *seen = true;
+                true
+            }
+            Some(_) => false,
+            None => {
+                self.foreign += 1;
+                false
+            }
+        }
+    }
+
     /// Messages this subscriber never received from the end of each publisher's stream:
     /// `finals[p]` is publisher `p`'s last sequence number once it stopped (`None` if it did
     /// not finish sending, or sends to another group).
@@ -118,6 +151,7 @@ impl Tally {
         self.reorders += o.reorders;
         self.gaps_reported += o.gaps_reported;
         self.foreign += o.foreign;
+        self.max_read_gap_ns = self.max_read_gap_ns.max(o.max_read_gap_ns);
         let _ = self.latency_us.add(&o.latency_us);
     }
 }
@@ -176,6 +210,30 @@ mod tests {
         t.record(2, 1, 0, 0, 1);
         t.record(u32::MAX, 1, 0, 0, 1);
         assert_eq!((t.foreign, t.delivered, t.lost), (2, 0, 0));
+    }
+
+    #[test]
+    fn probes_are_noted_once_per_publisher_and_are_not_messages() {
+        let mut t = Tally::new(0, u64::MAX, 2);
+        assert!(t.probe(1));
+        assert!(!t.probe(1), "a second probe from the same publisher is not news");
+        assert!(t.probe(0));
+        assert!(!t.probe(2), "no such publisher");
+        assert_eq!((t.delivered, t.lost, t.duplicates, t.foreign), (0, 0, 0, 1));
+        // The run's first message is still number 1.
+        t.record(0, 1, 0, 0, 1);
+        assert_eq!((t.delivered, t.lost), (1, 0));
+    }
+
+    #[test]
+    fn merging_keeps_the_longest_read_gap_and_sums_the_counts() {
+        let mut a = Tally::new(0, u64::MAX, 1);
+        let mut b = Tally::new(0, u64::MAX, 1);
+        a.max_read_gap_ns = 7;
+        b.max_read_gap_ns = 1_500_000_000;
+        b.record(0, 2, 0, 0, 1);
+        a.merge(&b);
+        assert_eq!((a.max_read_gap_ns, a.delivered, a.lost), (1_500_000_000, 1, 1));
     }
 
     #[test]

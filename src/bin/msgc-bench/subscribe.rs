@@ -8,19 +8,22 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use msgc::proto::Frame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
 use crate::cpu::{sample_this_thread, ThreadUse};
 use crate::fanout::{instant_at, ns, Shared, Window};
-use crate::stats::{read_stamp, Tally};
+use crate::stats::{read_stamp, Tally, PROBE_SEQ};
 use crate::targets::{next_item, subscribe_request, Item, Target};
 
 /// How long a read waits before the subscriber looks at the stop flag.
 const POLL_STOP: Duration = Duration::from_millis(100);
+/// How often a raw msgc subscriber sends a NOOP: well under any sensible `idle_timeout`.
+const KEEPALIVE: Duration = Duration::from_secs(1);
 /// Read buffer: refilled when less than `READ_SPARE` is free.
 const READ_BUFFER: usize = 256 * 1024;
 const READ_SPARE: usize = 64 * 1024;
@@ -137,34 +140,53 @@ async fn run(
         }
     };
     drop(ready);
-    let Some(w) = wait_window(&mut window).await else {
-        outcome.error = Some("run abandoned".into());
-        return outcome;
-    };
-    let mut tally = Tally::new(w.from, w.until, spec.publishers);
     if spec.stalled {
         // Hold the connection open without reading until the run ends (bounded by stop).
+        let Some(w) = wait_window(&mut window).await else {
+            outcome.error = Some("run abandoned".into());
+            return outcome;
+        };
+        outcome.tally = Some(Tally::new(w.from, w.until, spec.publishers));
         while !shared.stop.load(Ordering::Relaxed) {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        outcome.tally = Some(tally);
         return outcome;
     }
+    // Reading starts before the window is known: the probes that prove the publishers reach
+    // this subscriber arrive first. Until the window is known nothing counts as delivered.
+    let mut tally = Tally::new(u64::MAX, u64::MAX, spec.publishers);
+    let mut last_read = ns();
     loop {
         let mut count = 0;
+        let mut probed = 0;
         let got = conn
             .receive(POLL_STOP, |now, item| match item {
-                Item::Message(p) => {
-                    if let Some((ts, publisher, seq)) = read_stamp(p) {
+                Item::Message(p) => match read_stamp(p) {
+                    Some((_, publisher, PROBE_SEQ)) => probed += u64::from(tally.probe(publisher)),
+                    Some((ts, publisher, seq)) => {
+                        if tally.measure_from == u64::MAX {
+                            // The window is sent before any publisher starts, so it is
+                            // known by the time the first real message arrives.
+                            if let Some(w) = *window.borrow() {
+                                (tally.measure_from, tally.measure_until) = (w.from, w.until);
+                            }
+                        }
                         tally.record(publisher, seq, ts, now, p.len());
                         count += 1;
                     }
-                }
+                    None => {}
+                },
                 Item::Gap => tally.gaps_reported += 1,
                 _ => {}
             })
             .await;
         shared.received.fetch_add(count, Ordering::Relaxed);
+        shared.probed.fetch_add(probed, Ordering::Relaxed);
+        let now = ns();
+        if tally.measure_from != u64::MAX {
+            tally.max_read_gap_ns = tally.max_read_gap_ns.max(now.saturating_sub(last_read));
+        }
+        last_read = now;
         match got {
             Ok(Received::Data) => {}
             Ok(Received::Idle) if shared.stop.load(Ordering::Relaxed) => break,
@@ -193,7 +215,13 @@ pub enum Received {
 /// A subscriber's connection.
 pub enum SubConn {
     /// The load generator's own protocol code ([`crate::targets`]).
-    Raw { target: Target, stream: tokio::net::TcpStream, buf: BytesMut },
+    Raw {
+        target: Target,
+        stream: tokio::net::TcpStream,
+        buf: BytesMut,
+        /// When this subscriber last sent something (msgc keepalives).
+        last_sent: Instant,
+    },
     /// The msgc client library (`--client lib`).
     Lib(Box<msgc::client::Client>),
 }
@@ -214,8 +242,12 @@ impl SubConn {
             .write_all(&subscribe_request(&spec.target, spec.index, &spec.group))
             .await
             .map_err(|e| e.to_string())?;
-        let mut conn =
-            SubConn::Raw { target: spec.target.clone(), stream, buf: BytesMut::with_capacity(READ_BUFFER) };
+        let mut conn = SubConn::Raw {
+            target: spec.target.clone(),
+            stream,
+            buf: BytesMut::with_capacity(READ_BUFFER),
+            last_sent: Instant::now(),
+        };
         let mut done = false;
         while !done {
             let got = conn
@@ -254,7 +286,16 @@ impl SubConn {
     /// they arrived (one clock read per read, not per message). Answers NATS PINGs.
     pub async fn receive(&mut self, wait: Duration, f: impl FnMut(u64, Item)) -> Result<Received, String> {
         let (target, stream, buf) = match self {
-            SubConn::Raw { target, stream, buf } => (target, stream, buf),
+            SubConn::Raw { target, stream, buf, last_sent } => {
+                // A msgc server closes a connection that sends nothing for idle_timeout
+                // (30 s by default), and a subscriber only reads: it sends NOOPs, as the
+                // client library does.
+                if matches!(target, Target::Msgc(_)) && last_sent.elapsed() >= KEEPALIVE {
+                    stream.write_all(&Frame::Noop.to_bytes()).await.map_err(|e| e.to_string())?;
+                    *last_sent = Instant::now();
+                }
+                (target, stream, buf)
+            }
             SubConn::Lib(c) => return receive_lib(c, wait, f).await,
         };
         let mut f = f;
