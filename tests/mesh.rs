@@ -13,6 +13,9 @@ fn mesh_limits() -> Limits {
     Limits {
         reconnect_interval: Duration::from_millis(200),
         connect_timeout: Duration::from_secs(2),
+        // Tests run many servers at once on a loaded machine: a server starved of CPU for
+        // a second must not count as a lost link here.
+        link_timeout: Duration::from_secs(3),
         ..Limits::default()
     }
 }

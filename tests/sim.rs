@@ -720,6 +720,9 @@ fn random_schedules_keep_the_contract() {
         let mut broken = Vec::new();
         for seed in first..first + count {
             if let Err(e) = run_seed(seed, fault) {
+                if std::env::var("SIM_VERBOSE").is_ok() {
+                    println!("{e}");
+                }
                 if e.lines().any(is_safety) {
                     unsafe_runs.push(e.clone());
                 }

@@ -70,7 +70,7 @@ pub struct ServerConfig {
     /// Default 1.
     pub stall_timeout: Duration,
     /// `link_timeout` (msgc): seconds without anything received after which a peer link is
-    /// lost (its traffic then goes through another server). Default 0.75; below
+    /// lost (its traffic then goes through another server). Default 1; below
     /// `idle_timeout`.
     pub link_timeout: Duration,
     /// `resend_buffer` (msgc): bytes of multicasts per peer link kept until acknowledged,
@@ -288,7 +288,7 @@ impl Default for ServerConfig {
             tls_clients: TlsClients::Off,
             tls_client_certificates: ClientCertificates::None,
             stall_timeout: Duration::from_secs(1),
-            link_timeout: Duration::from_millis(750),
+            link_timeout: Duration::from_secs(1),
             resend_buffer: 16 << 20,
             handshake_timeout: Duration::from_secs(10),
             max_connections: 65536,

@@ -105,15 +105,21 @@ impl ShardCore {
                 ref s if Self::in_handshake(s) && now.duration_since(c.opened) >= l.handshake_timeout => {
                     handshakes.push(id)
                 }
-                // A live server always reads its links (they are never paused); one that takes
-                // nothing for two keepalive intervals is hung, not saturated.
-                State::Peer
-                    if !c.outbox.is_empty() && now.duration_since(c.last_progress) >= l.dead_link() =>
-                {
-                    dead_links.push(id)
+                State::Peer => {
+                    // A live server always reads its links; one that takes nothing for two
+                    // keepalive intervals is hung, not saturated.
+                    if !c.outbox.is_empty() && now.duration_since(c.last_progress) >= l.dead_link() {
+                        dead_links.push(id);
+                    } else if not_reading_links {
+                        c.last_rx = now;
+                    } else if now.duration_since(c.last_rx) >= l.link_timeout {
+                        silent.push(id);
+                    }
+                    // The heartbeat goes out whatever this side is doing with its reads.
+                    if c.outbox.is_empty() && now.duration_since(c.last_tx) >= l.link_heartbeat() {
+                        heartbeats.push(id);
+                    }
                 }
-                State::Peer if not_reading_links => c.last_rx = now,
-                State::Peer if now.duration_since(c.last_rx) >= l.link_timeout => silent.push(id),
                 _ if now.duration_since(c.last_rx) >= l.idle_timeout => idle.push(id),
                 State::Client
                     if c.outbox.messages() > l.max_backlog
@@ -124,9 +130,6 @@ impl ShardCore {
                 // Fast receivers are held to a slow one's pace for a bounded time only.
                 State::Client if c.hot_since.is_some_and(|t| now.duration_since(t) >= l.stall_timeout) => {
                     stalled.push(id)
-                }
-                State::Peer if c.outbox.is_empty() && now.duration_since(c.last_tx) >= l.link_heartbeat() => {
-                    heartbeats.push(id)
                 }
                 State::Client
                     if c.outbox.is_empty() && now.duration_since(c.last_tx) >= l.keepalive_interval =>

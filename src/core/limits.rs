@@ -78,7 +78,7 @@ impl Default for Limits {
             tcpbuf_size: 131072,
             connect_timeout: Duration::from_secs(60),
             reconnect_interval: Duration::from_secs(5),
-            link_timeout: Duration::from_millis(750),
+            link_timeout: Duration::from_secs(1),
             resend_buffer: 16 << 20,
         }
     }

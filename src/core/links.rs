@@ -199,7 +199,7 @@ impl ShardCore {
                 "CONFIG MISMATCH: peer runs a different msgc_server config; the link comes up anyway"
             );
         }
-        tracing::info!(peer = %h.name, tag = format!("{:08x}", h.node_tag.0), "link up");
+        tracing::info!(node = %self.identity.node_name, peer = %h.name, tag = format!("{:08x}", h.node_tag.0), "link up");
         self.stats.links_up += 1;
         self.set_state(conn, State::Peer);
         let c = &mut self.conns[conn];
@@ -288,7 +288,7 @@ impl ShardCore {
     /// down, then what it carried unacknowledged goes again by another path. Members learn
     /// of losses only if the other server is unreachable altogether (see `inbound.rs`).
     pub(super) fn link_lost(&mut self, p: PeerConn) {
-        tracing::warn!(peer = %p.name, "link down");
+        tracing::warn!(node = %self.identity.node_name, peer = %p.name, "link down");
         self.stats.links_down += 1;
         self.broadcast(ShardMsg::LinkDown { tag: p.tag });
         self.resend_unacked(p.stream.unacked);

@@ -59,10 +59,12 @@ impl ShardCore {
     pub(super) fn route(&mut self, origin: NodeTag, dest: NodeTag, frames: Bytes, count: u32, hops: u8) {
         let hop = if self.links.iter().any(|l| l.tag == dest) {
             dest
+        } else if frames.get(4) == Some(&kind::PEER_TOPO) {
+            return; // about one link: meaningless on any other
         } else if let Some(&hop) = self.mesh.next_hop.get(&dest) {
             hop
         } else {
-            tracing::debug!(origin = origin.0, dest = dest.0, "no route: dropped");
+            tracing::debug!(node = %self.identity.node_name, origin = origin.0, dest = dest.0, "no route: dropped");
             return;
         };
         let Some(link) = self.links.iter().find(|l| l.tag == hop) else { return };
@@ -196,7 +198,7 @@ impl ShardCore {
             self.route(u.origin, u.dest, u.frames, u.count, 0);
         }
         if resent > 0 {
-            tracing::info!(messages = resent, "resending what the lost link had not delivered");
+            tracing::info!(node = %self.identity.node_name, messages = resent, "resending what the lost link had not delivered");
             self.stats.resent += resent;
         }
     }

@@ -284,7 +284,7 @@ impl ShardCore {
             owned.members.retain(|s, _| !theirs(s) || synced.contains(&(group.clone(), *s)));
             if owned.dirty || owned.members.len() != before {
                 self.publish_view(group, Cause::Network, SessionId::NONE);
-            } else if !owned.last_frame.is_empty() {
+            } else if !owned.last_frame.is_empty() && tag != self.identity.node_tag {
                 let frame = owned.last_frame.clone();
                 self.send_to_link(tag, frame, 1);
             }
