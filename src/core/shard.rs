@@ -173,6 +173,8 @@ pub struct ShardCore {
     /// On the ordering server: the newest membership version applied per sending server
     /// and shard, to drop membership messages that a later one overtook on another path.
     pub(super) applied: HashMap<(NodeTag, u16), u64>,
+    /// The last view id of groups that emptied (see `views.rs`).
+    pub(super) retired: HashMap<GroupName, u64>,
     pub stats: Stats,
 }
 
@@ -216,6 +218,7 @@ impl ShardCore {
             clock: Instant::now(),
             member_ops: 0,
             applied: HashMap::new(),
+            retired: HashMap::new(),
             stats: Stats::default(),
         }
     }

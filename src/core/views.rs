@@ -16,6 +16,9 @@ use crate::proto::{
 
 use super::groups::owner_of;
 use super::membership::EPOCH_SHIFT;
+
+/// Emptied groups whose last view id a shard remembers.
+const MAX_RETIRED: usize = 65536;
 use super::{ShardCore, ShardMsg};
 
 impl ShardCore {
@@ -110,7 +113,10 @@ impl ShardCore {
         // The first view of a configuration starts at its epoch; ids only grow. (View ids
         // come from peers too, checked below 2^62, so this cannot overflow.)
         let epoch_start = self.mesh.config.epoch.saturating_mul(1 << EPOCH_SHIFT);
-        let view_id = (owned.view_id + 1).max(epoch_start + 1);
+        // Above every view this shard saw of the group, also one it forgot when the group
+        // emptied (`retired`).
+        let retired = self.retired.get(group.as_bytes()).copied().unwrap_or(0);
+        let view_id = (owned.view_id.max(retired) + 1).max(epoch_start + 1);
         if view_id >= super::shard::MAX_COUNTER {
             tracing::error!(%group, "view id space exhausted: no new view is published");
             return;
@@ -151,7 +157,8 @@ impl ShardCore {
     ) {
         // A copy of the installed view, or an older one (a view that took a slower path),
         // changes nothing: members see view ids only grow.
-        if self.groups.get(group.as_bytes()).is_some_and(|g| g.view_id >= view_id) {
+        let installed = self.groups.get(group.as_bytes()).map_or(0, |g| g.view_id);
+        if installed.max(self.retired.get(group.as_bytes()).copied().unwrap_or(0)) >= view_id {
             return;
         }
         let me = self.identity.node_tag;
@@ -185,6 +192,12 @@ impl ShardCore {
         }
         if members.is_empty() {
             self.groups.remove(group.as_bytes());
+            // Remembered so that the group's ids keep growing if it comes back; bounded
+            // (forgetting only risks a stale view being installed, which the next fixes).
+            if self.retired.len() >= MAX_RETIRED {
+                self.retired.clear();
+            }
+            self.retired.insert(group.clone(), view_id);
         } else {
             let g = self.groups.entry(group);
             g.view_id = view_id;
