@@ -227,6 +227,11 @@ impl ShardCore {
             return;
         }
         let me = self.identity.node_tag;
+        // A server just linked has not told us its start time yet: wait for its PEER_TOPO
+        // rather than take it for the youngest.
+        if self.mesh.reachable.iter().any(|t| *t != me && !self.mesh.topo.contains_key(t)) {
+            return;
+        }
         let key = |tag: NodeTag| -> (u64, String, NodeTag) {
             if tag == me {
                 (self.identity.boot, self.identity.node_name.as_str().to_lowercase(), me)
