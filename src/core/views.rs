@@ -137,9 +137,11 @@ impl ShardCore {
         self.stats.views += 1;
         let leaver = (cause == Cause::Leave).then_some(subject);
         self.broadcast(ShardMsg::View { group, frame: frame.clone(), view_id, members, leaver });
-        // Every reachable server, linked directly or not.
+        // Every other server of the configuration, linked directly or not. (Not a server
+        // outside it: the view would drop its members without their knowing; its next
+        // configuration's sync brings it the views.)
         let me = self.identity.node_tag;
-        let tags: Vec<NodeTag> = self.mesh.reachable.iter().copied().filter(|&t| t != me).collect();
+        let tags: Vec<NodeTag> = self.mesh.config.members.iter().copied().filter(|&t| t != me).collect();
         for tag in tags {
             self.send_to_link(tag, frame.clone(), 1);
         }
