@@ -910,6 +910,9 @@ impl ShardCore {
             self.stats.bytes_out += bytes as u64;
             if c.hot && c.outbox.messages() < self.limits.low_water() {
                 c.hot = false;
+                // It kept up: a receiver that drains and refills between two ticks is not
+                // stuck, so its stall clock starts over (the tick alone would miss this).
+                c.hot_since = None;
                 self.hot_conns -= 1;
                 if c.state == State::Client {
                     self.hot_clients -= 1;
