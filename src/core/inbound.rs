@@ -64,7 +64,7 @@ impl Rebuilt {
 impl ShardCore {
     /// Filters a run from another server for this shard's members of `group`. `None`: deliver
     /// the run as it is; `Some((frames, count))`: deliver these instead (possibly nothing).
-    pub(super) fn accept_remote(&mut self, group: &[u8], run: &Bytes) -> Option<(Bytes, u32)> {
+    pub(super) fn accept_remote(&mut self, group: &[u8], run: &Bytes, resent: bool) -> Option<(Bytes, u32)> {
         let now = self.clock;
         let key = self.groups.key(group)?;
         let tracks = self.remote.entry(key.clone()).or_default();
@@ -81,11 +81,15 @@ impl ShardCore {
                 at += size;
                 continue;
             }
-            let t = tracks
-                .entry(h.sender)
-                .or_insert_with(|| SenderTrack { last: h.seq.saturating_sub(1), ..Default::default() });
+            // A resend never starts a sender afresh here: it may be older than this shard's
+            // members (sent before they joined, delivered late because a link was lost).
+            let t = tracks.entry(h.sender).or_insert_with(|| SenderTrack {
+                last: if resent { 0 } else { h.seq - 1 },
+                fresh: resent,
+                ..Default::default()
+            });
             t.seen = Some(now);
-            let in_order = h.seq == t.last + 1 || (t.fresh && h.seq > t.last);
+            let in_order = h.seq == t.last + 1 || (t.fresh && !resent && h.seq > t.last);
             if in_order && t.held.is_empty() && out.is_none() {
                 t.last = h.seq;
                 t.fresh = false;
@@ -93,8 +97,8 @@ impl ShardCore {
                 continue;
             }
             let o = out.get_or_insert_with(|| Rebuilt { bytes: BytesMut::from(&run[..at]), count: count_frames(&run[..at]) });
-            if h.seq <= t.last {
-                // Delivered already.
+            if h.seq <= t.last || (t.fresh && resent && !in_order) {
+                // Delivered already, or a resend where this shard has no starting point.
             } else if in_order {
                 o.push(frame);
                 t.last = h.seq;

@@ -62,6 +62,17 @@ pub struct PeerEntry {
     pub addrs: Vec<IpAddr>,
 }
 
+/// Where frames between servers come from and go, as a PEER_RELAY carries it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Envelope {
+    pub origin: NodeTag,
+    pub dest: NodeTag,
+    /// Servers that carried them so far.
+    pub hops: u8,
+    /// A resend after a lost link.
+    pub resent: bool,
+}
+
 /// A link to another server that is up, as every shard of this server knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinkInfo {
@@ -77,24 +88,24 @@ pub struct LinkInfo {
 /// A message from one shard to another (carried in batches, `Vec<ShardMsg>`).
 #[derive(Debug, Clone)]
 pub enum ShardMsg {
-    /// A run of `count` MCAST frames to `group`, to be fanned out to local members.
+    /// A run of `count` MCAST frames to `group`, to be fanned out to local members
+    /// (`resent`: see [`Envelope::resent`]).
     Deliver {
         from: u16,
         group: GroupName,
         frames: Bytes,
         count: u32,
+        resent: bool,
     },
-    /// To the shard owning the link to `tag`: queue these frames of server `origin` for
-    /// server `dest` on it (relayed if either is not the link's two ends; `hops` so far).
+    /// To the shard owning the link to `tag`: queue these frames on it (in a PEER_RELAY
+    /// unless they are this server's for `tag` itself).
     Forward {
         from: u16,
-        origin: NodeTag,
-        dest: NodeTag,
+        envelope: Envelope,
         tag: NodeTag,
         conn: ConnId,
         frames: Bytes,
         count: u32,
-        hops: u8,
     },
     /// Back to a shard that sent Deliver/Forward: this many of its bytes were handled.
     Credit {

@@ -14,7 +14,7 @@ use bytes::Bytes;
 
 use crate::proto::{self, kind, relay_header, Frame, GroupName, McastHeader, NodeTag, MCAST_FIXED, RELAY_HEADER};
 
-use super::{ConnId, Flow, ShardCore, ShardMsg};
+use super::{ConnId, Envelope, Flow, ShardCore, ShardMsg};
 
 /// Servers a relayed frame may pass through: more than any route in a full mesh with cut
 /// links needs, and a bound while routes change.
@@ -50,13 +50,14 @@ impl ShardCore {
     /// Sends frames of this server to server `dest`, directly or relayed.
     pub(super) fn send_to_link(&mut self, dest: NodeTag, frames: Bytes, count: u32) {
         let me = self.identity.node_tag;
-        self.route(me, dest, frames, count, 0);
+        self.route(Envelope { origin: me, dest, hops: 0, resent: false }, frames, count);
     }
 
     /// Sends `origin`'s frames towards `dest`: over the direct link if it is up, else to the
     /// next hop of a path. Dropped if `dest` is unreachable (its members are told by the
     /// gap notices and views that follow).
-    pub(super) fn route(&mut self, origin: NodeTag, dest: NodeTag, frames: Bytes, count: u32, hops: u8) {
+    pub(super) fn route(&mut self, envelope: Envelope, frames: Bytes, count: u32) {
+        let dest = envelope.dest;
         let hop = if self.links.iter().any(|l| l.tag == dest) {
             dest
         } else if frames.get(4) == Some(&kind::PEER_TOPO) {
@@ -64,12 +65,12 @@ impl ShardCore {
         } else if let Some(&hop) = self.mesh.next_hop.get(&dest) {
             hop
         } else {
-            tracing::debug!(node = %self.identity.node_name, origin = origin.0, dest = dest.0, "no route: dropped");
+            tracing::debug!(node = %self.identity.node_name, origin = envelope.origin.0, dest = dest.0, "no route: dropped");
             return;
         };
         let Some(link) = self.links.iter().find(|l| l.tag == hop) else { return };
         let (shard, conn) = (link.shard, link.conn);
-        let msg = ShardMsg::Forward { from: self.id, origin, dest, tag: hop, conn, frames, count, hops };
+        let msg = ShardMsg::Forward { from: self.id, envelope, tag: hop, conn, frames, count };
         if shard == self.id {
             self.handle_shard_msg(msg);
         } else {
@@ -83,29 +84,20 @@ impl ShardCore {
     /// On the shard owning the link to `tag`: queue frames on it (in a PEER_RELAY unless they
     /// are this server's for `tag`), keeping multicasts until acknowledged. If the link is
     /// gone meanwhile, they take another path.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn forward(
-        &mut self,
-        origin: NodeTag,
-        dest: NodeTag,
-        tag: NodeTag,
-        conn: ConnId,
-        frames: Bytes,
-        count: u32,
-        hops: u8,
-    ) {
+    pub(super) fn forward(&mut self, e: Envelope, tag: NodeTag, conn: ConnId, frames: Bytes, count: u32) {
         let ours = self.conns.get(conn).and_then(|c| c.peer.as_ref()).is_some_and(|p| p.tag == tag);
         if !ours {
             // The link went down (or moved) after this was sent here: route it again.
-            self.route(origin, dest, frames, count, hops);
+            self.route(e, frames, count);
             return;
         }
         let me = self.identity.node_tag;
-        if origin == me && dest == tag {
+        if e.origin == me && e.dest == tag && !e.resent {
             self.send_frames(conn, frames.clone(), count);
         } else {
-            self.send_relayed(conn, origin, dest, &frames, hops);
+            self.send_relayed(conn, e, &frames);
         }
+        let (origin, dest) = (e.origin, e.dest);
         // Multicasts and views are resent (receivers drop what they have by sequence number
         // and view id); joins, leaves and syncs are rebuilt by the next configuration's sync.
         if matches!(frames.get(4), Some(&kind::MCAST | &kind::VIEW)) {
@@ -115,7 +107,7 @@ impl ShardCore {
 
     /// Queues `frames` on `conn` in PEER_RELAY frames that each fit the peer's frame limit
     /// (split at frame boundaries; the frames themselves are not copied).
-    fn send_relayed(&mut self, conn: ConnId, origin: NodeTag, dest: NodeTag, frames: &Bytes, hops: u8) {
+    fn send_relayed(&mut self, conn: ConnId, e: Envelope, frames: &Bytes) {
         let room = self.limits.max_frame.saturating_sub(RELAY_HEADER).max(1);
         let mut start = 0;
         while start < frames.len() {
@@ -131,7 +123,7 @@ impl ShardCore {
                 break; // not whole frames: nothing an honest origin sends
             }
             let chunk = frames.slice(start..end);
-            let header = relay_header(origin, dest, hops.saturating_add(1), chunk.len());
+            let header = relay_header(e.origin, e.dest, e.hops.saturating_add(1), e.resent, chunk.len());
             self.send_frames(conn, Bytes::copy_from_slice(&header), 0);
             self.send_frames(conn, chunk, 1);
             start = end;
@@ -195,7 +187,7 @@ impl ShardCore {
         let mut resent = 0u64;
         for u in unacked {
             resent += u64::from(u.count);
-            self.route(u.origin, u.dest, u.frames, u.count, 0);
+            self.route(Envelope { origin: u.origin, dest: u.dest, hops: 0, resent: true }, u.frames, u.count);
         }
         if resent > 0 {
             tracing::info!(node = %self.identity.node_name, messages = resent, "resending what the lost link had not delivered");
@@ -218,8 +210,8 @@ impl ShardCore {
                 tracing::warn!(hops = r.hops, "dropping a relayed frame that went around too long");
                 return Ok(Flow::Read);
             }
-            let count = 1;
-            self.route(r.origin, r.dest, r.frames, count, r.hops);
+            let e = Envelope { origin: r.origin, dest: r.dest, hops: r.hops, resent: r.resent };
+            self.route(e, r.frames, 1);
             return Ok(Flow::Read);
         }
         if r.origin == me {
@@ -233,7 +225,7 @@ impl ShardCore {
                 _ => return Err("PEER_RELAY carries a partial frame".into()),
             };
             if frames[at + 4] == kind::MCAST {
-                at = self.relayed_mcast_run(&frames, at, r.origin)?;
+                at = self.relayed_mcast_run(&frames, at, r.origin, r.resent)?;
                 continue;
             }
             let bytes = frames.slice(at..at + size);
@@ -251,7 +243,13 @@ impl ShardCore {
 
     /// The run of MCAST frames to one group starting at `at` in relayed `frames`: checked to
     /// be `origin`'s and delivered. Returns where the run ends.
-    fn relayed_mcast_run(&mut self, frames: &Bytes, start: usize, origin: NodeTag) -> Result<usize, String> {
+    fn relayed_mcast_run(
+        &mut self,
+        frames: &Bytes,
+        start: usize,
+        origin: NodeTag,
+        resent: bool,
+    ) -> Result<usize, String> {
         let first = McastHeader::parse(&frames[start..]).map_err(|e| e.to_string())?;
         let group_end = start + MCAST_FIXED + first.group_len;
         let group = GroupName::from_bytes(frames.slice(start + MCAST_FIXED..group_end)).map_err(|e| e.to_string())?;
@@ -276,8 +274,8 @@ impl ShardCore {
         if let Some(key) = self.groups.key(group.as_bytes()) {
             let run = frames.slice(start..at);
             self.stats.msgs_in += u64::from(count);
-            self.route_local(key.as_bytes(), &run, count);
-            self.route_shards(key, run, count);
+            self.route_local(key.as_bytes(), &run, count, resent);
+            self.route_shards(key, run, count, resent);
         }
         Ok(at)
     }

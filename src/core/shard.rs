@@ -533,8 +533,8 @@ impl ShardCore {
             if from_peer.is_none() {
                 self.route_links(&key, &run, count);
             }
-            self.route_local(key.as_bytes(), &run, count);
-            self.route_shards(key, run, count);
+            self.route_local(key.as_bytes(), &run, count, false);
+            self.route_shards(key, run, count, false);
         }
         self.after_violation(conn, violation, count, now)
     }
@@ -555,7 +555,7 @@ impl ShardCore {
 
     /// Queues a run to this shard's members of `group`. A run from another server's
     /// senders is first checked for what was delivered already or arrives early.
-    pub(super) fn route_local(&mut self, group: &[u8], run: &Bytes, count: u32) {
+    pub(super) fn route_local(&mut self, group: &[u8], run: &Bytes, count: u32, resent: bool) {
         let Some(g) = self.groups.get(group) else { return };
         if g.local.is_empty() {
             return;
@@ -563,7 +563,7 @@ impl ShardCore {
         let me = self.identity.node_tag;
         let remote = McastHeader::parse(run).is_ok_and(|h| h.sender.node() != me);
         let filtered;
-        let (run, count) = match remote.then(|| self.accept_remote(group, run)).flatten() {
+        let (run, count) = match remote.then(|| self.accept_remote(group, run, resent)).flatten() {
             None => (run, count),
             Some((_, 0)) => return,
             Some((f, n)) => {
@@ -591,11 +591,11 @@ impl ShardCore {
     }
 
     /// Sends a run once to each other shard of this server with members of `group`.
-    pub(super) fn route_shards(&mut self, group: GroupName, run: Bytes, count: u32) {
+    pub(super) fn route_shards(&mut self, group: GroupName, run: Bytes, count: u32, resent: bool) {
         let Some(g) = self.groups.get(group.as_bytes()) else { return };
         for &s in &g.remote_shards {
             self.in_flight[s as usize] += run.len();
-            let msg = ShardMsg::Deliver { from: self.id, group: group.clone(), frames: run.clone(), count };
+            let msg = ShardMsg::Deliver { from: self.id, group: group.clone(), frames: run.clone(), count, resent };
             self.outgoing[s as usize].push(msg);
         }
     }
@@ -946,9 +946,9 @@ impl ShardCore {
 
     pub(super) fn handle_shard_msg(&mut self, msg: ShardMsg) {
         match msg {
-            ShardMsg::Deliver { from, group, frames, count } => {
+            ShardMsg::Deliver { from, group, frames, count, resent } => {
                 self.owe_credit(from, frames.len());
-                self.route_local(group.as_bytes(), &frames, count)
+                self.route_local(group.as_bytes(), &frames, count, resent)
             }
             ShardMsg::Credit { from, bytes } => {
                 let before = self.paused();
@@ -957,9 +957,9 @@ impl ShardCore {
                 }
                 self.wake_if_relaxed(before);
             }
-            ShardMsg::Forward { from, origin, dest, tag, conn, frames, count, hops } => {
+            ShardMsg::Forward { from, envelope, tag, conn, frames, count } => {
                 self.owe_credit(from, frames.len());
-                self.forward(origin, dest, tag, conn, frames, count, hops);
+                self.forward(envelope, tag, conn, frames, count);
             }
             ShardMsg::Join { group, member, cause, via, version } => {
                 self.owner_join(group, member, cause, via, version)

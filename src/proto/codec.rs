@@ -252,7 +252,7 @@ pub fn encode(frame: &Frame, dst: &mut BytesMut) {
         }
         Frame::PeerRelay(r) => {
             dst.truncate(start);
-            dst.extend_from_slice(&relay_header(r.origin, r.dest, r.hops, r.frames.len()));
+            dst.extend_from_slice(&relay_header(r.origin, r.dest, r.hops, r.resent, r.frames.len()));
             dst.extend_from_slice(&r.frames);
             return;
         }
@@ -266,10 +266,11 @@ pub const MAX_NEIGHBORS: usize = 4096;
 
 /// The header of a PEER_RELAY frame carrying `len` bytes of frames, which follow it (so a
 /// run can be relayed without copying it).
-pub fn relay_header(origin: NodeTag, dest: NodeTag, hops: u8, len: usize) -> [u8; RELAY_HEADER] {
+pub fn relay_header(origin: NodeTag, dest: NodeTag, hops: u8, resent: bool, len: usize) -> [u8; RELAY_HEADER] {
     let mut h = [0u8; RELAY_HEADER];
     h[..4].copy_from_slice(&((RELAY_HEADER - 4 + len) as u32).to_be_bytes());
     h[4] = kind::PEER_RELAY;
+    h[5] = if resent { RELAY_RESENT } else { 0 };
     h[6..10].copy_from_slice(&origin.0.to_be_bytes());
     h[10..14].copy_from_slice(&dest.0.to_be_bytes());
     h[14] = hops;
@@ -575,14 +576,17 @@ pub fn parse_whole(frame: Bytes) -> Result<Frame, ProtoError> {
             Ok(Frame::PeerAck(be_u64(body)))
         }
         kind::PEER_RELAY => {
-            no_flags()?;
+            if flags & !RELAY_RESENT != 0 {
+                return Err(ProtoError::Malformed("reserved flag bits set"));
+            }
             if f.len() < RELAY_HEADER {
                 return Err(ProtoError::Malformed("PEER_RELAY shorter than its fixed fields"));
             }
             let origin = NodeTag(u32::from_be_bytes([f[6], f[7], f[8], f[9]]));
             let dest = NodeTag(u32::from_be_bytes([f[10], f[11], f[12], f[13]]));
             let hops = f[14];
-            Ok(Frame::PeerRelay(PeerRelay { origin, dest, hops, frames: frame.slice(RELAY_HEADER..) }))
+            let resent = flags & RELAY_RESENT != 0;
+            Ok(Frame::PeerRelay(PeerRelay { origin, dest, hops, resent, frames: frame.slice(RELAY_HEADER..) }))
         }
         other => Err(ProtoError::UnknownKind(other)),
     }

@@ -297,8 +297,14 @@ pub struct PeerRelay {
     pub dest: NodeTag,
     /// Servers that carried it so far (a bound against loops while routes change).
     pub hops: u8,
+    /// Sent again after a link was lost (flag `RELAY_RESENT`): a receiver that had no
+    /// members of the group before takes no new starting point from it.
+    pub resent: bool,
     pub frames: Bytes,
 }
+
+/// Flag bit of a PEER_RELAY frame: its frames are a resend (see [`PeerRelay::resent`]).
+pub const RELAY_RESENT: u8 = 0x01;
 
 /// Bytes of a PEER_RELAY frame before the frames it carries.
 pub const RELAY_HEADER: usize = HEADER_LEN + 9;
