@@ -77,7 +77,10 @@ impl ShardCore {
             let Ok(h) = McastHeader::parse(frame) else { break };
             // Out of range (never sent by an honest server): dropped, and no arithmetic on it.
             if h.seq == 0 || h.seq >= MAX_COUNTER {
-                out.get_or_insert_with(|| Rebuilt { bytes: BytesMut::from(&run[..at]), count: count_frames(&run[..at]) });
+                out.get_or_insert_with(|| Rebuilt {
+                    bytes: BytesMut::from(&run[..at]),
+                    count: count_frames(&run[..at]),
+                });
                 at += size;
                 continue;
             }
@@ -92,7 +95,10 @@ impl ShardCore {
                 at += size;
                 continue;
             }
-            let o = out.get_or_insert_with(|| Rebuilt { bytes: BytesMut::from(&run[..at]), count: count_frames(&run[..at]) });
+            let o = out.get_or_insert_with(|| Rebuilt {
+                bytes: BytesMut::from(&run[..at]),
+                count: count_frames(&run[..at]),
+            });
             if h.seq <= t.last {
                 // Delivered already.
             } else if in_order {
@@ -195,7 +201,8 @@ impl ShardCore {
     /// Forgets senders of groups without members here that sent nothing for a long time.
     fn prune_senders(&mut self, now: Instant) {
         self.remote.retain(|_, senders| {
-            senders.retain(|_, t| !(t.fresh && t.seen.is_some_and(|s| now.duration_since(s) >= FORGET_AFTER)));
+            senders
+                .retain(|_, t| !(t.fresh && t.seen.is_some_and(|s| now.duration_since(s) >= FORGET_AFTER)));
             !senders.is_empty()
         });
     }
@@ -203,7 +210,13 @@ impl ShardCore {
 
 /// Moves held frames that now follow in order into `o`; with `force`, jumps each hole
 /// (reporting it) until nothing is held. Returns the gap notices added.
-fn drain_held(t: &mut SenderTrack, o: &mut Rebuilt, group: &GroupName, sender: SessionId, force: bool) -> u64 {
+fn drain_held(
+    t: &mut SenderTrack,
+    o: &mut Rebuilt,
+    group: &GroupName,
+    sender: SessionId,
+    force: bool,
+) -> u64 {
     let mut gaps = 0;
     while let Some((&seq, _)) = t.held.first_key_value() {
         if seq <= t.last {
