@@ -284,7 +284,8 @@ fn a_view_never_exceeds_the_frame_limit() {
             name: Name::new(&"n".repeat(255)).unwrap(),
         };
         let version = proto::MemberVersion::new(0, u64::from(serial));
-        Frame::PeerJoin(proto::PeerJoin { cause: Cause::Join, group: g.clone(), member, version }).encode(&mut joins);
+        Frame::PeerJoin(proto::PeerJoin { cause: Cause::Join, group: g.clone(), member, version })
+            .encode(&mut joins);
     }
     assert_eq!(s.peer_sends(&joins), Flow::Read);
     let mut out = BytesMut::new();

@@ -106,12 +106,12 @@ fn frame() -> impl Strategy<Value = Frame> {
                 first,
                 last
             })),
-        (cause(), group(), member(), any::<u64>()).prop_map(|(cause, group, member, version)| Frame::PeerJoin(
-            PeerJoin { cause, group, member, version }
-        )),
-        (cause(), group(), any::<u64>(), any::<u64>()).prop_map(|(cause, group, s, version)| Frame::PeerLeave(
-            PeerLeave { cause, group, session: SessionId(s), version }
-        )),
+        (cause(), group(), member(), any::<u64>()).prop_map(|(cause, group, member, version)| {
+            Frame::PeerJoin(PeerJoin { cause, group, member, version })
+        }),
+        (cause(), group(), any::<u64>(), any::<u64>()).prop_map(|(cause, group, s, version)| {
+            Frame::PeerLeave(PeerLeave { cause, group, session: SessionId(s), version })
+        }),
         (
             1u16..64,
             any::<u16>(),

@@ -252,7 +252,10 @@ impl Sim {
                 let (a, b) = self.links[i];
                 // A paused server, or a blackhole: bytes wait in the queues (TCP retransmits
                 // them once the path is back), and are lost if a server gives the link up.
-                if self.servers[a.0].paused || self.servers[b.0].paused || self.blocked.contains(&pair(a.0, b.0)) {
+                if self.servers[a.0].paused
+                    || self.servers[b.0].paused
+                    || self.blocked.contains(&pair(a.0, b.0))
+                {
                     continue;
                 }
                 for (from, to) in [(a, b), (b, a)] {
@@ -346,7 +349,13 @@ impl Sim {
                     }
                 }
                 Frame::View(v) => {
-                    tracing::debug!("SIM c{c} view {} {} {:?} {:?}", v.group, v.view_id, v.cause, v.members.iter().map(|m| m.session.to_string()).collect::<Vec<_>>());
+                    tracing::debug!(
+                        "SIM c{c} view {} {} {:?} {:?}",
+                        v.group,
+                        v.view_id,
+                        v.cause,
+                        v.members.iter().map(|m| m.session.to_string()).collect::<Vec<_>>()
+                    );
                     let g = v.group.to_string();
                     if let Some((id, _)) = cl.last_view.get(&g) {
                         if v.view_id <= *id {
@@ -588,7 +597,8 @@ impl Sim {
                 // Split into two sides: by reset (both sides notice at once) or blackhole.
                 let reset = self.rng.below(2) == 0;
                 let side: Vec<bool> = (0..n).map(|_| self.rng.below(2) == 0).collect();
-                self.trace.push(format!("partition {side:?} by {}", if reset { "reset" } else { "blackhole" }));
+                self.trace
+                    .push(format!("partition {side:?} by {}", if reset { "reset" } else { "blackhole" }));
                 for a in 0..n {
                     for b in (a + 1)..n {
                         if side[a] != side[b] {

@@ -204,7 +204,8 @@ impl ShardCore {
         self.set_state(conn, State::Peer);
         let c = &mut self.conns[conn];
         c.name = h.name.clone();
-        c.peer = Some(Box::new(PeerConn { tag: h.node_tag, name: h.name.clone(), stream: LinkStream::default() }));
+        c.peer =
+            Some(Box::new(PeerConn { tag: h.node_tag, name: h.name.clone(), stream: LinkStream::default() }));
         let info = LinkInfo { tag: h.node_tag, name: h.name, boot: h.id.0, shard: self.id, conn };
         self.broadcast(ShardMsg::LinkUp(info));
     }
@@ -269,7 +270,8 @@ impl ShardCore {
             }
         }
         for (group, member) in joins {
-            let msg = ShardMsg::Join { group: group.clone(), member, cause: Cause::Network, via: None, version };
+            let msg =
+                ShardMsg::Join { group: group.clone(), member, cause: Cause::Network, via: None, version };
             self.send_to_owner(&group, msg);
         }
         let tag = self.identity.node_tag;

@@ -146,9 +146,9 @@ impl ShardCore {
         }
         // A restarted server comes back with a new tag: forget its previous run.
         let name = t.name.as_str().to_lowercase();
-        self.mesh
-            .topo
-            .retain(|tag, old| *tag == t.origin || old.name.as_str().to_lowercase() != name || old.boot > t.boot);
+        self.mesh.topo.retain(|tag, old| {
+            *tag == t.origin || old.name.as_str().to_lowercase() != name || old.boot > t.boot
+        });
         self.mesh.topo.insert(t.origin, t);
         self.recompute_mesh();
     }
@@ -299,7 +299,12 @@ impl ShardCore {
         if config.epoch <= self.mesh.config.epoch {
             return;
         }
-        tracing::debug!(shard = self.id, epoch = config.epoch, leader = config.leader.0, "configuration installed");
+        tracing::debug!(
+            shard = self.id,
+            epoch = config.epoch,
+            leader = config.leader.0,
+            "configuration installed"
+        );
         self.mesh.config = (*config).clone();
         self.sync_in.clear();
         if self.id == 0 {

@@ -12,7 +12,9 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use crate::proto::{self, kind, relay_header, Frame, GroupName, McastHeader, NodeTag, MCAST_FIXED, RELAY_HEADER};
+use crate::proto::{
+    self, kind, relay_header, Frame, GroupName, McastHeader, NodeTag, MCAST_FIXED, RELAY_HEADER,
+};
 
 use super::{ConnId, Envelope, Flow, ShardCore, ShardMsg};
 
@@ -252,7 +254,8 @@ impl ShardCore {
     ) -> Result<usize, String> {
         let first = McastHeader::parse(&frames[start..]).map_err(|e| e.to_string())?;
         let group_end = start + MCAST_FIXED + first.group_len;
-        let group = GroupName::from_bytes(frames.slice(start + MCAST_FIXED..group_end)).map_err(|e| e.to_string())?;
+        let group =
+            GroupName::from_bytes(frames.slice(start + MCAST_FIXED..group_end)).map_err(|e| e.to_string())?;
         let (mut at, mut count) = (start, 0u32);
         while at < frames.len() {
             let Ok(Some(size)) = proto::frame_len(&frames[at..], usize::MAX) else { break };
@@ -270,7 +273,13 @@ impl ShardCore {
             at += size;
             count += 1;
         }
-        tracing::trace!(me = self.identity.node_tag.0, origin = origin.0, count, known = self.groups.key(group.as_bytes()).is_some(), "relayed run");
+        tracing::trace!(
+            me = self.identity.node_tag.0,
+            origin = origin.0,
+            count,
+            known = self.groups.key(group.as_bytes()).is_some(),
+            "relayed run"
+        );
         if let Some(key) = self.groups.key(group.as_bytes()) {
             let run = frames.slice(start..at);
             self.stats.msgs_in += u64::from(count);

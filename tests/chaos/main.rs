@@ -634,7 +634,11 @@ fn partial_partition() {
             }
         };
         let (stall, began, ended) = match c.longest_stall {
-            Some((d, at)) => (secs(d), signed(at, cut_at), signed(at + d, restored_at)),
+            // Where a stall began and ended says something only for a real stall.
+            Some((d, at)) if d >= Duration::from_millis(500) => {
+                (secs(d), signed(at, cut_at), signed(at + d, restored_at))
+            }
+            Some((d, _)) => (secs(d), "-".into(), "-".into()),
             None => ("-".into(), "-".into(), "-".into()),
         };
         println!(
