@@ -160,7 +160,9 @@ fn join_multicast_leave_across_shards() {
     let views_a = h.frames(a);
     assert_eq!(views_a.len(), 2, "{views_a:?}");
     let Frame::View(v) = &views_a[1] else { panic!() };
-    assert_eq!((v.cause, v.view_id, v.members.len()), (Cause::Join, 2, 2));
+    // View ids count up from the configuration's epoch (the start time, 1 here).
+    let first = 1 << msgc::core::EPOCH_SHIFT;
+    assert_eq!((v.cause, v.view_id, v.members.len()), (Cause::Join, first + 2, 2));
     assert_eq!(v.subject, h.clients[b].session);
     h.frames(b);
     // c is not a member but may send; a and b receive, c does not.
@@ -183,7 +185,7 @@ fn join_multicast_leave_across_shards() {
     let Frame::View(v) = &h.frames(a)[0] else { panic!() };
     assert_eq!((v.cause, v.members.len()), (Cause::Leave, 1));
     let Frame::View(v) = &h.frames(b)[0] else { panic!() };
-    assert_eq!((v.cause, v.view_id), (Cause::Leave, 3));
+    assert_eq!((v.cause, v.view_id), (Cause::Leave, first + 3));
     // Disconnect: remaining members see cause Disconnect.
     h.input(c, &join("g"));
     h.frames(b);

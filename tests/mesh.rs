@@ -216,6 +216,7 @@ fn a_link_that_stops_reading_is_killed_and_redialed() {
         cause: Cause::Join,
         group: msgc::proto::GroupName::new("g").unwrap(),
         member,
+        version: 1,
     });
     link.write_all(&[welcome.to_bytes(), join.to_bytes()].concat()).unwrap();
     // Alive (keepalives every 100 ms, for at most the test's deadline) but never reading.

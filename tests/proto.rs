@@ -106,26 +106,24 @@ fn frame() -> impl Strategy<Value = Frame> {
                 first,
                 last
             })),
-        (cause(), group(), member()).prop_map(|(cause, group, member)| Frame::PeerJoin(PeerJoin {
-            cause,
-            group,
-            member
-        })),
-        (cause(), group(), any::<u64>()).prop_map(|(cause, group, s)| Frame::PeerLeave(PeerLeave {
-            cause,
-            group,
-            session: SessionId(s)
-        })),
+        (cause(), group(), member(), any::<u64>()).prop_map(|(cause, group, member, version)| Frame::PeerJoin(
+            PeerJoin { cause, group, member, version }
+        )),
+        (cause(), group(), any::<u64>(), any::<u64>()).prop_map(|(cause, group, s, version)| Frame::PeerLeave(
+            PeerLeave { cause, group, session: SessionId(s), version }
+        )),
         (
             1u16..64,
             any::<u16>(),
             any::<bool>(),
+            any::<u64>(),
             proptest::collection::vec((group(), any::<u64>(), any::<u64>()), 0..10)
         )
-            .prop_map(|(shards, s, more, views)| Frame::PeerState(PeerState {
+            .prop_map(|(shards, s, more, version, views)| Frame::PeerState(PeerState {
                 shard: s % shards,
                 shards,
                 more,
+                version,
                 views
             })),
         (any::<[u8; 32]>(), any::<[u8; 32]>(), any::<bool>()).prop_map(|(nonce, mac, challenge)| {

@@ -169,6 +169,7 @@ fn forged_and_out_of_range_peer_frames_are_refused() {
         cause: Cause::Leave,
         group: GroupName::new("g").unwrap(),
         session: member.session,
+        version: 0,
     }));
     expect_fatal(&mut link, ErrorCode::BadSender);
     // The member is still in the group: a second member sees both.
@@ -183,6 +184,7 @@ fn forged_and_out_of_range_peer_frames_are_refused() {
         shard: 0,
         shards: 1,
         more: false,
+        version: 0,
         views: vec![(GroupName::new("g").unwrap(), u64::MAX, 0)],
     };
     link.send(&Frame::PeerState(state));
@@ -195,6 +197,7 @@ fn forged_and_out_of_range_peer_frames_are_refused() {
         cause: Cause::Join,
         group: GroupName::new("g").unwrap(),
         member: forged,
+        version: 0,
     }));
     expect_fatal(&mut link, ErrorCode::BadSender);
     wait_for("violations counted", || server.stats().peer_violations >= 4 && server.stats().links_down >= 3);

@@ -69,6 +69,13 @@ pub struct ServerConfig {
     /// `stall_timeout` (msgc): seconds a client may hold publishers back before it is cut.
     /// Default 1.
     pub stall_timeout: Duration,
+    /// `link_timeout` (msgc): seconds without anything received after which a peer link is
+    /// lost (its traffic then goes through another server). Default 0.75; below
+    /// `idle_timeout`.
+    pub link_timeout: Duration,
+    /// `resend_buffer` (msgc): bytes of multicasts per peer link kept until acknowledged,
+    /// to resend by another path when the link is lost. Default 16 MiB.
+    pub resend_buffer: usize,
     /// `handshake_timeout` (msgc): seconds a connection has to complete its handshake.
     /// Default 10.
     pub handshake_timeout: Duration,
@@ -281,6 +288,8 @@ impl Default for ServerConfig {
             tls_clients: TlsClients::Off,
             tls_client_certificates: ClientCertificates::None,
             stall_timeout: Duration::from_secs(1),
+            link_timeout: Duration::from_millis(750),
+            resend_buffer: 16 << 20,
             handshake_timeout: Duration::from_secs(10),
             max_connections: 65536,
             max_handshakes: 1024,

@@ -35,6 +35,8 @@ pub(super) const SERVER_OPTIONS: &[&str] = &[
     "tls_clients",
     "tls_client_certificates",
     "stall_timeout",
+    "link_timeout",
+    "resend_buffer",
     "handshake_timeout",
     "max_connections",
     "max_handshakes",
@@ -280,12 +282,10 @@ fn build(entries: Vec<Entry>) -> Result<Config, ConfigError> {
         }
     }
     check_client_tls(&config.client, &client_opts)?;
-    if config.server.idle_timeout <= config.server.keepalive_interval {
-        let at = server_opts.iter().find(|(k, ..)| k == "idle_timeout" || k == "keepalive_interval");
-        let msg = format!(
-            "idle_timeout ({:?}) must be longer than keepalive_interval ({:?}), or quiet peers time each other out",
-            config.server.idle_timeout, config.server.keepalive_interval
-        );
+    if let Err(msg) = check_timeouts(&config.server) {
+        let at = server_opts
+            .iter()
+            .find(|(k, ..)| k == "idle_timeout" || k == "keepalive_interval" || k == "link_timeout");
         return Err(match at {
             Some((_, pos, _)) => err(pos, msg),
             None => ConfigError::plain(msg),
@@ -345,6 +345,8 @@ fn set_server(s: &mut ServerConfig, key: &str, pos: &Pos, value: &Value) -> Resu
             )?
         }
         "stall_timeout" => s.stall_timeout = seconds(value)?,
+        "link_timeout" => s.link_timeout = seconds(value)?,
+        "resend_buffer" => s.resend_buffer = int(value, 64 << 10, 1 << 30)? as usize,
         "handshake_timeout" => s.handshake_timeout = seconds(value)?,
         "max_connections" => s.max_connections = int(value, 1, 10_000_000)? as usize,
         "max_handshakes" => s.max_handshakes = int(value, 1, 10_000_000)? as usize,
@@ -413,12 +415,7 @@ pub fn set_server_option(config: &mut Config, key: &str, text: &str) -> Result<(
     let mut server = config.server.clone();
     set_server(&mut server, &key, pos, value)?;
     check_server_tls(&server, &[(key.clone(), pos.clone(), value.clone())])?;
-    if server.idle_timeout <= server.keepalive_interval {
-        return Err(ConfigError::plain(format!(
-            "idle_timeout ({:?}) must be longer than keepalive_interval ({:?}), or quiet peers time each other out",
-            server.idle_timeout, server.keepalive_interval
-        )));
-    }
+    check_timeouts(&server).map_err(ConfigError::plain)?;
     if key == "port" && !config.listener.listen.is_empty() {
         let ports: Vec<u16> =
             config.listener.listen.iter().filter_map(|l| listen_addr(l).ok()).map(|a| a.port()).collect();
@@ -473,6 +470,8 @@ pub fn server_option(s: &ServerConfig, key: &str) -> Result<String, ConfigError>
         "memory_budget" => s.memory_budget.to_string(),
         "threads" => s.threads.to_string(),
         "stall_timeout" => secs(s.stall_timeout),
+        "link_timeout" => secs(s.link_timeout),
+        "resend_buffer" => s.resend_buffer.to_string(),
         "handshake_timeout" => secs(s.handshake_timeout),
         "max_connections" => s.max_connections.to_string(),
         "max_handshakes" => s.max_handshakes.to_string(),
@@ -588,6 +587,23 @@ fn edit_distance(a: &str, b: &str) -> usize {
 
 fn scalar<'a>(v: &'a Value, what: &str) -> Result<&'a str, ConfigError> {
     v.scalar().ok_or_else(|| err(v.pos(), format!("expected {what}, found an array or dictionary")))
+}
+
+/// Timeouts that only make sense in a certain order.
+fn check_timeouts(s: &ServerConfig) -> Result<(), String> {
+    if s.idle_timeout <= s.keepalive_interval {
+        return Err(format!(
+            "idle_timeout ({:?}) must be longer than keepalive_interval ({:?}), or quiet peers time each other out",
+            s.idle_timeout, s.keepalive_interval
+        ));
+    }
+    if s.link_timeout >= s.idle_timeout {
+        return Err(format!(
+            "link_timeout ({:?}) must be shorter than idle_timeout ({:?}): it is how fast a lost peer link is noticed",
+            s.link_timeout, s.idle_timeout
+        ));
+    }
+    Ok(())
 }
 
 fn seconds(v: &Value) -> Result<Duration, ConfigError> {

@@ -80,7 +80,12 @@ impl ShardCore {
 
     /// Keepalives, idle and stall detection, and cutting connections that would not close.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.clock = now;
         let l = self.limits.clone();
+        // Silence we cause ourselves by not reading is no sign of a lost link.
+        let not_reading_links = self.links_paused();
+        let mut silent = Vec::new();
+        let mut heartbeats = Vec::new();
         let mut idle = Vec::new();
         let mut stalled = Vec::new();
         let mut keepalive = Vec::new();
@@ -100,7 +105,6 @@ impl ShardCore {
                 ref s if Self::in_handshake(s) && now.duration_since(c.opened) >= l.handshake_timeout => {
                     handshakes.push(id)
                 }
-                _ if now.duration_since(c.last_rx) >= l.idle_timeout => idle.push(id),
                 // A live server always reads its links (they are never paused); one that takes
                 // nothing for two keepalive intervals is hung, not saturated.
                 State::Peer
@@ -108,6 +112,9 @@ impl ShardCore {
                 {
                     dead_links.push(id)
                 }
+                State::Peer if not_reading_links => c.last_rx = now,
+                State::Peer if now.duration_since(c.last_rx) >= l.link_timeout => silent.push(id),
+                _ if now.duration_since(c.last_rx) >= l.idle_timeout => idle.push(id),
                 State::Client
                     if c.outbox.messages() > l.max_backlog
                         && now.duration_since(c.last_progress) >= l.tick() =>
@@ -118,7 +125,10 @@ impl ShardCore {
                 State::Client if c.hot_since.is_some_and(|t| now.duration_since(t) >= l.stall_timeout) => {
                     stalled.push(id)
                 }
-                State::Client | State::Peer
+                State::Peer if c.outbox.is_empty() && now.duration_since(c.last_tx) >= l.link_heartbeat() => {
+                    heartbeats.push(id)
+                }
+                State::Client
                     if c.outbox.is_empty() && now.duration_since(c.last_tx) >= l.keepalive_interval =>
                 {
                     keepalive.push(id)
@@ -162,6 +172,17 @@ impl ShardCore {
             self.conns[id].last_tx = now;
             self.send_frame(id, Frame::Noop.to_bytes());
         }
+        for id in heartbeats {
+            self.conns[id].last_tx = now;
+            self.send_ack(id);
+        }
+        for id in silent {
+            self.stats.links_timed_out += 1;
+            tracing::warn!(peer = %self.conns[id].name, timeout = ?l.link_timeout, "nothing received on the peer link for link_timeout: closing it");
+            self.begin_close(id, Cause::Disconnect, None);
+            self.cut.push(id);
+        }
+        self.expire_held(now);
         // Memory over budget for too long: the largest queue is what holds everyone back.
         if self.queued_bytes > l.memory_budget {
             let since = *self.over_since.get_or_insert(now);

@@ -24,8 +24,9 @@ pub struct Group {
     pub remote_shards: Vec<u16>,
     /// Other servers (by node tag) with at least one member.
     pub nodes: Vec<NodeTag>,
-    /// Members in the installed view.
+    /// Members in the installed view, and its id.
     pub members: usize,
+    pub view_id: u64,
     /// The VIEW frame installed last here, to ignore a copy of it (a server whose link
     /// comes up may be sent a group's current view more than once).
     pub installed: Bytes,

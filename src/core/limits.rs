@@ -49,6 +49,13 @@ pub struct Limits {
     pub connect_timeout: Duration,
     /// `reconnect_interval`: wait before redialing a lost peer link (± 20 % jitter).
     pub reconnect_interval: Duration,
+    /// `link_timeout` (msgc): a peer link on which nothing arrives for this long is lost;
+    /// traffic then goes through another server. Links send a heartbeat (PEER_ACK) after a
+    /// quarter of it without sending anything else.
+    pub link_timeout: Duration,
+    /// `resend_buffer` (msgc): bytes of multicasts per peer link kept until the other side
+    /// acknowledges them, to resend by another path if the link is lost.
+    pub resend_buffer: usize,
 }
 
 impl Default for Limits {
@@ -71,6 +78,8 @@ impl Default for Limits {
             tcpbuf_size: 131072,
             connect_timeout: Duration::from_secs(60),
             reconnect_interval: Duration::from_secs(5),
+            link_timeout: Duration::from_millis(750),
+            resend_buffer: 16 << 20,
         }
     }
 }
@@ -99,13 +108,18 @@ impl Limits {
     pub fn dead_link(&self) -> Duration {
         self.keepalive_interval * 2
     }
+    /// Send silence after which a peer link carries a heartbeat.
+    pub fn link_heartbeat(&self) -> Duration {
+        self.link_timeout / 4
+    }
     /// How often the shard's timer should fire.
     pub fn tick(&self) -> Duration {
         let shortest = self
             .keepalive_interval
             .min(self.idle_timeout)
             .min(self.stall_timeout)
-            .min(self.handshake_timeout);
+            .min(self.handshake_timeout)
+            .min(self.link_timeout);
         (shortest / 4).clamp(Duration::from_millis(20), Duration::from_secs(1))
     }
 }

@@ -1,22 +1,23 @@
 //! Peer links as the shard core sees them: the server-to-server handshake, link up and
-//! down, frames from peers, forwarding to a link that another shard owns, state sync when a
-//! link comes up, and gap notices when one is lost.
+//! down, frames from peers (over their own link or relayed), and the state sync a server
+//! sends the ordering server when a configuration is installed.
 //!
 //! Which peers exist and who dials whom is `mesh`'s; sockets and redials are `runtime`'s.
 //! Never does I/O.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 
 use crate::proto::{
-    Cause, ErrorCode, Frame, Gap, GapReason, GroupName, Handshake, McastHeader, Member, Name, NodeTag,
-    PeerAuth, PeerJoin, PeerState, SessionId, AUTH_LEN,
+    Cause, ErrorCode, Frame, GroupName, Handshake, Member, MemberVersion, Name, NodeTag, PeerAuth, PeerJoin,
+    PeerState, SessionId, AUTH_LEN,
 };
 
 use super::auth::{proof, verify, Side};
+use super::relay::LinkStream;
 use super::shard::{State, MAX_COUNTER};
 use super::views::members_of;
 use super::{ConnId, ConnMeta, Flow, LinkInfo, PeerEntry, ShardCore, ShardMsg};
@@ -26,11 +27,8 @@ use super::{ConnId, ConnMeta, Flow, LinkInfo, PeerEntry, ShardCore, ShardMsg};
 pub(crate) struct PeerConn {
     pub tag: NodeTag,
     pub name: Name,
-    /// Last sequence number received per group and sender, for gap notices if the link
-    /// is lost. Only groups with members on this server are tracked.
-    pub recv: HashMap<GroupName, HashMap<SessionId, u64>>,
-    /// Memberships announced by the link's state sync, until each shard's part completes.
-    pub synced: HashSet<(GroupName, SessionId)>,
+    /// Bytes sent, received and acknowledged, and multicasts to resend if it is lost.
+    pub stream: LinkStream,
 }
 
 impl ShardCore {
@@ -206,32 +204,33 @@ impl ShardCore {
         self.set_state(conn, State::Peer);
         let c = &mut self.conns[conn];
         c.name = h.name.clone();
-        c.peer = Some(Box::new(PeerConn {
-            tag: h.node_tag,
-            name: h.name.clone(),
-            recv: HashMap::new(),
-            synced: HashSet::new(),
-        }));
+        c.peer = Some(Box::new(PeerConn { tag: h.node_tag, name: h.name.clone(), stream: LinkStream::default() }));
         let info = LinkInfo { tag: h.node_tag, name: h.name, boot: h.id.0, shard: self.id, conn };
         self.broadcast(ShardMsg::LinkUp(info));
     }
 
-    /// Every shard learns of a new link: routing, ordering, then this shard's state sync.
+    /// Every shard learns of a new link: routes and server membership change.
     pub(super) fn handle_link_up(&mut self, info: LinkInfo) {
         let tag = info.tag;
         self.links.retain(|l| l.tag != tag);
         self.links.push(info);
-        self.reconcile_membership();
-        // Our sessions' memberships, then the view ids of the groups we own.
+        self.flood_own_topo(Some(tag));
+        self.recompute_mesh();
+    }
+
+    /// Sends the ordering server `leader` this shard's state: its sessions' memberships,
+    /// then (PEER_STATE) that the part is complete and the views of the groups it owns.
+    pub(super) fn send_state_sync(&mut self, leader: NodeTag) {
         let mut sync = BytesMut::new();
         let mut count = 0;
+        let version = MemberVersion::new(self.id, self.member_ops);
         for (_, c) in self.conns.iter() {
             if c.state != State::Client {
                 continue;
             }
             for g in &c.joined {
                 let member = Member { session: c.session, name: c.name.clone() };
-                Frame::PeerJoin(PeerJoin { cause: Cause::Network, group: g.clone(), member })
+                Frame::PeerJoin(PeerJoin { cause: Cause::Network, group: g.clone(), member, version })
                     .encode(&mut sync);
                 count += 1;
             }
@@ -245,40 +244,54 @@ impl ShardCore {
             let entry = 17 + g.len();
             if size + entry > room {
                 let (shard, shards, views) = (self.id, self.nshards, std::mem::take(&mut views));
-                Frame::PeerState(PeerState { shard, shards, more: true, views }).encode(&mut sync);
+                Frame::PeerState(PeerState { shard, shards, more: true, version, views }).encode(&mut sync);
                 count += 1;
                 size = 0;
             }
             size += entry;
             views.push((g, o.view_id, o.digest()));
         }
-        Frame::PeerState(PeerState { shard: self.id, shards: self.nshards, more: false, views })
+        Frame::PeerState(PeerState { shard: self.id, shards: self.nshards, more: false, version, views })
             .encode(&mut sync);
-        self.send_to_link(tag, sync.freeze(), count + 1);
+        self.send_to_link(leader, sync.freeze(), count + 1);
+    }
+
+    /// On the ordering server: this shard's sessions' memberships, applied like another
+    /// server's state sync (see [`Self::send_state_sync`]).
+    pub(super) fn sync_own_sessions(&mut self) {
+        let version = MemberVersion::new(self.id, self.member_ops);
+        let mut synced = HashSet::new();
+        let mut joins = Vec::new();
+        for (_, c) in self.conns.iter().filter(|(_, c)| c.state == State::Client) {
+            for g in &c.joined {
+                synced.insert((g.clone(), c.session));
+                joins.push((g.clone(), Member { session: c.session, name: c.name.clone() }));
+            }
+        }
+        for (group, member) in joins {
+            let msg = ShardMsg::Join { group: group.clone(), member, cause: Cause::Network, via: None, version };
+            self.send_to_owner(&group, msg);
+        }
+        let tag = self.identity.node_tag;
+        let (shard, shards) = (self.id, self.nshards);
+        self.broadcast(ShardMsg::SyncDone { tag, shard, shards, version, synced: Arc::new(synced) });
     }
 
     /// Every shard learns that a link is gone.
     pub(super) fn handle_link_down(&mut self, tag: NodeTag) {
         self.links.retain(|l| l.tag != tag);
-        self.reconcile_membership();
+        self.flood_own_topo(None);
+        self.recompute_mesh();
     }
 
-    /// The link's connection closed (on the shard that owns it): receivers of what it
-    /// carried learn what they may have missed, and every shard learns it is down.
+    /// The link's connection closed (on the shard that owns it): every shard learns it is
+    /// down, then what it carried unacknowledged goes again by another path. Members learn
+    /// of losses only if the other server is unreachable altogether (see `inbound.rs`).
     pub(super) fn link_lost(&mut self, p: PeerConn) {
         tracing::warn!(peer = %p.name, "link down");
         self.stats.links_down += 1;
-        for (group, senders) in p.recv {
-            for (sender, last) in senders {
-                // The peer chose `last`: after u64::MAX nothing can be missing.
-                let Some(first) = last.checked_add(1) else { continue };
-                let gap =
-                    Gap { reason: GapReason::LinkLost, group: group.clone(), sender, first, last: u64::MAX };
-                self.stats.gaps += 1;
-                self.broadcast(ShardMsg::Gap { group: group.clone(), frame: Frame::Gap(gap).to_bytes() });
-            }
-        }
         self.broadcast(ShardMsg::LinkDown { tag: p.tag });
+        self.resend_unacked(p.stream.unacked);
     }
 
     /// A frame other than MCAST from a linked server.
@@ -291,18 +304,40 @@ impl ShardCore {
     ) -> Flow {
         // invariant: only called for connections in state Peer, which have a PeerConn.
         let tag = self.conns[conn].peer.as_ref().map(|p| p.tag).expect("peer link");
-        if let Err(why) = check_peer_frame(&frame, tag) {
-            return self.peer_violation(conn, why, now);
+        let result = match frame {
+            Frame::PeerAck(n) => self.handle_ack(conn, n).map(|()| Flow::Read),
+            Frame::PeerTopo(t) => {
+                self.handle_topo_frame(tag, t, bytes);
+                Ok(Flow::Read)
+            }
+            Frame::PeerRelay(r) => self.handle_relay(conn, r, now),
+            frame => self.handle_peer_message(conn, tag, frame, bytes, now),
+        };
+        match result {
+            Ok(flow) => flow,
+            Err(why) => self.peer_violation(conn, why, now),
         }
+    }
+
+    /// A frame server `origin` sent us, over its link `conn` or relayed through it.
+    pub(super) fn handle_peer_message(
+        &mut self,
+        conn: ConnId,
+        origin: NodeTag,
+        frame: Frame,
+        bytes: Bytes,
+        now: Instant,
+    ) -> Result<Flow, String> {
+        check_peer_frame(&frame, origin)?;
         match frame {
             Frame::View(v) => {
                 // Only the server that orders membership here publishes views. Not fatal:
-                // while the ordering server changes, an honest peer's view can be in flight;
-                // the new orderer republishes what matters.
-                if self.leader() != Some(tag) {
+                // while the configuration changes, an honest peer's view can be in flight;
+                // the new configuration's state sync repairs what matters.
+                if self.leader() != Some(origin) {
                     self.stats.peer_violations += 1;
-                    tracing::warn!(peer = %self.conns[conn].name, group = %v.group, view = v.view_id, "dropping a VIEW from a server that does not order membership here");
-                    return Flow::Read;
+                    tracing::debug!(group = %v.group, view = v.view_id, "dropping a VIEW from a server that does not order membership here");
+                    return Ok(Flow::Read);
                 }
                 let leaver = (v.cause == Cause::Leave).then_some(v.subject);
                 let members = members_of(&v);
@@ -312,15 +347,14 @@ impl ShardCore {
             }
             Frame::PeerJoin(j) => {
                 if j.cause == Cause::Network {
-                    if let Some(p) = self.conns[conn].peer.as_mut() {
-                        p.synced.insert((j.group.clone(), j.member.session));
-                    }
+                    self.sync_in.entry(origin).or_default().insert((j.group.clone(), j.member.session));
                 }
                 let msg = ShardMsg::Join {
                     group: j.group.clone(),
                     member: j.member,
                     cause: j.cause,
-                    via: Some(tag),
+                    via: Some(origin),
+                    version: j.version,
                 };
                 self.send_to_owner(&j.group, msg);
             }
@@ -329,7 +363,8 @@ impl ShardCore {
                     group: l.group.clone(),
                     session: l.session,
                     cause: l.cause,
-                    via: Some(tag),
+                    via: Some(origin),
+                    version: l.version,
                 };
                 self.send_to_owner(&l.group, msg);
             }
@@ -338,23 +373,24 @@ impl ShardCore {
                     self.send_to_owner(&group.clone(), ShardMsg::ViewId { group, view_id, digest });
                 }
                 if st.more {
-                    return Flow::Read;
+                    return Ok(Flow::Read);
                 }
-                let (shard, shards) = (st.shard, st.shards);
+                let (shard, shards, version) = (st.shard, st.shards, st.version);
                 let in_part = |s: &SessionId| (s.0 & 0xffff_ffff) % u64::from(shards) == u64::from(shard);
-                // invariant: only called for connections in state Peer, which have a PeerConn.
-                let p = self.conns[conn].peer.as_mut().expect("peer link");
+                let announced = self.sync_in.entry(origin).or_default();
                 let synced: HashSet<(GroupName, SessionId)> =
-                    p.synced.iter().filter(|(_, s)| in_part(s)).cloned().collect();
-                p.synced.retain(|(_, s)| !in_part(s));
-                self.broadcast(ShardMsg::SyncDone { tag, shard, shards, synced: Arc::new(synced) });
+                    announced.iter().filter(|(_, s)| in_part(s)).cloned().collect();
+                announced.retain(|(_, s)| !in_part(s));
+                let tag = origin;
+                self.broadcast(ShardMsg::SyncDone { tag, shard, shards, version, synced: Arc::new(synced) });
             }
+            Frame::PeerConfig(c) => self.handle_config_frame(origin, c),
             other => {
                 let msg = format!("{} is not accepted from a peer", other.name());
-                return self.fatal(conn, ErrorCode::Unexpected, msg, now);
+                return Ok(self.fatal(conn, ErrorCode::Unexpected, msg, now));
             }
         }
-        Flow::Read
+        Ok(Flow::Read)
     }
 
     /// A peer sent what an honest server never sends: logged, counted, the link closed
@@ -364,50 +400,11 @@ impl ShardCore {
         tracing::error!(peer = %self.conns[conn].name, "closing peer link, protocol violation: {why}");
         self.fatal(conn, ErrorCode::BadSender, why, now)
     }
-
-    /// Records the newest sequence number per sender in a run received from a link.
-    pub(super) fn note_peer_run(&mut self, conn: ConnId, run: &Bytes, group: Option<&GroupName>) {
-        let Some(group) = group else { return };
-        let Some(p) = self.conns.get_mut(conn).and_then(|c| c.peer.as_mut()) else { return };
-        let senders = p.recv.entry(group.clone()).or_default();
-        let mut at = 0;
-        let mut current: Option<(SessionId, u64)> = None;
-        while at + 4 <= run.len() {
-            let size = u32::from_be_bytes([run[at], run[at + 1], run[at + 2], run[at + 3]]) as usize + 4;
-            let Some(frame) = run.get(at..at + size) else { break };
-            if let Ok(h) = McastHeader::parse(frame) {
-                if let Some((s, _)) = current {
-                    if s != h.sender {
-                        if let Some((s, seq)) = current.take() {
-                            senders.insert(s, seq);
-                        }
-                    }
-                }
-                current = Some((h.sender, h.seq));
-            }
-            at += size;
-        }
-        if let Some((s, seq)) = current {
-            senders.insert(s, seq);
-        }
-    }
-
-    /// Queues frames on the link to server `tag`, wherever its shard is.
-    pub(super) fn send_to_link(&mut self, tag: NodeTag, frames: Bytes, count: u32) {
-        let Some(link) = self.links.iter().find(|l| l.tag == tag) else { return };
-        let (shard, conn) = (link.shard, link.conn);
-        let from = self.id;
-        if shard == self.id {
-            self.handle_shard_msg(ShardMsg::Forward { from, tag, conn, frames, count });
-        } else {
-            self.in_flight[shard as usize] += frames.len();
-            self.outgoing[shard as usize].push(ShardMsg::Forward { from, tag, conn, frames, count });
-        }
-    }
 }
 
 /// What an honest peer `tag` may send: requests only for its own sessions, numbers in range.
 fn check_peer_frame(frame: &Frame, tag: NodeTag) -> Result<(), String> {
+    // (`tag` is the server the frame comes from, over its link or relayed.)
     let own = |s: SessionId, what: &str| {
         if s.node() == tag {
             Ok(())

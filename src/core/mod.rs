@@ -8,16 +8,20 @@
 mod auth;
 mod flow;
 mod groups;
+mod inbound;
 mod limits;
 mod links;
+mod membership;
 mod operator;
 mod outbox;
+mod relay;
 mod shard;
 mod views;
 
 pub use auth::ClusterSecret;
 pub use groups::owner_of;
 pub use limits::Limits;
+pub use membership::{Config, EPOCH_SHIFT};
 pub use operator::{GroupReport, LinkReport, LinkState, SessionReport, ShardReport};
 pub use outbox::{Outbox, MAX_IOV};
 pub use shard::{Flow, ServerIdentity, ShardCore, Take};
@@ -28,7 +32,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::proto::{Cause, GroupName, Member, Name, NodeTag, SessionId};
+use crate::proto::{Cause, GroupName, Member, Name, NodeTag, PeerTopo, SessionId};
 
 /// Index of a connection in its shard's table.
 pub type ConnId = usize;
@@ -80,13 +84,17 @@ pub enum ShardMsg {
         frames: Bytes,
         count: u32,
     },
-    /// To the shard owning the link to `tag`: queue these frames on it.
+    /// To the shard owning the link to `tag`: queue these frames of server `origin` for
+    /// server `dest` on it (relayed if either is not the link's two ends; `hops` so far).
     Forward {
         from: u16,
+        origin: NodeTag,
+        dest: NodeTag,
         tag: NodeTag,
         conn: ConnId,
         frames: Bytes,
         count: u32,
+        hops: u8,
     },
     /// Back to a shard that sent Deliver/Forward: this many of its bytes were handled.
     Credit {
@@ -94,12 +102,14 @@ pub enum ShardMsg {
         bytes: usize,
     },
     /// To the group's owner shard: a member joins (or, `Network`, is reported by a sync).
-    /// `via` is the server it came from over a link.
+    /// `via` is the server it came from; `version` its shard's membership version
+    /// (`proto::MemberVersion`).
     Join {
         group: GroupName,
         member: Member,
         cause: Cause,
         via: Option<NodeTag>,
+        version: u64,
     },
     /// To the group's owner shard: a member leaves or is gone.
     Leave {
@@ -107,6 +117,7 @@ pub enum ShardMsg {
         session: SessionId,
         cause: Cause,
         via: Option<NodeTag>,
+        version: u64,
     },
     /// To every shard: a new view, encoded once. `leaver` also gets it (its last view).
     View {
@@ -123,6 +134,10 @@ pub enum ShardMsg {
         digest: u64,
     },
     LinkUp(LinkInfo),
+    /// A newer PEER_TOPO of another server (server membership).
+    Topo(Arc<PeerTopo>),
+    /// A configuration to install (server membership).
+    Config(Arc<Config>),
     LinkDown {
         tag: NodeTag,
     },
@@ -132,6 +147,7 @@ pub enum ShardMsg {
         tag: NodeTag,
         shard: u16,
         shards: u16,
+        version: u64,
         synced: Arc<HashSet<(GroupName, SessionId)>>,
     },
     /// To every shard: a GAP frame for the local members of `group`.
@@ -177,6 +193,12 @@ pub struct Stats {
     pub limit_refusals: u64,
     /// Connections closed for not completing their handshake within `handshake_timeout`.
     pub killed_handshake: u64,
+    /// Peer links closed because nothing arrived on them for `link_timeout`.
+    pub links_timed_out: u64,
+    /// Multicasts sent again by another path after a link was lost.
+    pub resent: u64,
+    /// Multicasts dropped from a full resend buffer before they were acknowledged.
+    pub resend_evicted: u64,
 }
 
 impl Stats {
@@ -201,5 +223,8 @@ impl Stats {
         self.auth_failures += o.auth_failures;
         self.limit_refusals += o.limit_refusals;
         self.killed_handshake += o.killed_handshake;
+        self.links_timed_out += o.links_timed_out;
+        self.resent += o.resent;
+        self.resend_evicted += o.resend_evicted;
     }
 }

@@ -18,7 +18,9 @@ use crate::proto::{
 };
 
 use super::groups::GroupTable;
+use super::inbound::Tracks;
 use super::links::PeerConn;
+use super::membership::Mesh;
 use super::{ConnId, ConnMeta, Limits, LinkInfo, Outbox, PeerEntry, ShardMsg, Stats};
 
 /// How long a closing connection may take to flush its last frames before it is cut.
@@ -158,12 +160,26 @@ pub struct ShardCore {
     pub(super) resume: bool,
     /// An operator drained the server: new clients are turned away.
     pub(super) draining: bool,
+    /// Server membership: topology, configuration, routes.
+    pub(super) mesh: Mesh,
+    /// What this shard delivered from each remote sender (duplicates, holes).
+    pub(super) remote: Tracks,
+    /// Memberships announced by each server's state sync, until its part completes.
+    pub(super) sync_in: HashMap<NodeTag, HashSet<(GroupName, SessionId)>>,
+    /// The latest `now` any input brought (for timestamps deep inside routing).
+    pub(super) clock: Instant,
+    /// Joins and leaves of this shard's sessions so far (its membership version).
+    pub(super) member_ops: u64,
+    /// On the ordering server: the newest membership version applied per sending server
+    /// and shard, to drop membership messages that a later one overtook on another path.
+    pub(super) applied: HashMap<(NodeTag, u16), u64>,
     pub stats: Stats,
 }
 
 impl ShardCore {
     pub fn new(id: u16, nshards: u16, identity: ServerIdentity, limits: Limits) -> ShardCore {
         let nshards = nshards.max(1);
+        let mesh = Mesh::new(identity.node_tag, identity.boot);
         ShardCore {
             id,
             nshards,
@@ -194,6 +210,12 @@ impl ShardCore {
             credit_due: vec![0; nshards as usize],
             resume: false,
             draining: false,
+            mesh,
+            remote: Tracks::default(),
+            sync_in: HashMap::new(),
+            clock: Instant::now(),
+            member_ops: 0,
+            applied: HashMap::new(),
             stats: Stats::default(),
         }
     }
@@ -238,7 +260,7 @@ impl ShardCore {
         }
     }
 
-    fn links_paused(&self) -> bool {
+    pub(super) fn links_paused(&self) -> bool {
         let limit = self.flight_limit();
         self.hot_clients > 0
             || self.remote_clients_hot.iter().any(|&h| h)
@@ -314,7 +336,9 @@ impl ShardCore {
     /// Small until the handshake is done, so silent or lying connections cost little.
     pub fn read_budget(&self, conn: ConnId) -> (usize, usize) {
         match self.conns.get(conn).map(|c| &c.state) {
-            Some(State::Client | State::Peer) => (self.limits.tcpbuf_size, self.limits.max_frame),
+            Some(State::Client) => (self.limits.tcpbuf_size, self.limits.max_frame),
+            // A relayed frame adds its header to a frame of up to `max_frame`.
+            Some(State::Peer) => (self.limits.tcpbuf_size, self.limits.max_frame + proto::RELAY_HEADER),
             _ => (HANDSHAKE_MAX_FRAME, HANDSHAKE_MAX_FRAME),
         }
     }
@@ -340,6 +364,7 @@ impl ShardCore {
     /// Handles the complete frames at the front of `buf` (bytes just read from `conn`),
     /// leaving an incomplete frame in place. `buf` is split, never copied.
     pub fn handle_input(&mut self, conn: ConnId, buf: &mut BytesMut, now: Instant) -> Flow {
+        self.clock = now;
         let before = buf.len();
         let flow = self.handle_frames(conn, buf, now);
         self.stats.bytes_in += (before - buf.len()) as u64;
@@ -365,6 +390,8 @@ impl ShardCore {
             };
             turns += 1;
             let state = &self.conns[conn].state;
+            let peer = *state == State::Peer;
+            let len = buf.len();
             let flow = if buf[4] == proto::kind::MCAST && matches!(state, State::Client | State::Peer) {
                 self.handle_mcast_run(conn, buf, size, now)
             } else {
@@ -374,6 +401,9 @@ impl ShardCore {
                     Err(e) => self.protocol_error(conn, e, now),
                 }
             };
+            if peer {
+                self.note_link_bytes(conn, len - buf.len());
+            }
             if flow != Flow::Read {
                 return flow;
             }
@@ -471,10 +501,7 @@ impl ShardCore {
                 (Some(_), _) => match self.groups.key(name) {
                     Some(k) => k,
                     // No members of this group here: nothing to deliver.
-                    None => {
-                        self.note_peer_run(conn, &run, None);
-                        return self.after_violation(conn, violation, count, now);
-                    }
+                    None => return self.after_violation(conn, violation, count, now),
                 },
                 (None, Some(g)) => {
                     if c.sent.len() >= self.limits.max_groups_per_session {
@@ -500,9 +527,7 @@ impl ShardCore {
             };
             self.stats.msgs_in += u64::from(count);
             self.stats.runs_in += 1;
-            if from_peer.is_some() {
-                self.note_peer_run(conn, &run, Some(&key));
-            } else {
+            if from_peer.is_none() {
                 self.route_links(&key, &run, count);
             }
             self.route_local(key.as_bytes(), &run, count);
@@ -525,8 +550,24 @@ impl ShardCore {
         }
     }
 
-    /// Queues a run to this shard's members of `group`.
+    /// Queues a run to this shard's members of `group`. A run from another server's
+    /// senders is first checked for what was delivered already or arrives early.
     pub(super) fn route_local(&mut self, group: &[u8], run: &Bytes, count: u32) {
+        let Some(g) = self.groups.get(group) else { return };
+        if g.local.is_empty() {
+            return;
+        }
+        let me = self.identity.node_tag;
+        let remote = McastHeader::parse(run).is_ok_and(|h| h.sender.node() != me);
+        let filtered;
+        let (run, count) = match remote.then(|| self.accept_remote(group, run)).flatten() {
+            None => (run, count),
+            Some((_, 0)) => return,
+            Some((f, n)) => {
+                filtered = f;
+                (&filtered, n)
+            }
+        };
         let Some(g) = self.groups.get(group) else { return };
         let high_water = self.limits.high_water();
         for &member in &g.local {
@@ -547,7 +588,7 @@ impl ShardCore {
     }
 
     /// Sends a run once to each other shard of this server with members of `group`.
-    fn route_shards(&mut self, group: GroupName, run: Bytes, count: u32) {
+    pub(super) fn route_shards(&mut self, group: GroupName, run: Bytes, count: u32) {
         let Some(g) = self.groups.get(group.as_bytes()) else { return };
         for &s in &g.remote_shards {
             self.in_flight[s as usize] += run.len();
@@ -589,6 +630,9 @@ impl ShardCore {
         }
         if c.outbox.is_empty() {
             wakeups.push(conn);
+        }
+        if let Some(p) = c.peer.as_mut() {
+            p.stream.sent += frames.len() as u64;
         }
         *queued += frames.len();
         stats.deliveries += u64::from(count);
@@ -652,9 +696,10 @@ impl ShardCore {
                     return Flow::Read;
                 }
                 let member = proto::Member { session: c.session, name: c.name.clone() };
+                let version = self.next_member_version();
                 self.send_to_owner(
                     &g,
-                    ShardMsg::Join { group: g.clone(), member, cause: Cause::Join, via: None },
+                    ShardMsg::Join { group: g.clone(), member, cause: Cause::Join, via: None, version },
                 );
                 Flow::Read
             }
@@ -666,9 +711,10 @@ impl ShardCore {
                     return Flow::Read;
                 }
                 let session = c.session;
+                let version = self.next_member_version();
                 self.send_to_owner(
                     &g,
-                    ShardMsg::Leave { group: g.clone(), session, cause: Cause::Leave, via: None },
+                    ShardMsg::Leave { group: g.clone(), session, cause: Cause::Leave, via: None, version },
                 );
                 Flow::Read
             }
@@ -740,6 +786,12 @@ impl ShardCore {
         Ok(())
     }
 
+    /// Counts a join or leave of one of this shard's sessions; its membership version.
+    fn next_member_version(&mut self) -> u64 {
+        self.member_ops += 1;
+        proto::MemberVersion::new(self.id, self.member_ops)
+    }
+
     /// This server's HELLO/WELCOME fields.
     pub(super) fn handshake(&self, id: SessionId) -> Handshake {
         Handshake {
@@ -800,7 +852,9 @@ impl ShardCore {
             State::Client => {
                 self.sessions.remove(&session);
                 for g in groups {
-                    self.send_to_owner(&g, ShardMsg::Leave { group: g.clone(), session, cause, via: None });
+                    let version = self.next_member_version();
+                    let msg = ShardMsg::Leave { group: g.clone(), session, cause, via: None, version };
+                    self.send_to_owner(&g, msg);
                 }
             }
             State::Peer => {
@@ -870,7 +924,7 @@ impl ShardCore {
 
     /// Handles a batch of messages from another shard.
     pub fn handle_shard_msgs(&mut self, msgs: Vec<ShardMsg>, now: Instant) {
-        let _ = now;
+        self.clock = now;
         for msg in msgs {
             self.handle_shard_msg(msg);
         }
@@ -897,23 +951,26 @@ impl ShardCore {
                 }
                 self.wake_if_relaxed(before);
             }
-            ShardMsg::Forward { from, tag, conn, frames, count } => {
+            ShardMsg::Forward { from, origin, dest, tag, conn, frames, count, hops } => {
                 self.owe_credit(from, frames.len());
-                let ours = self.conns.get(conn).and_then(|c| c.peer.as_ref()).is_some_and(|p| p.tag == tag);
-                if ours {
-                    self.send_frames(conn, frames, count);
-                }
+                self.forward(origin, dest, tag, conn, frames, count, hops);
             }
-            ShardMsg::Join { group, member, cause, via } => self.owner_join(group, member, cause, via),
-            ShardMsg::Leave { group, session, cause, via } => self.owner_leave(group, session, cause, via),
+            ShardMsg::Join { group, member, cause, via, version } => {
+                self.owner_join(group, member, cause, via, version)
+            }
+            ShardMsg::Leave { group, session, cause, via, version } => {
+                self.owner_leave(group, session, cause, via, version)
+            }
             ShardMsg::View { group, frame, view_id, members, leaver } => {
                 self.apply_view(group, frame, view_id, &members, leaver)
             }
             ShardMsg::ViewId { group, view_id, digest } => self.raise_view_id(group, view_id, digest),
             ShardMsg::LinkUp(info) => self.handle_link_up(info),
+            ShardMsg::Topo(t) => self.handle_topo(t),
+            ShardMsg::Config(c) => self.install_config(c),
             ShardMsg::LinkDown { tag } => self.handle_link_down(tag),
-            ShardMsg::SyncDone { tag, shard, shards, synced } => {
-                self.handle_sync_done(tag, shard, shards, &synced)
+            ShardMsg::SyncDone { tag, shard, shards, version, synced } => {
+                self.handle_sync_done(tag, shard, shards, version, &synced)
             }
             ShardMsg::Gap { group, frame } => {
                 let Some(g) = self.groups.get(group.as_bytes()) else { return };

@@ -1,18 +1,21 @@
 //! Membership ordering: joins and leaves become numbered views, in one order everywhere.
 //!
-//! Within a server, the group's owner shard orders its changes. Across servers, one server
-//! orders all membership changes: the longest-running server among those this one is
-//! linked to (ties broken by name), so that a restarted server never takes over ordering
-//! from a running cluster. Other servers forward joins and leaves to it and install the
-//! views it broadcasts. When it is lost, the next oldest continues from its replica.
-//! Never does I/O.
+//! Within a server, the group's owner shard orders its changes. Across servers, the
+//! ordering server of the installed configuration (see `membership.rs`) orders all of them:
+//! other servers forward joins and leaves to it and install the views it broadcasts. View
+//! ids start each configuration at its epoch (`epoch << EPOCH_SHIFT`), so they only grow.
+//! When the ordering server is lost, the next configuration's continues from its replica,
+//! rebuilt by every server's state sync. Never does I/O.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use crate::proto::{self, Cause, Frame, GroupName, Member, NodeTag, PeerJoin, PeerLeave, SessionId, View};
+use crate::proto::{
+    self, Cause, Frame, GroupName, Member, MemberVersion, NodeTag, PeerJoin, PeerLeave, SessionId, View,
+};
 
 use super::groups::owner_of;
+use super::membership::EPOCH_SHIFT;
 use super::{ShardCore, ShardMsg};
 
 impl ShardCore {
@@ -20,19 +23,6 @@ impl ShardCore {
     pub(super) fn send_to_owner(&mut self, group: &GroupName, msg: ShardMsg) {
         let owner = owner_of(group.as_bytes(), self.nshards);
         self.send_to_shard(owner, msg);
-    }
-
-    /// The server that orders membership, if it is not this one.
-    pub(super) fn leader(&self) -> Option<NodeTag> {
-        let me = (self.identity.boot, self.identity.node_name.as_str().to_lowercase());
-        let mut best: Option<(u64, String, NodeTag)> = None;
-        for l in &self.links {
-            let key = (l.boot, l.name.as_str().to_lowercase());
-            if key < me && best.as_ref().is_none_or(|b| (b.0, &b.1) > (key.0, &key.1)) {
-                best = Some((key.0, key.1, l.tag));
-            }
-        }
-        best.map(|b| b.2)
     }
 
     /// On the owner shard: a member joins (`Join`) or is reported by a link's state sync
@@ -43,24 +33,24 @@ impl ShardCore {
         member: Member,
         cause: Cause,
         via: Option<NodeTag>,
+        version: u64,
     ) {
         if let Some(leader) = self.leader() {
-            // A sync reaches every server; only the leader applies its copy. Our own
-            // sessions' joins go to the leader. A join from the server we take for the
-            // leader (which then takes us for it) is applied: that breaks the loop. Another
-            // server's join is not relayed (peers speak only for their own sessions): its
-            // server's state sync delivers it once it links to the leader.
-            if cause == Cause::Network {
-                return;
+            // Our own sessions' joins go to the ordering server. Another server's join (or
+            // state sync) reached us while configurations changed: not ours to order, and
+            // never relayed (peers speak only for their own sessions); its server's state
+            // sync in the next configuration carries it.
+            if via.is_none() && cause != Cause::Network {
+                let frame = Frame::PeerJoin(PeerJoin { cause, group, member, version }).to_bytes();
+                self.send_to_link(leader, frame, 1);
             }
-            match via {
-                None => {
-                    let frame = Frame::PeerJoin(PeerJoin { cause, group, member }).to_bytes();
-                    self.send_to_link(leader, frame, 1);
-                    return;
-                }
-                Some(v) if v != leader => return,
-                Some(_) => {}
+            return;
+        }
+        // A state sync's member (Network) may repeat the version of the last join or leave
+        // it reflects; a join must be newer than everything applied from its shard.
+        if let Some(origin) = via {
+            if !self.fresh_version(origin, version, cause == Cause::Network) {
+                return;
             }
         }
         let limits = (self.limits.max_group_members, self.limits.max_frame);
@@ -76,7 +66,9 @@ impl ShardCore {
             owned.dirty |= !known;
             return;
         }
-        self.publish_view(group, cause, subject);
+        if !known {
+            self.publish_view(group, cause, subject);
+        }
     }
 
     /// On the owner shard: a member leaves, disconnects or is gone with its server.
@@ -86,16 +78,18 @@ impl ShardCore {
         session: SessionId,
         cause: Cause,
         via: Option<NodeTag>,
+        version: u64,
     ) {
         if let Some(leader) = self.leader() {
-            match via {
-                None => {
-                    let frame = Frame::PeerLeave(PeerLeave { cause, group, session }).to_bytes();
-                    self.send_to_link(leader, frame, 1);
-                    return;
-                }
-                Some(v) if v != leader => return,
-                Some(_) => {}
+            if via.is_none() {
+                let frame = Frame::PeerLeave(PeerLeave { cause, group, session, version }).to_bytes();
+                self.send_to_link(leader, frame, 1);
+            }
+            return;
+        }
+        if let Some(origin) = via {
+            if !self.fresh_version(origin, version, false) {
+                return;
             }
         }
         let Some(owned) = self.groups.get_mut(group.as_bytes()).and_then(|g| g.owned.as_mut()) else {
@@ -113,11 +107,14 @@ impl ShardCore {
         let Some(owned) = self.groups.get_mut(group.as_bytes()).and_then(|g| g.owned.as_mut()) else {
             return;
         };
-        // View ids come from peers too: one at u64::MAX must not wrap (or panic) here.
-        let Some(view_id) = owned.view_id.checked_add(1) else {
+        // The first view of a configuration starts at its epoch; ids only grow. (View ids
+        // come from peers too, checked below 2^62, so this cannot overflow.)
+        let epoch_start = self.mesh.config.epoch.saturating_mul(1 << EPOCH_SHIFT);
+        let view_id = (owned.view_id + 1).max(epoch_start + 1);
+        if view_id >= super::shard::MAX_COUNTER {
             tracing::error!(%group, "view id space exhausted: no new view is published");
             return;
-        };
+        }
         owned.view_id = view_id;
         owned.dirty = false;
         let members: Arc<[Member]> = owned.members.values().cloned().collect();
@@ -134,7 +131,9 @@ impl ShardCore {
         self.stats.views += 1;
         let leaver = (cause == Cause::Leave).then_some(subject);
         self.broadcast(ShardMsg::View { group, frame: frame.clone(), view_id, members, leaver });
-        let tags: Vec<NodeTag> = self.links.iter().map(|l| l.tag).collect();
+        // Every reachable server, linked directly or not.
+        let me = self.identity.node_tag;
+        let tags: Vec<NodeTag> = self.mesh.reachable.iter().copied().filter(|&t| t != me).collect();
         for tag in tags {
             self.send_to_link(tag, frame.clone(), 1);
         }
@@ -150,10 +149,9 @@ impl ShardCore {
         members: &Arc<[Member]>,
         leaver: Option<SessionId>,
     ) {
-        // A copy of the installed view changes nothing. (An older id is still installed:
-        // after a partition heals, the server that orders membership may number below what
-        // the other side reached, until its republish; see docs/mesh.md.)
-        if self.groups.get(group.as_bytes()).is_some_and(|g| g.installed == frame) {
+        // A copy of the installed view, or an older one (a view that took a slower path),
+        // changes nothing: members see view ids only grow.
+        if self.groups.get(group.as_bytes()).is_some_and(|g| g.view_id >= view_id) {
             return;
         }
         let me = self.identity.node_tag;
@@ -180,10 +178,16 @@ impl ShardCore {
             recipients.push(conn);
         }
         let is_owner = owner_of(group.as_bytes(), self.nshards) == self.id;
+        // Missed views (ids jumped) may hide changes in who was sent the group's traffic.
+        let missed = self.groups.get(group.as_bytes()).is_none_or(|g| g.view_id + 1 != view_id);
+        if local.is_empty() || missed {
+            self.forget_group(group.as_bytes());
+        }
         if members.is_empty() {
             self.groups.remove(group.as_bytes());
         } else {
             let g = self.groups.entry(group);
+            g.view_id = view_id;
             g.local = local;
             g.remote_shards = remote_shards;
             g.nodes = nodes;
@@ -201,6 +205,24 @@ impl ShardCore {
         }
     }
 
+    /// On the ordering server: whether a membership message from `origin` with `version`
+    /// is newer than what this shard applied from the same sending shard (or, `same_ok`,
+    /// as new: a state sync reflects the change that has its version); records it if so.
+    /// Messages take different paths while links change; this keeps their order.
+    fn fresh_version(&mut self, origin: NodeTag, version: u64, same_ok: bool) -> bool {
+        let key = (origin, MemberVersion::shard(version));
+        let count = MemberVersion::count(version);
+        let seen = self.applied.get(&key).copied();
+        let fresh = match seen {
+            None => true,
+            Some(s) => count > s || (same_ok && count == s),
+        };
+        if fresh {
+            self.applied.insert(key, count);
+        }
+        fresh
+    }
+
     /// A server's state sync told us its newest view of `group` (id and member digest):
     /// continue numbering above it, and republish ours when the sync completes if it saw a
     /// newer view, or the same id with other members (another server ordered membership
@@ -214,14 +236,13 @@ impl ShardCore {
         }
     }
 
-    /// After the set of linked servers changed: if this server orders membership, members
-    /// on servers it can no longer reach leave every view it owns, with cause Network.
+    /// A configuration was installed and this server orders membership in it: members on
+    /// servers outside it leave every view it owns, with cause Network.
     pub(super) fn reconcile_membership(&mut self) {
         if self.leader().is_some() {
             return;
         }
-        let me = self.identity.node_tag;
-        let reachable: Vec<NodeTag> = self.links.iter().map(|l| l.tag).chain([me]).collect();
+        let reachable: Vec<NodeTag> = self.mesh.config.members.iter().copied().collect();
         for group in self.groups.owned_names() {
             let Some(owned) = self.groups.get_mut(group.as_bytes()).and_then(|g| g.owned.as_mut()) else {
                 continue;
@@ -243,9 +264,13 @@ impl ShardCore {
         tag: NodeTag,
         shard: u16,
         shards: u16,
+        version: u64,
         synced: &HashSet<(GroupName, SessionId)>,
     ) {
-        if self.leader().is_some() {
+        if self.leader().is_some() || !self.mesh.config.members.contains(&tag) {
+            return;
+        }
+        if !self.fresh_version(tag, version, true) {
             return;
         }
         let theirs = |s: &SessionId| {

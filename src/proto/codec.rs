@@ -183,6 +183,7 @@ pub fn encode(frame: &Frame, dst: &mut BytesMut) {
             dst.put_u8(j.cause as u8);
             dst.put_u8(j.group.len() as u8);
             dst.put_u64(j.member.session.0);
+            dst.put_u64(j.version);
             dst.put_u8(j.member.name.as_bytes().len() as u8);
             dst.put_slice(j.group.as_bytes());
             dst.put_slice(j.member.name.as_bytes());
@@ -193,6 +194,7 @@ pub fn encode(frame: &Frame, dst: &mut BytesMut) {
             dst.put_u8(l.cause as u8);
             dst.put_u8(l.group.len() as u8);
             dst.put_u64(l.session.0);
+            dst.put_u64(l.version);
             dst.put_slice(l.group.as_bytes());
         }
         Frame::PeerState(st) => {
@@ -200,6 +202,7 @@ pub fn encode(frame: &Frame, dst: &mut BytesMut) {
             dst.put_u8(if st.more { STATE_MORE } else { 0 });
             dst.put_u16(st.shard);
             dst.put_u16(st.shards);
+            dst.put_u64(st.version);
             dst.put_u32(st.views.len() as u32);
             for (g, id, digest) in &st.views {
                 dst.put_u8(g.len() as u8);
@@ -215,9 +218,62 @@ pub fn encode(frame: &Frame, dst: &mut BytesMut) {
             dst.put_slice(&a.nonce);
             dst.put_slice(&a.mac);
         }
+        Frame::PeerTopo(t) => {
+            dst.put_u8(kind::PEER_TOPO);
+            dst.put_u8(0);
+            dst.put_u32(t.origin.0);
+            dst.put_u64(t.version);
+            dst.put_u64(t.boot);
+            dst.put_u64(t.epoch);
+            dst.put_u32(t.leader.0);
+            dst.put_u8(t.name.as_bytes().len() as u8);
+            let n = t.neighbors.len().min(MAX_NEIGHBORS);
+            dst.put_u16(n as u16);
+            dst.put_slice(t.name.as_bytes());
+            for tag in &t.neighbors[..n] {
+                dst.put_u32(tag.0);
+            }
+        }
+        Frame::PeerConfig(c) => {
+            dst.put_u8(kind::PEER_CONFIG);
+            dst.put_u8(0);
+            dst.put_u32(c.leader.0);
+            dst.put_u64(c.epoch);
+            let n = c.members.len().min(MAX_NEIGHBORS);
+            dst.put_u16(n as u16);
+            for tag in &c.members[..n] {
+                dst.put_u32(tag.0);
+            }
+        }
+        Frame::PeerAck(n) => {
+            dst.put_u8(kind::PEER_ACK);
+            dst.put_u8(0);
+            dst.put_u64(*n);
+        }
+        Frame::PeerRelay(r) => {
+            dst.truncate(start);
+            dst.extend_from_slice(&relay_header(r.origin, r.dest, r.hops, r.frames.len()));
+            dst.extend_from_slice(&r.frames);
+            return;
+        }
     }
     let len = (dst.len() - start - 4) as u32;
     dst[start..start + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+/// Most servers one PEER_TOPO or PEER_CONFIG lists (far more than a full mesh can have).
+pub const MAX_NEIGHBORS: usize = 4096;
+
+/// The header of a PEER_RELAY frame carrying `len` bytes of frames, which follow it (so a
+/// run can be relayed without copying it).
+pub fn relay_header(origin: NodeTag, dest: NodeTag, hops: u8, len: usize) -> [u8; RELAY_HEADER] {
+    let mut h = [0u8; RELAY_HEADER];
+    h[..4].copy_from_slice(&((RELAY_HEADER - 4 + len) as u32).to_be_bytes());
+    h[4] = kind::PEER_RELAY;
+    h[6..10].copy_from_slice(&origin.0.to_be_bytes());
+    h[10..14].copy_from_slice(&dest.0.to_be_bytes());
+    h[14] = hops;
+    h
 }
 
 /// Decodes one frame from the front of `buf`, consuming it; `Ok(None)` if it is incomplete.
@@ -396,39 +452,41 @@ pub fn parse_whole(frame: Bytes) -> Result<Frame, ProtoError> {
         }
         kind::PEER_JOIN => {
             no_flags()?;
-            if f.len() < 17 {
+            if f.len() < 25 {
                 return Err(ProtoError::Malformed("PEER_JOIN shorter than its fixed fields"));
             }
             let cause = cause_of(f[6])?;
             let glen = f[7] as usize;
             let session = SessionId(be_u64(&f[8..16]));
-            let nlen = f[16] as usize;
-            if 17 + glen + nlen != f.len() {
+            let version = be_u64(&f[16..24]);
+            let nlen = f[24] as usize;
+            if 25 + glen + nlen != f.len() {
                 return Err(ProtoError::Malformed("PEER_JOIN lengths disagree with frame length"));
             }
-            let group = group_at(17, glen)?;
-            let name = name_at(17 + glen, nlen)?;
-            Ok(Frame::PeerJoin(PeerJoin { cause, group, member: Member { session, name } }))
+            let group = group_at(25, glen)?;
+            let name = name_at(25 + glen, nlen)?;
+            Ok(Frame::PeerJoin(PeerJoin { cause, group, member: Member { session, name }, version }))
         }
         kind::PEER_LEAVE => {
             no_flags()?;
-            if f.len() < 16 {
+            if f.len() < 24 {
                 return Err(ProtoError::Malformed("PEER_LEAVE shorter than its fixed fields"));
             }
             let cause = cause_of(f[6])?;
             let glen = f[7] as usize;
-            if 16 + glen != f.len() {
+            if 24 + glen != f.len() {
                 return Err(ProtoError::Malformed("PEER_LEAVE group length disagrees with frame length"));
             }
             let session = SessionId(be_u64(&f[8..16]));
-            let group = group_at(16, glen)?;
-            Ok(Frame::PeerLeave(PeerLeave { cause, group, session }))
+            let version = be_u64(&f[16..24]);
+            let group = group_at(24, glen)?;
+            Ok(Frame::PeerLeave(PeerLeave { cause, group, session, version }))
         }
         kind::PEER_STATE => {
             if flags & !STATE_MORE != 0 {
                 return Err(ProtoError::Malformed("reserved flag bits set"));
             }
-            if f.len() < 14 {
+            if f.len() < 22 {
                 return Err(ProtoError::Malformed("PEER_STATE shorter than its fixed fields"));
             }
             let shard = u16::from_be_bytes([f[6], f[7]]);
@@ -436,8 +494,9 @@ pub fn parse_whole(frame: Bytes) -> Result<Frame, ProtoError> {
             if shards == 0 || shard >= shards {
                 return Err(ProtoError::Malformed("PEER_STATE shard out of range"));
             }
-            let count = u32::from_be_bytes([f[10], f[11], f[12], f[13]]) as usize;
-            let mut at = 14;
+            let version = be_u64(&f[10..18]);
+            let count = u32::from_be_bytes([f[18], f[19], f[20], f[21]]) as usize;
+            let mut at = 22;
             // Each entry takes at least 18 bytes: bound the allocation by what is present.
             if count > (f.len() - at) / 18 {
                 return Err(ProtoError::Malformed("PEER_STATE count exceeds frame length"));
@@ -460,7 +519,7 @@ pub fn parse_whole(frame: Bytes) -> Result<Frame, ProtoError> {
             if at != f.len() {
                 return Err(ProtoError::Malformed("trailing bytes after PEER_STATE entries"));
             }
-            Ok(Frame::PeerState(PeerState { shard, shards, more: flags & STATE_MORE != 0, views }))
+            Ok(Frame::PeerState(PeerState { shard, shards, more: flags & STATE_MORE != 0, version, views }))
         }
         kind::PEER_CHALLENGE | kind::PEER_PROOF => {
             no_flags()?;
@@ -472,8 +531,66 @@ pub fn parse_whole(frame: Bytes) -> Result<Frame, ProtoError> {
             a.mac.copy_from_slice(&body[AUTH_LEN..]);
             Ok(if k == kind::PEER_CHALLENGE { Frame::PeerChallenge(a) } else { Frame::PeerProof(a) })
         }
+        kind::PEER_TOPO => {
+            no_flags()?;
+            const FIXED: usize = HEADER_LEN + 35;
+            if f.len() < FIXED {
+                return Err(ProtoError::Malformed("PEER_TOPO shorter than its fixed fields"));
+            }
+            let mut c = &f[HEADER_LEN..FIXED];
+            let origin = NodeTag(c.get_u32());
+            let version = c.get_u64();
+            let boot = c.get_u64();
+            let epoch = c.get_u64();
+            let leader = NodeTag(c.get_u32());
+            let name_len = c.get_u8() as usize;
+            let count = c.get_u16() as usize;
+            if FIXED + name_len + 4 * count != f.len() {
+                return Err(ProtoError::Malformed("PEER_TOPO lengths disagree with frame length"));
+            }
+            let name = name_at(FIXED, name_len)?;
+            let neighbors = tags_at(&f[FIXED + name_len..]);
+            Ok(Frame::PeerTopo(PeerTopo { origin, version, boot, epoch, leader, name, neighbors }))
+        }
+        kind::PEER_CONFIG => {
+            no_flags()?;
+            const FIXED: usize = HEADER_LEN + 14;
+            if f.len() < FIXED {
+                return Err(ProtoError::Malformed("PEER_CONFIG shorter than its fixed fields"));
+            }
+            let mut c = &f[HEADER_LEN..FIXED];
+            let leader = NodeTag(c.get_u32());
+            let epoch = c.get_u64();
+            let count = c.get_u16() as usize;
+            if FIXED + 4 * count != f.len() {
+                return Err(ProtoError::Malformed("PEER_CONFIG count disagrees with frame length"));
+            }
+            Ok(Frame::PeerConfig(PeerConfig { leader, epoch, members: tags_at(&f[FIXED..]) }))
+        }
+        kind::PEER_ACK => {
+            no_flags()?;
+            if body.len() != 8 {
+                return Err(ProtoError::Malformed("PEER_ACK body is not 8 bytes"));
+            }
+            Ok(Frame::PeerAck(be_u64(body)))
+        }
+        kind::PEER_RELAY => {
+            no_flags()?;
+            if f.len() < RELAY_HEADER {
+                return Err(ProtoError::Malformed("PEER_RELAY shorter than its fixed fields"));
+            }
+            let origin = NodeTag(u32::from_be_bytes([f[6], f[7], f[8], f[9]]));
+            let dest = NodeTag(u32::from_be_bytes([f[10], f[11], f[12], f[13]]));
+            let hops = f[14];
+            Ok(Frame::PeerRelay(PeerRelay { origin, dest, hops, frames: frame.slice(RELAY_HEADER..) }))
+        }
         other => Err(ProtoError::UnknownKind(other)),
     }
+}
+
+/// Node tags packed as big-endian u32s (the caller checked the length is a multiple of 4).
+fn tags_at(b: &[u8]) -> Vec<NodeTag> {
+    b.chunks_exact(4).map(|c| NodeTag(u32::from_be_bytes([c[0], c[1], c[2], c[3]]))).collect()
 }
 
 /// Longest ERROR message sent or kept, in bytes.

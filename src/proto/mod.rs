@@ -7,8 +7,8 @@ mod codec;
 mod ids;
 
 pub use codec::{
-    decode, encode_mcast, encode_mcast_parts, frame_len, parse_whole, McastHeader, MAX_ERROR_MESSAGE,
-    MCAST_FIXED,
+    decode, encode_mcast, encode_mcast_parts, frame_len, parse_whole, relay_header, McastHeader,
+    MAX_ERROR_MESSAGE, MAX_NEIGHBORS, MCAST_FIXED,
 };
 pub use ids::{GroupName, Name, NodeTag, SessionId, MAX_GROUP_LEN, MAX_NAME_LEN};
 
@@ -49,6 +49,14 @@ pub mod kind {
     pub const PEER_CHALLENGE: u8 = 0x44;
     /// Peer handshake with a cluster secret: a nonce and an HMAC proving the secret.
     pub const PEER_PROOF: u8 = 0x45;
+    /// Server membership: one server's links, epoch and leader, flooded over the mesh.
+    pub const PEER_TOPO: u8 = 0x46;
+    /// Server membership: the ordering server announces a configuration (epoch, members).
+    pub const PEER_CONFIG: u8 = 0x47;
+    /// Bytes of a link received so far, so the sender can drop them from its resend buffer.
+    pub const PEER_ACK: u8 = 0x48;
+    /// Frames from one server to another, carried by a third while their link is down.
+    pub const PEER_RELAY: u8 = 0x49;
     /// Last kind reserved for the server mesh.
     pub const PEER_LAST: u8 = 0x4f;
 }
@@ -200,6 +208,25 @@ pub struct PeerJoin {
     pub cause: Cause,
     pub group: GroupName,
     pub member: Member,
+    /// The sending shard's membership version (see [`MemberVersion`]).
+    pub version: u64,
+}
+
+/// Orders a server's membership messages to the ordering server whatever path each took:
+/// the sending shard in the top 16 bits, a count of its sessions' joins and leaves below.
+/// A message older than one already applied from the same shard is stale.
+pub struct MemberVersion;
+
+impl MemberVersion {
+    pub fn new(shard: u16, count: u64) -> u64 {
+        (u64::from(shard) << 48) | (count & ((1 << 48) - 1))
+    }
+    pub fn shard(v: u64) -> u16 {
+        (v >> 48) as u16
+    }
+    pub fn count(v: u64) -> u64 {
+        v & ((1 << 48) - 1)
+    }
 }
 
 /// Between servers: a member left or is gone.
@@ -208,6 +235,8 @@ pub struct PeerLeave {
     pub cause: Cause,
     pub group: GroupName,
     pub session: SessionId,
+    /// The sending shard's membership version.
+    pub version: u64,
 }
 
 /// Between servers, once per shard after that shard's PEER_JOINs of a link's state sync:
@@ -220,6 +249,8 @@ pub struct PeerState {
     /// More PEER_STATE frames of this part follow (a large state is split so that every
     /// frame fits `max_frame_size`); the part is complete with the frame without it.
     pub more: bool,
+    /// The sending shard's membership version when it took this state.
+    pub version: u64,
     /// Per group: the newest view id and a digest of that view's member list.
     pub views: Vec<(GroupName, u64, u64)>,
 }
@@ -231,6 +262,46 @@ pub struct PeerAuth {
     pub nonce: [u8; AUTH_LEN],
     pub mac: [u8; AUTH_LEN],
 }
+
+/// Between servers, flooded over every link: what one server links to, and the
+/// configuration it has installed. Newer `version`s of the same `origin` replace older ones.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerTopo {
+    pub origin: NodeTag,
+    pub version: u64,
+    /// The origin's start time (ms since the epoch): who orders membership.
+    pub boot: u64,
+    /// The highest configuration epoch the origin has installed, and that configuration's
+    /// ordering server.
+    pub epoch: u64,
+    pub leader: NodeTag,
+    pub name: Name,
+    /// Servers the origin has a link up to, ascending.
+    pub neighbors: Vec<NodeTag>,
+}
+
+/// Between servers: the ordering server announces configuration `epoch` with `members`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerConfig {
+    pub leader: NodeTag,
+    pub epoch: u64,
+    /// Ascending.
+    pub members: Vec<NodeTag>,
+}
+
+/// Between servers: frames of `origin` for `dest`, carried by a server linked to both while
+/// their own link is down. `frames` are whole frames, as the origin would have sent them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerRelay {
+    pub origin: NodeTag,
+    pub dest: NodeTag,
+    /// Servers that carried it so far (a bound against loops while routes change).
+    pub hops: u8,
+    pub frames: Bytes,
+}
+
+/// Bytes of a PEER_RELAY frame before the frames it carries.
+pub const RELAY_HEADER: usize = HEADER_LEN + 9;
 
 /// Every frame of version 1.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -249,6 +320,11 @@ pub enum Frame {
     PeerState(PeerState),
     PeerChallenge(PeerAuth),
     PeerProof(PeerAuth),
+    PeerTopo(PeerTopo),
+    PeerConfig(PeerConfig),
+    /// Bytes of this link received so far (counted from the end of its handshake).
+    PeerAck(u64),
+    PeerRelay(PeerRelay),
 }
 
 /// A protocol violation by the remote side. Maps onto the ERROR code sent before closing.
@@ -299,6 +375,10 @@ impl Frame {
             Frame::PeerState(_) => "PEER_STATE",
             Frame::PeerChallenge(_) => "PEER_CHALLENGE",
             Frame::PeerProof(_) => "PEER_PROOF",
+            Frame::PeerTopo(_) => "PEER_TOPO",
+            Frame::PeerConfig(_) => "PEER_CONFIG",
+            Frame::PeerAck(_) => "PEER_ACK",
+            Frame::PeerRelay(_) => "PEER_RELAY",
         }
     }
 

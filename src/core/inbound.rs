@@ -1,0 +1,237 @@
+//! Multicasts from other servers, per sender, on each shard that delivers them: a frame
+//! already delivered is dropped (a resend after a lost link, or a copy that took two
+//! paths), one that arrives early is held until the frames before it arrive, and a hole
+//! that does not fill within `link_timeout`, or whose sender's server is no longer
+//! reachable, is reported to the members as a gap naming the missing sequence numbers.
+//!
+//! Only shards with local members of a group track it; tracking starts with the first
+//! frame seen. While a shard has no members of a group it is sent nothing for it, so when
+//! members come back the next frame of each sender is taken as it comes (older ones are
+//! still dropped as copies). Never does I/O.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+
+use crate::proto::{self, Frame, Gap, GapReason, GroupName, McastHeader, NodeTag, SessionId};
+
+use super::shard::MAX_COUNTER;
+use super::ShardCore;
+
+/// Most frames held for one sender while waiting for a hole to fill.
+const MAX_HELD: usize = 4096;
+/// How long a sender is remembered after its last frame while its group has no members
+/// here: far longer than any resend takes to arrive.
+const FORGET_AFTER: Duration = Duration::from_secs(60);
+
+/// What one shard has delivered from one remote sender to one group.
+#[derive(Debug, Default)]
+pub(crate) struct SenderTrack {
+    /// Last sequence number delivered.
+    last: u64,
+    /// Frames that arrived after a hole, by sequence number, and since when.
+    held: BTreeMap<u64, Bytes>,
+    held_since: Option<Instant>,
+    /// The group had no members here for a while: the next newer frame starts afresh.
+    fresh: bool,
+    /// When the last frame came.
+    seen: Option<Instant>,
+}
+
+/// Per group, per remote sender.
+pub(crate) type Tracks = HashMap<GroupName, HashMap<SessionId, SenderTrack>>;
+
+/// Frames to deliver, built only when a run cannot be delivered as it came.
+struct Rebuilt {
+    bytes: BytesMut,
+    count: u32,
+}
+
+impl Rebuilt {
+    fn push(&mut self, frame: &[u8]) {
+        self.bytes.extend_from_slice(frame);
+        self.count += 1;
+    }
+    fn gap(&mut self, group: &GroupName, sender: SessionId, first: u64, last: u64) -> u64 {
+        let gap = Gap { reason: GapReason::LinkLost, group: group.clone(), sender, first, last };
+        Frame::Gap(gap).encode(&mut self.bytes);
+        self.count += 1;
+        1
+    }
+}
+
+impl ShardCore {
+    /// Filters a run from another server for this shard's members of `group`. `None`: deliver
+    /// the run as it is; `Some((frames, count))`: deliver these instead (possibly nothing).
+    pub(super) fn accept_remote(&mut self, group: &[u8], run: &Bytes) -> Option<(Bytes, u32)> {
+        let now = self.clock;
+        let key = self.groups.key(group)?;
+        let tracks = self.remote.entry(key.clone()).or_default();
+        let mut out: Option<Rebuilt> = None;
+        let mut gaps = 0;
+        let mut at = 0;
+        while at + 4 <= run.len() {
+            let Ok(Some(size)) = proto::frame_len(&run[at..], usize::MAX) else { break };
+            let Some(frame) = run.get(at..at + size) else { break };
+            let Ok(h) = McastHeader::parse(frame) else { break };
+            // Out of range (never sent by an honest server): dropped, and no arithmetic on it.
+            if h.seq == 0 || h.seq >= MAX_COUNTER {
+                out.get_or_insert_with(|| Rebuilt { bytes: BytesMut::from(&run[..at]), count: count_frames(&run[..at]) });
+                at += size;
+                continue;
+            }
+            let t = tracks
+                .entry(h.sender)
+                .or_insert_with(|| SenderTrack { last: h.seq.saturating_sub(1), ..Default::default() });
+            t.seen = Some(now);
+            let in_order = h.seq == t.last + 1 || (t.fresh && h.seq > t.last);
+            if in_order && t.held.is_empty() && out.is_none() {
+                t.last = h.seq;
+                t.fresh = false;
+                at += size;
+                continue;
+            }
+            let o = out.get_or_insert_with(|| Rebuilt { bytes: BytesMut::from(&run[..at]), count: count_frames(&run[..at]) });
+            if h.seq <= t.last {
+                // Delivered already.
+            } else if in_order {
+                o.push(frame);
+                t.last = h.seq;
+                t.fresh = false;
+                gaps += drain_held(t, o, &key, h.sender, false);
+            } else {
+                tracing::debug!(shard = self.id, sender = %h.sender, seq = h.seq, last = t.last, "holding an early frame");
+                t.held.insert(h.seq, run.slice(at..at + size));
+                t.held_since.get_or_insert(now);
+                if t.held.len() > MAX_HELD {
+                    gaps += drain_held(t, o, &key, h.sender, true);
+                }
+            }
+            at += size;
+        }
+        self.stats.gaps += gaps;
+        out.map(|o| (o.bytes.freeze(), o.count))
+    }
+
+    /// Holes that did not fill within `link_timeout` are reported and the frames held
+    /// behind them delivered.
+    pub(super) fn expire_held(&mut self, now: Instant) {
+        let limit = self.limits.link_timeout;
+        let mut due = Vec::new();
+        for (group, senders) in &self.remote {
+            for (sender, t) in senders {
+                if t.held_since.is_some_and(|s| now.duration_since(s) >= limit) {
+                    due.push((group.clone(), *sender));
+                }
+            }
+        }
+        for (group, sender) in due {
+            self.flush_sender(&group, sender, None);
+        }
+        self.prune_senders(now);
+    }
+
+    /// Server `node` is no longer reachable: whatever its senders' frames held here wait
+    /// for will not come, and anything after the last delivered may be missing.
+    pub(super) fn server_unreachable(&mut self, node: NodeTag) {
+        let mut doomed = Vec::new();
+        for (group, senders) in &self.remote {
+            for sender in senders.keys().filter(|s| s.node() == node) {
+                doomed.push((group.clone(), *sender));
+            }
+        }
+        for (group, sender) in doomed {
+            self.flush_sender(&group, sender, Some(u64::MAX));
+        }
+    }
+
+    /// Delivers `sender`'s held frames to `group`'s members here, with a gap notice before
+    /// each hole; with `end`, then reports everything after as possibly missing.
+    fn flush_sender(&mut self, group: &GroupName, sender: SessionId, end: Option<u64>) {
+        let Some(t) = self.remote.get_mut(group).and_then(|s| s.get_mut(&sender)) else { return };
+        let mut o = Rebuilt { bytes: BytesMut::new(), count: 0 };
+        let mut gaps = drain_held(t, &mut o, group, sender, true);
+        if let Some(end) = end {
+            let first = t.last + 1;
+            gaps += o.gap(group, sender, first, end);
+            // Kept (to drop copies that still arrive), but its next new frame starts afresh.
+            t.fresh = true;
+        }
+        self.stats.gaps += gaps;
+        if o.count > 0 {
+            let frames = o.bytes.freeze();
+            let local = self.groups.get(group.as_bytes()).map(|g| g.local.clone()).unwrap_or_default();
+            for conn in local {
+                self.send_frames(conn, frames.clone(), o.count);
+            }
+        }
+    }
+
+    /// The last member of `group` on this shard left, or this shard missed views of it (so
+    /// senders may have left this server out meanwhile): what is held goes out as it is,
+    /// and the senders' next frames start afresh (see the module doc).
+    pub(super) fn forget_group(&mut self, group: &[u8]) {
+        let Some(key) = self.groups.key(group) else { return };
+        let Some(senders) = self.remote.get_mut(group) else { return };
+        let mut o = Rebuilt { bytes: BytesMut::new(), count: 0 };
+        for t in senders.values_mut() {
+            while let Some((seq, frame)) = t.held.pop_first() {
+                o.push(&frame);
+                t.last = seq;
+            }
+            t.held_since = None;
+            t.fresh = true;
+        }
+        if o.count > 0 {
+            let frames = o.bytes.freeze();
+            let local = self.groups.get(key.as_bytes()).map(|g| g.local.clone()).unwrap_or_default();
+            for conn in local {
+                self.send_frames(conn, frames.clone(), o.count);
+            }
+        }
+    }
+
+    /// Forgets senders of groups without members here that sent nothing for a long time.
+    fn prune_senders(&mut self, now: Instant) {
+        self.remote.retain(|_, senders| {
+            senders.retain(|_, t| !(t.fresh && t.seen.is_some_and(|s| now.duration_since(s) >= FORGET_AFTER)));
+            !senders.is_empty()
+        });
+    }
+}
+
+/// Moves held frames that now follow in order into `o`; with `force`, jumps each hole
+/// (reporting it) until nothing is held. Returns the gap notices added.
+fn drain_held(t: &mut SenderTrack, o: &mut Rebuilt, group: &GroupName, sender: SessionId, force: bool) -> u64 {
+    let mut gaps = 0;
+    while let Some((&seq, _)) = t.held.first_key_value() {
+        if seq <= t.last {
+            t.held.pop_first();
+            continue;
+        }
+        if seq != t.last + 1 {
+            if !force {
+                break;
+            }
+            gaps += o.gap(group, sender, t.last + 1, seq - 1);
+        }
+        if let Some((seq, frame)) = t.held.pop_first() {
+            o.push(&frame);
+            t.last = seq;
+        }
+    }
+    t.held_since = if t.held.is_empty() { None } else { t.held_since };
+    gaps
+}
+
+/// Whole frames in `b`.
+fn count_frames(b: &[u8]) -> u32 {
+    let (mut at, mut n) = (0, 0);
+    while at < b.len() {
+        let Ok(Some(size)) = proto::frame_len(&b[at..], usize::MAX) else { break };
+        at += size;
+        n += 1;
+    }
+    n
+}

@@ -1,0 +1,313 @@
+//! Server membership (docs/mesh.md, "Server membership"): which servers this one can reach,
+//! directly or through others; the configuration the reachable servers agreed on (an epoch
+//! that only grows, and the server that orders group views in it); and the next hop to a
+//! server whose direct link is down.
+//!
+//! Every shard keeps the same tables, fed the same messages. Shard 0 speaks for the server:
+//! it floods this server's PEER_TOPO and, on the ordering server, announces configurations.
+//! Never does I/O.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::proto::{Frame, NodeTag, PeerConfig, PeerTopo};
+
+use super::{ShardCore, ShardMsg};
+
+/// View ids are `epoch << EPOCH_SHIFT` plus a count within the epoch, so a view of a later
+/// configuration always has a higher id than every view of an earlier one.
+pub const EPOCH_SHIFT: u32 = 20;
+
+/// A configuration: the servers that reach each other, numbered by a growing epoch, and
+/// the one among them that orders group views.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub epoch: u64,
+    pub leader: NodeTag,
+    pub members: BTreeSet<NodeTag>,
+}
+
+/// One shard's copy of the server membership state.
+#[derive(Debug)]
+pub(crate) struct Mesh {
+    /// The latest PEER_TOPO of every other server heard of (this server's own is built
+    /// from its links when it is sent).
+    pub topo: HashMap<NodeTag, Arc<PeerTopo>>,
+    /// Version of this server's own PEER_TOPO (shard 0 only; grows at every change).
+    pub own_version: u64,
+    /// The installed configuration.
+    pub config: Config,
+    /// Servers reachable now over up links, directly or through others (self included).
+    pub reachable: BTreeSet<NodeTag>,
+    /// First hop towards each reachable server without a direct link.
+    pub next_hop: HashMap<NodeTag, NodeTag>,
+    /// On the ordering server: the links among the members when it announced the
+    /// configuration. Losing one starts a new epoch, whose state sync heals what the lost
+    /// link was carrying (joins, leaves, views).
+    pub edges: BTreeSet<(NodeTag, NodeTag)>,
+}
+
+impl Mesh {
+    pub fn new(me: NodeTag, boot: u64) -> Mesh {
+        // The first epoch is the start time in ms: a restarted server numbers above what
+        // its clients saw before, as long as a cluster averages under one configuration
+        // change per millisecond. Linked servers then count up from the highest epoch.
+        let config = Config { epoch: boot.max(1), leader: me, members: BTreeSet::from([me]) };
+        Mesh {
+            topo: HashMap::new(),
+            own_version: 0,
+            config,
+            reachable: BTreeSet::from([me]),
+            next_hop: HashMap::new(),
+            edges: BTreeSet::new(),
+        }
+    }
+}
+
+impl ShardCore {
+    /// The server that orders group views for this one, if it is another server.
+    pub(super) fn leader(&self) -> Option<NodeTag> {
+        let l = self.mesh.config.leader;
+        (l != self.identity.node_tag).then_some(l)
+    }
+
+    /// The installed configuration's epoch and ordering server.
+    pub fn config(&self) -> &Config {
+        &self.mesh.config
+    }
+
+    /// Servers this one reaches now (itself included), directly or through others.
+    pub fn reachable(&self) -> &BTreeSet<NodeTag> {
+        &self.mesh.reachable
+    }
+
+    /// This server's PEER_TOPO as of now.
+    fn own_topo(&self) -> PeerTopo {
+        let mut neighbors: Vec<NodeTag> = self.links.iter().map(|l| l.tag).collect();
+        neighbors.sort();
+        PeerTopo {
+            origin: self.identity.node_tag,
+            version: self.mesh.own_version,
+            boot: self.identity.boot,
+            epoch: self.mesh.config.epoch,
+            leader: self.mesh.config.leader,
+            name: self.identity.node_name.clone(),
+            neighbors,
+        }
+    }
+
+    /// Shard 0: this server's links or configuration changed; tell every linked server,
+    /// and a newly linked one (`new_link`) everything known about the others.
+    pub(super) fn flood_own_topo(&mut self, new_link: Option<NodeTag>) {
+        if self.id != 0 {
+            return;
+        }
+        self.mesh.own_version += 1;
+        let own = Frame::PeerTopo(self.own_topo()).to_bytes();
+        let tags: Vec<NodeTag> = self.links.iter().map(|l| l.tag).collect();
+        for tag in tags {
+            self.send_to_link(tag, own.clone(), 1);
+        }
+        if let Some(tag) = new_link {
+            let mut all = BytesMut::new();
+            let mut count = 0;
+            for t in self.mesh.topo.values().filter(|t| t.origin != tag) {
+                Frame::PeerTopo((**t).clone()).encode(&mut all);
+                count += 1;
+            }
+            if count > 0 {
+                self.send_to_link(tag, all.freeze(), count);
+            }
+        }
+    }
+
+    /// A PEER_TOPO frame from the linked server `from`: if it is news, every shard learns
+    /// it, and it goes on to every other linked server (flooding; versions stop the echo).
+    pub(super) fn handle_topo_frame(&mut self, from: NodeTag, t: PeerTopo, bytes: Bytes) {
+        if t.origin == self.identity.node_tag {
+            return;
+        }
+        if self.mesh.topo.get(&t.origin).is_some_and(|known| known.version >= t.version) {
+            return;
+        }
+        let tags: Vec<NodeTag> = self.links.iter().map(|l| l.tag).filter(|&l| l != from).collect();
+        for tag in tags {
+            self.send_to_link(tag, bytes.clone(), 1);
+        }
+        self.broadcast(ShardMsg::Topo(Arc::new(t)));
+    }
+
+    /// Every shard: a newer PEER_TOPO of another server.
+    pub(super) fn handle_topo(&mut self, t: Arc<PeerTopo>) {
+        if self.mesh.topo.get(&t.origin).is_some_and(|known| known.version >= t.version) {
+            return;
+        }
+        // A restarted server comes back with a new tag: forget its previous run.
+        let name = t.name.as_str().to_lowercase();
+        self.mesh
+            .topo
+            .retain(|tag, old| *tag == t.origin || old.name.as_str().to_lowercase() != name || old.boot > t.boot);
+        self.mesh.topo.insert(t.origin, t);
+        self.recompute_mesh();
+    }
+
+    /// Recomputes what is reachable and how, after links or topology changed. Servers that
+    /// are no longer reachable end their senders' streams with a gap notice; shard 0 then
+    /// checks whether a new configuration is due.
+    pub(super) fn recompute_mesh(&mut self) {
+        let me = self.identity.node_tag;
+        let direct: BTreeSet<NodeTag> = self.links.iter().map(|l| l.tag).collect();
+        // An edge counts only if both ends list each other: a crashed server's last
+        // PEER_TOPO still names its neighbors, but they no longer name it.
+        let linked = |a: NodeTag, b: NodeTag| -> bool {
+            let lists = |x: NodeTag, y: NodeTag| {
+                if x == me {
+                    direct.contains(&y)
+                } else {
+                    self.mesh.topo.get(&x).is_some_and(|t| t.neighbors.contains(&y))
+                }
+            };
+            lists(a, b) && lists(b, a)
+        };
+        let mut reachable = BTreeSet::from([me]);
+        let mut next_hop = HashMap::new();
+        let mut queue: VecDeque<(NodeTag, NodeTag)> = direct.iter().map(|&d| (d, d)).collect();
+        for &d in &direct {
+            reachable.insert(d);
+        }
+        while let Some((node, first)) = queue.pop_front() {
+            let Some(t) = self.mesh.topo.get(&node) else { continue };
+            for &n in &t.neighbors {
+                if !reachable.contains(&n) && linked(node, n) {
+                    reachable.insert(n);
+                    next_hop.insert(n, first);
+                    queue.push_back((n, first));
+                }
+            }
+        }
+        let departed: Vec<NodeTag> = self.mesh.reachable.difference(&reachable).copied().collect();
+        self.mesh.reachable = reachable;
+        self.mesh.next_hop = next_hop;
+        for node in departed {
+            tracing::debug!(me = me.0, shard = self.id, node = node.0, "server no longer reachable");
+            self.sync_in.remove(&node);
+            self.applied.retain(|(tag, _), _| *tag != node);
+            self.server_unreachable(node);
+        }
+        self.maybe_announce();
+    }
+
+    /// The links among `nodes` as this server knows them now.
+    fn edges_among(&self, nodes: &BTreeSet<NodeTag>) -> BTreeSet<(NodeTag, NodeTag)> {
+        let me = self.identity.node_tag;
+        let mut edges = BTreeSet::new();
+        for l in &self.links {
+            if nodes.contains(&l.tag) {
+                edges.insert((me.min(l.tag), me.max(l.tag)));
+            }
+        }
+        for t in self.mesh.topo.values().filter(|t| nodes.contains(&t.origin)) {
+            for &n in t.neighbors.iter().filter(|n| nodes.contains(n) && **n != me) {
+                let back = self.mesh.topo.get(&n).is_some_and(|o| o.neighbors.contains(&t.origin));
+                if back {
+                    edges.insert((t.origin.min(n), t.origin.max(n)));
+                }
+            }
+        }
+        edges
+    }
+
+    /// Shard 0: if this server should order membership for what it reaches (the
+    /// longest-running reachable server) and the installed configuration does not match what
+    /// it reaches, announce a new one with an epoch above every epoch any of them installed.
+    fn maybe_announce(&mut self) {
+        if self.id != 0 {
+            return;
+        }
+        let me = self.identity.node_tag;
+        let key = |tag: NodeTag| -> (u64, String, NodeTag) {
+            if tag == me {
+                (self.identity.boot, self.identity.node_name.as_str().to_lowercase(), me)
+            } else {
+                self.mesh
+                    .topo
+                    .get(&tag)
+                    .map_or((u64::MAX, String::new(), tag), |t| (t.boot, t.name.as_str().to_lowercase(), tag))
+            }
+        };
+        let Some(oldest) = self.mesh.reachable.iter().map(|&t| key(t)).min() else { return };
+        if oldest.2 != me {
+            return;
+        }
+        let cfg = &self.mesh.config;
+        let members = &self.mesh.reachable;
+        let others_epochs = members.iter().filter_map(|t| self.mesh.topo.get(t)).map(|t| (t.epoch, t.leader));
+        // A member that installed another configuration with an epoch as high as ours (two
+        // servers ordered at once) did not take ours: it needs a higher one.
+        let contested = others_epochs.clone().any(|(e, l)| e > cfg.epoch || (e == cfg.epoch && l != me));
+        let edges = self.edges_among(members);
+        let lost_edge = self.mesh.edges.iter().any(|e| !edges.contains(e));
+        if cfg.leader == me && cfg.members == *members && !contested && !lost_edge {
+            self.mesh.edges = edges;
+            return;
+        }
+        let epoch = others_epochs.map(|(e, _)| e).chain([cfg.epoch]).max().unwrap_or(0) + 1;
+        let config = Config { epoch, leader: me, members: members.clone() };
+        tracing::info!(
+            epoch,
+            servers = config.members.len(),
+            "announcing a new configuration of reachable servers (this server orders views)"
+        );
+        self.mesh.edges = edges;
+        let frame = Frame::PeerConfig(PeerConfig {
+            leader: me,
+            epoch,
+            members: config.members.iter().copied().collect(),
+        })
+        .to_bytes();
+        let others: Vec<NodeTag> = config.members.iter().copied().filter(|&t| t != me).collect();
+        for tag in others {
+            self.send_to_link(tag, frame.clone(), 1);
+        }
+        self.broadcast(ShardMsg::Config(Arc::new(config)));
+    }
+
+    /// A PEER_CONFIG from `origin` (directly or relayed): installed if `origin` announces
+    /// itself, lists this server, and its epoch is above the installed one.
+    pub(super) fn handle_config_frame(&mut self, origin: NodeTag, c: PeerConfig) {
+        let me = self.identity.node_tag;
+        if c.leader != origin || !c.members.contains(&me) || c.epoch <= self.mesh.config.epoch {
+            // A stale or contested announcement: our PEER_TOPO (with our higher epoch)
+            // tells the announcer to go higher.
+            return;
+        }
+        let config = Config { epoch: c.epoch, leader: c.leader, members: c.members.into_iter().collect() };
+        self.broadcast(ShardMsg::Config(Arc::new(config)));
+    }
+
+    /// Every shard: install a configuration. The ordering server drops the members of
+    /// servers outside it; every other server sends it this shard's state (its sessions'
+    /// memberships and the views it holds), from which it rebuilds and republishes views.
+    pub(super) fn install_config(&mut self, config: Arc<Config>) {
+        if config.epoch <= self.mesh.config.epoch {
+            return;
+        }
+        tracing::debug!(shard = self.id, epoch = config.epoch, leader = config.leader.0, "configuration installed");
+        self.mesh.config = (*config).clone();
+        self.sync_in.clear();
+        if self.id == 0 {
+            self.flood_own_topo(None);
+        }
+        match self.leader() {
+            None => {
+                // This server's own sessions' joins and leaves may have gone to a previous
+                // ordering server and been lost with it: sync them to ourselves as well.
+                self.sync_own_sessions();
+                self.reconcile_membership();
+            }
+            Some(leader) => self.send_state_sync(leader),
+        }
+    }
+}

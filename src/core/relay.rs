@@ -1,0 +1,282 @@
+//! Getting frames to another server whatever the state of the direct link: over the link
+//! while it is up, else relayed by a server linked to both (PEER_RELAY); and a bounded
+//! per-link buffer of the multicasts a link carried but the other side has not yet
+//! acknowledged (PEER_ACK), resent by another path when the link is lost.
+//!
+//! Receivers drop what they already delivered by the senders' own sequence numbers (see
+//! `inbound.rs`), so a resend never duplicates. Membership frames are not resent: a lost
+//! link starts a new configuration, whose state sync rebuilds them. Never does I/O.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use crate::proto::{self, kind, relay_header, Frame, GroupName, McastHeader, NodeTag, MCAST_FIXED, RELAY_HEADER};
+
+use super::{ConnId, Flow, ShardCore, ShardMsg};
+
+/// Servers a relayed frame may pass through: more than any route in a full mesh with cut
+/// links needs, and a bound while routes change.
+const MAX_HOPS: u8 = 8;
+
+/// A run of multicasts a link carried, kept until the other side acknowledges it.
+#[derive(Debug)]
+pub(crate) struct Unacked {
+    /// Link bytes sent up to and including this run.
+    pub end: u64,
+    pub origin: NodeTag,
+    pub dest: NodeTag,
+    pub frames: Bytes,
+    pub count: u32,
+}
+
+/// The sending and acknowledging state of one link.
+#[derive(Debug, Default)]
+pub(crate) struct LinkStream {
+    /// Bytes queued on the link since it came up.
+    pub sent: u64,
+    /// Bytes the other side acknowledged.
+    pub acked: u64,
+    /// Multicasts sent and not acknowledged, oldest first, and their bytes.
+    pub unacked: VecDeque<Unacked>,
+    pub unacked_bytes: usize,
+    /// Bytes received from the link since it came up, and as last acknowledged.
+    pub received: u64,
+    pub ack_sent: u64,
+}
+
+impl ShardCore {
+    /// Sends frames of this server to server `dest`, directly or relayed.
+    pub(super) fn send_to_link(&mut self, dest: NodeTag, frames: Bytes, count: u32) {
+        let me = self.identity.node_tag;
+        self.route(me, dest, frames, count, 0);
+    }
+
+    /// Sends `origin`'s frames towards `dest`: over the direct link if it is up, else to the
+    /// next hop of a path. Dropped if `dest` is unreachable (its members are told by the
+    /// gap notices and views that follow).
+    pub(super) fn route(&mut self, origin: NodeTag, dest: NodeTag, frames: Bytes, count: u32, hops: u8) {
+        let hop = if self.links.iter().any(|l| l.tag == dest) {
+            dest
+        } else if let Some(&hop) = self.mesh.next_hop.get(&dest) {
+            hop
+        } else {
+            tracing::debug!(origin = origin.0, dest = dest.0, "no route: dropped");
+            return;
+        };
+        let Some(link) = self.links.iter().find(|l| l.tag == hop) else { return };
+        let (shard, conn) = (link.shard, link.conn);
+        let msg = ShardMsg::Forward { from: self.id, origin, dest, tag: hop, conn, frames, count, hops };
+        if shard == self.id {
+            self.handle_shard_msg(msg);
+        } else {
+            if let ShardMsg::Forward { frames, .. } = &msg {
+                self.in_flight[shard as usize] += frames.len();
+            }
+            self.outgoing[shard as usize].push(msg);
+        }
+    }
+
+    /// On the shard owning the link to `tag`: queue frames on it (in a PEER_RELAY unless they
+    /// are this server's for `tag`), keeping multicasts until acknowledged. If the link is
+    /// gone meanwhile, they take another path.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn forward(
+        &mut self,
+        origin: NodeTag,
+        dest: NodeTag,
+        tag: NodeTag,
+        conn: ConnId,
+        frames: Bytes,
+        count: u32,
+        hops: u8,
+    ) {
+        let ours = self.conns.get(conn).and_then(|c| c.peer.as_ref()).is_some_and(|p| p.tag == tag);
+        if !ours {
+            // The link went down (or moved) after this was sent here: route it again.
+            self.route(origin, dest, frames, count, hops);
+            return;
+        }
+        let me = self.identity.node_tag;
+        if origin == me && dest == tag {
+            self.send_frames(conn, frames.clone(), count);
+        } else {
+            self.send_relayed(conn, origin, dest, &frames, hops);
+        }
+        // Multicasts and views are resent (receivers drop what they have by sequence number
+        // and view id); joins, leaves and syncs are rebuilt by the next configuration's sync.
+        if matches!(frames.get(4), Some(&kind::MCAST | &kind::VIEW)) {
+            self.keep_unacked(conn, origin, dest, frames, count);
+        }
+    }
+
+    /// Queues `frames` on `conn` in PEER_RELAY frames that each fit the peer's frame limit
+    /// (split at frame boundaries; the frames themselves are not copied).
+    fn send_relayed(&mut self, conn: ConnId, origin: NodeTag, dest: NodeTag, frames: &Bytes, hops: u8) {
+        let room = self.limits.max_frame.saturating_sub(RELAY_HEADER).max(1);
+        let mut start = 0;
+        while start < frames.len() {
+            let mut end = start;
+            while end < frames.len() {
+                let Ok(Some(size)) = proto::frame_len(&frames[end..], usize::MAX) else { break };
+                if end > start && end + size - start > room {
+                    break;
+                }
+                end = (end + size).min(frames.len());
+            }
+            if end == start {
+                break; // not whole frames: nothing an honest origin sends
+            }
+            let chunk = frames.slice(start..end);
+            let header = relay_header(origin, dest, hops.saturating_add(1), chunk.len());
+            self.send_frames(conn, Bytes::copy_from_slice(&header), 0);
+            self.send_frames(conn, chunk, 1);
+            start = end;
+        }
+    }
+
+    /// Remembers a run of multicasts just queued on link `conn` until acknowledged, within
+    /// `resend_buffer` bytes (the oldest are forgotten first; losing the link then loses
+    /// them, and receivers get an exact gap notice).
+    fn keep_unacked(&mut self, conn: ConnId, origin: NodeTag, dest: NodeTag, frames: Bytes, count: u32) {
+        let limit = self.limits.resend_buffer;
+        let Some(p) = self.conns.get_mut(conn).and_then(|c| c.peer.as_mut()) else { return };
+        let s = &mut p.stream;
+        s.unacked_bytes += frames.len();
+        s.unacked.push_back(Unacked { end: s.sent, origin, dest, frames, count });
+        while s.unacked_bytes > limit {
+            let Some(old) = s.unacked.pop_front() else { break };
+            s.unacked_bytes -= old.frames.len();
+            self.stats.resend_evicted += u64::from(old.count);
+        }
+    }
+
+    /// PEER_ACK: the other side has received `n` bytes of this link.
+    pub(super) fn handle_ack(&mut self, conn: ConnId, n: u64) -> Result<(), String> {
+        let Some(p) = self.conns.get_mut(conn).and_then(|c| c.peer.as_mut()) else { return Ok(()) };
+        let s = &mut p.stream;
+        if n > s.sent || n < s.acked {
+            return Err(format!("PEER_ACK of {n} bytes; {} sent, {} acknowledged before", s.sent, s.acked));
+        }
+        s.acked = n;
+        while s.unacked.front().is_some_and(|u| u.end <= n) {
+            if let Some(u) = s.unacked.pop_front() {
+                s.unacked_bytes -= u.frames.len();
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes of link `conn` were handled: acknowledge them every `resend_buffer / 8` bytes
+    /// (the heartbeat acknowledges the rest).
+    pub(super) fn note_link_bytes(&mut self, conn: ConnId, n: usize) {
+        let every = (self.limits.resend_buffer / 8).max(4096) as u64;
+        let Some(p) = self.conns.get_mut(conn).and_then(|c| c.peer.as_mut()) else { return };
+        p.stream.received += n as u64;
+        if p.stream.received - p.stream.ack_sent >= every {
+            self.send_ack(conn);
+        }
+    }
+
+    /// Queues a PEER_ACK of everything received on `conn` (also the link's heartbeat).
+    pub(super) fn send_ack(&mut self, conn: ConnId) {
+        let Some(p) = self.conns.get_mut(conn).and_then(|c| c.peer.as_mut()) else { return };
+        p.stream.ack_sent = p.stream.received;
+        let frame = Frame::PeerAck(p.stream.received).to_bytes();
+        self.send_frame(conn, frame);
+    }
+
+    /// A lost link's unacknowledged multicasts go out again by another path, if the servers
+    /// they were for are still reachable (`LinkDown` was handled first, so routes avoid it).
+    pub(super) fn resend_unacked(&mut self, unacked: VecDeque<Unacked>) {
+        let mut resent = 0u64;
+        for u in unacked {
+            resent += u64::from(u.count);
+            self.route(u.origin, u.dest, u.frames, u.count, 0);
+        }
+        if resent > 0 {
+            tracing::info!(messages = resent, "resending what the lost link had not delivered");
+            self.stats.resent += resent;
+        }
+    }
+
+    /// PEER_RELAY from a linked server: pass it on towards `dest`, or, if it is for us,
+    /// handle its frames as if `origin` had sent them over its own link.
+    pub(super) fn handle_relay(
+        &mut self,
+        conn: ConnId,
+        r: proto::PeerRelay,
+        now: Instant,
+    ) -> Result<Flow, String> {
+        let me = self.identity.node_tag;
+        if r.dest != me {
+            if r.hops >= MAX_HOPS {
+                self.stats.peer_violations += 1;
+                tracing::warn!(hops = r.hops, "dropping a relayed frame that went around too long");
+                return Ok(Flow::Read);
+            }
+            let count = 1;
+            self.route(r.origin, r.dest, r.frames, count, r.hops);
+            return Ok(Flow::Read);
+        }
+        if r.origin == me {
+            return Err("PEER_RELAY from this server to itself".into());
+        }
+        let frames = r.frames;
+        let mut at = 0;
+        while at < frames.len() {
+            let size = match proto::frame_len(&frames[at..], usize::MAX) {
+                Ok(Some(size)) if at + size <= frames.len() => size,
+                _ => return Err("PEER_RELAY carries a partial frame".into()),
+            };
+            if frames[at + 4] == kind::MCAST {
+                at = self.relayed_mcast_run(&frames, at, r.origin)?;
+                continue;
+            }
+            let bytes = frames.slice(at..at + size);
+            at += size;
+            let frame = proto::parse_whole(bytes.clone()).map_err(|e| e.to_string())?;
+            if matches!(frame, Frame::PeerRelay(_) | Frame::PeerAck(_) | Frame::PeerTopo(_)) {
+                return Err(format!("{} inside PEER_RELAY", frame.name()));
+            }
+            if self.handle_peer_message(conn, r.origin, frame, bytes, now)? != Flow::Read {
+                return Ok(Flow::Close);
+            }
+        }
+        Ok(Flow::Read)
+    }
+
+    /// The run of MCAST frames to one group starting at `at` in relayed `frames`: checked to
+    /// be `origin`'s and delivered. Returns where the run ends.
+    fn relayed_mcast_run(&mut self, frames: &Bytes, start: usize, origin: NodeTag) -> Result<usize, String> {
+        let first = McastHeader::parse(&frames[start..]).map_err(|e| e.to_string())?;
+        let group_end = start + MCAST_FIXED + first.group_len;
+        let group = GroupName::from_bytes(frames.slice(start + MCAST_FIXED..group_end)).map_err(|e| e.to_string())?;
+        let (mut at, mut count) = (start, 0u32);
+        while at < frames.len() {
+            let Ok(Some(size)) = proto::frame_len(&frames[at..], usize::MAX) else { break };
+            let Some(frame) = frames.get(at..at + size) else { break };
+            if frame[4] != kind::MCAST {
+                break;
+            }
+            let h = McastHeader::parse(frame).map_err(|e| e.to_string())?;
+            if h.group(frame) != group.as_bytes() {
+                break;
+            }
+            if h.sender.node() != origin {
+                return Err(format!("relayed MCAST from session {} of another server", h.sender));
+            }
+            at += size;
+            count += 1;
+        }
+        tracing::trace!(me = self.identity.node_tag.0, origin = origin.0, count, known = self.groups.key(group.as_bytes()).is_some(), "relayed run");
+        if let Some(key) = self.groups.key(group.as_bytes()) {
+            let run = frames.slice(start..at);
+            self.stats.msgs_in += u64::from(count);
+            self.route_local(key.as_bytes(), &run, count);
+            self.route_shards(key, run, count);
+        }
+        Ok(at)
+    }
+}
