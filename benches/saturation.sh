@@ -8,6 +8,7 @@
 #
 #   benches/saturation.sh                       # 9 servers, 3 -> 27, 3 runs of 10 s, release
 #   RUNS=1 DURATION=5 PROFILE=debug THREADS=0 benches/saturation.sh
+#   LOGS=/tmp/satlogs benches/saturation.sh     # keep the servers' logs
 #
 # Writes tuning/results/saturation-<date>.md and the raw JSON lines beside it; exits 1 when
 # the target was missed, 2 when the cluster could not be set up.
@@ -38,6 +39,7 @@ PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  if [ -n "${LOGS:-}" ]; then mkdir -p "$LOGS" && cp "$TMP"/n*.log "$LOGS"/ && echo "server logs in $LOGS" >&2; fi
   rm -rf "$TMP"
 }
 trap cleanup EXIT
@@ -86,7 +88,9 @@ for i, port in enumerate(ports, 1):
         elif name == "msgc_link_up":
             s["links_up"] = s.get("links_up", 0) + float(line.rsplit(" ", 1)[1])
     log = open(f"{tmp}/n{i}.log", errors="replace").read()
-    s["log_link_kills"] = log.count("killing stuck peer link")
+    # A server closing a link to a live peer: as stuck, or (newer cores) as silent for
+    # link_timeout.
+    s["log_link_kills"] = log.count("killing stuck peer link") + log.count("nothing received on the peer link")
     s["log_client_kills"] = log.count("killing stuck connection")
     s["log_link_downs"] = len(re.findall(r"\blink down\b", log))
     out[f"n{i}"] = s
@@ -114,7 +118,7 @@ CMD="msgc-bench fanout --client $CLIENT --servers <n1..n$SERVERS> -p $PUBLISHERS
   echo "- CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | xargs), $(nproc) cores; kernel $(uname -r); commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown); $PROFILE build"
   echo "- \`benches/saturation.sh\` (SERVERS=$SERVERS PUBLISHERS=$PUBLISHERS SUBSCRIBERS=$SUBSCRIBERS NGROUPS=$NGROUPS THREADS=$THREADS RUNS=$RUNS): $SERVERS \`msgc-server\` processes (\`threads = $THREADS\`, default limits) and the load generator on one machine; each run is \`$CMD\` once the full mesh is up"
   echo "- publishers connect to n1..n$PUBLISHERS (round-robin), subscribers to n2..n$SERVERS; the run starts once every publisher's probe reached every subscriber"
-  echo "- server columns are /metrics deltas over the run, summed over servers: \`link kills\` / \`client kills\` count the log lines \"killing stuck peer link\" / \"killing stuck connection\" (\`stuck kills\` is msgc_stuck_kills_total, both kinds), \`link downs\` msgc_link_downs_total, \`gaps sent\` msgc_gaps_sent_total, \`pauses\` msgc_publisher_pauses_total; client columns are msgc-bench's: \`lost\` sequence holes, \`gaps\` gap notices received, \`missing\` tail never received, \`disc.\` subscribers or publishers cut"
+  echo "- server columns are /metrics deltas over the run, summed over servers: \`link kills\` / \`client kills\` count the log lines \"killing stuck peer link\" or \"nothing received on the peer link\" / \"killing stuck connection\" (\`stuck kills\` is msgc_stuck_kills_total, both kinds), \`link downs\` msgc_link_downs_total, \`gaps sent\` msgc_gaps_sent_total, \`pauses\` msgc_publisher_pauses_total; client columns are msgc-bench's: \`lost\` sequence holes, \`gaps\` gap notices received, \`missing\` tail never received, \`disc.\` subscribers or publishers cut"
   echo "- \`read gap ms\`: the longest time one of msgc-bench's subscribers went between two reads (if it is under the servers' \`stall_timeout\`, 1 s, a client kill was not the load generator stopping to read); \`LG sat\`: msgc-bench says one of its own threads was the limit; \`machine %\`: all CPUs' busy share over the window; \`load\`: 1-minute load average before the run"
   echo "- target (issue 9 item 6): zero link kills, link downs, gap notices and loss; client kills (a subscriber that made no read progress for \`stall_timeout\`) are shown but are the slow-consumer rule, not a link fault"
   echo
@@ -169,7 +173,7 @@ done
   echo
   echo '```'
   for i in $(seq 1 "$SERVERS"); do
-    grep -E "killing stuck|link down|gap" "$TMP/n$i.log" | head -20 | sed "s/^/n$i: /" || true
+    grep -E "killing stuck|nothing received on the peer link|link down|gap" "$TMP/n$i.log" | head -20 | sed "s/^/n$i: /" || true
   done
   echo '```'
   echo
