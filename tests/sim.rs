@@ -364,7 +364,9 @@ impl Sim {
                     }
                     // A new membership starts sequence tracking afresh; a leave ends it.
                     let me = cl.session;
-                    if v.subject == me {
+                    // Joining, leaving or being dropped: sequence tracking starts afresh.
+                    let listed = v.members.iter().any(|m| m.session == me);
+                    if v.subject == me || !listed {
                         cl.last.retain(|(grp, _), _| *grp != g);
                     }
                     if v.subject == me && v.cause == proto::Cause::Leave {

@@ -306,7 +306,6 @@ impl ShardCore {
             "configuration installed"
         );
         self.mesh.config = (*config).clone();
-        self.sync_in.clear();
         if self.id == 0 {
             self.flood_own_topo(None);
         }

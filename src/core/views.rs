@@ -186,6 +186,15 @@ impl ShardCore {
         if let Some(&conn) = leaver.and_then(|s| self.sessions.get(&s)) {
             recipients.push(conn);
         }
+        // A local member this view drops (it left, or the ordering server no longer counts
+        // it) is told: the view without it is its last of the group for now.
+        if let Some(g) = self.groups.get(group.as_bytes()) {
+            for &conn in &g.local {
+                if !recipients.contains(&conn) {
+                    recipients.push(conn);
+                }
+            }
+        }
         let is_owner = owner_of(group.as_bytes(), self.nshards) == self.id;
         // Missed views (ids jumped) may hide changes in who was sent the group's traffic.
         let missed = self.groups.get(group.as_bytes()).is_none_or(|g| g.view_id + 1 != view_id);
