@@ -85,6 +85,9 @@ struct Sim {
     /// Server pairs whose traffic is dropped (a blackhole or partition): no link forms, and
     /// a link that was up carries nothing until the path is back or its servers give up.
     blocked: BTreeSet<(usize, usize)>,
+    /// When each pair was last unblocked: a link that was blackholed may still time out for a
+    /// while after (its silence already counted), so it is no path yet.
+    restored: HashMap<(usize, usize), Instant>,
     trace: Vec<String>,
     violations: Vec<String>,
     fault: Fault,
@@ -111,6 +114,7 @@ impl Sim {
             clients: Vec::new(),
             links: Vec::new(),
             blocked: BTreeSet::new(),
+            restored: HashMap::new(),
             trace: Vec::new(),
             violations: Vec::new(),
             fault: Fault::Severe,
@@ -455,7 +459,10 @@ impl Sim {
     /// with `extra` blocked too.
     fn connected_without(&self, extra: (usize, usize)) -> bool {
         let n = self.servers.len();
-        let up: BTreeSet<(usize, usize)> = self.links.iter().map(|(a, b)| pair(a.0, b.0)).collect();
+        let settling = limits().link_timeout * 2;
+        let recent = |p: &(usize, usize)| self.restored.get(p).is_some_and(|&t| self.now.duration_since(t) < settling);
+        let up: BTreeSet<(usize, usize)> =
+            self.links.iter().map(|(a, b)| pair(a.0, b.0)).filter(|p| !recent(p)).collect();
         let mut seen = vec![false; n];
         let mut stack = vec![0];
         seen[0] = true;
@@ -523,7 +530,9 @@ impl Sim {
             _ => {
                 if !self.blocked.is_empty() {
                     self.trace.push("heal".into());
-                    self.blocked.clear();
+                    for p in std::mem::take(&mut self.blocked) {
+                        self.restored.insert(p, self.now);
+                    }
                 }
             }
         }
@@ -541,6 +550,7 @@ impl Sim {
         if self.blocked.contains(&p) {
             self.trace.push(format!("restore {}-{}", p.0, p.1));
             self.blocked.remove(&p);
+            self.restored.insert(p, self.now);
         } else if self.connected_without(p) {
             let reset = self.rng.below(2) == 0;
             self.trace.push(format!("{} {}-{}", if reset { "cut" } else { "blackhole" }, p.0, p.1));
