@@ -196,8 +196,13 @@ impl ShardCore {
             }
         }
         let is_owner = owner_of(group.as_bytes(), self.nshards) == self.id;
-        // Missed views (ids jumped) may hide changes in who was sent the group's traffic.
-        let missed = self.groups.get(group.as_bytes()).is_none_or(|g| g.view_id + 1 != view_id);
+        // Missed views (ids jumped within a configuration) may hide changes in who was sent
+        // the group's traffic. (A new configuration's first view jumps by design.)
+        let epoch = |id: u64| id >> EPOCH_SHIFT;
+        let missed = self
+            .groups
+            .get(group.as_bytes())
+            .is_none_or(|g| epoch(g.view_id) == epoch(view_id) && g.view_id + 1 != view_id);
         if local.is_empty() || missed {
             self.forget_group(group.as_bytes());
         }
