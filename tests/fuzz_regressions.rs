@@ -97,7 +97,7 @@ impl OneShard {
         let session = core.session_of(client).expect("client session");
         let peer = core.handle_accept(now, loopback());
         let hello = Frame::Hello(Handshake {
-            version: 1,
+            version: msgc::proto::PEER_VERSION,
             role: Role::Peer,
             id: SessionId(5), // its start time: earlier than ours
             digest: 42,
@@ -277,6 +277,17 @@ fn a_view_never_exceeds_the_frame_limit() {
     let max_frame = proto::MIN_MAX_FRAME;
     let mut s = OneShard::with_limits(Limits { max_frame, ..Limits::default() });
     let g = GroupName::new(&"x".repeat(209)).unwrap();
+    // The peer says it links to us and started after us: we order views for both.
+    let topo = proto::PeerTopo {
+        origin: NodeTag(PEER_TAG),
+        version: 1,
+        boot: 2000,
+        epoch: 1,
+        leader: NodeTag(PEER_TAG),
+        name: Name::new("peer1").unwrap(),
+        neighbors: vec![NodeTag(7)],
+    };
+    assert_eq!(s.peer_sends(&Frame::PeerTopo(topo).to_bytes()), Flow::Read);
     let mut joins = BytesMut::new();
     for serial in 1..=16 {
         let member = Member {

@@ -205,7 +205,7 @@ fn a_link_that_stops_reading_is_killed_and_redialed() {
     assert_eq!(hello[0], msgc::proto::kind::HELLO);
     let tag = NodeTag(0xfa4e);
     let welcome = Frame::Welcome(Handshake {
-        version: 1,
+        version: msgc::proto::PEER_VERSION,
         role: Role::Peer,
         // A start time later than the server's: the server orders membership.
         id: SessionId(u64::MAX),

@@ -25,7 +25,7 @@ fn limits() -> Limits {
 
 fn peer_hello(name: &str, tag: u32) -> Frame {
     Frame::Hello(Handshake {
-        version: 1,
+        version: msgc::proto::PEER_VERSION,
         role: Role::Peer,
         id: SessionId(1),
         digest: 0,
@@ -131,7 +131,7 @@ impl FakePeer {
             other => panic!("expected HELLO, got {other:?}"),
         }
         c.send(&Frame::Welcome(Handshake {
-            version: 1,
+            version: msgc::proto::PEER_VERSION,
             role: Role::Peer,
             id: SessionId(u64::MAX >> 1),
             digest: 0,

@@ -182,6 +182,7 @@ impl TlsRaw {
 /// A peer's HELLO naming `name`.
 fn peer_hello(name: &str) -> Frame {
     Frame::Hello(Handshake {
+        version: msgc::proto::PEER_VERSION,
         role: Role::Peer,
         id: SessionId(1),
         node_tag: NodeTag(0x5eed_0001),

@@ -729,7 +729,8 @@ fn limits(s: &ServerConfig) -> Limits {
         idle_timeout: s.idle_timeout,
         keepalive_interval: s.keepalive_interval,
         stall_timeout: s.stall_timeout,
-        link_timeout: s.link_timeout,
+        // A lost link must be noticed before idle_timeout would close it anyway.
+        link_timeout: s.link_timeout.min(s.idle_timeout / 2),
         resend_buffer: s.resend_buffer,
         tcpbuf_size: s.tcpbuf_size,
         connect_timeout: s.connect_timeout,

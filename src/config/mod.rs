@@ -70,8 +70,8 @@ pub struct ServerConfig {
     /// Default 1.
     pub stall_timeout: Duration,
     /// `link_timeout` (msgc): seconds without anything received after which a peer link is
-    /// lost (its traffic then goes through another server). Default 1; below
-    /// `idle_timeout`.
+    /// lost (its traffic then goes through another server). Default 1; at most half of
+    /// `idle_timeout` takes effect.
     pub link_timeout: Duration,
     /// `resend_buffer` (msgc): bytes of multicasts per peer link kept until acknowledged,
     /// to resend by another path when the link is lost. Default 16 MiB.

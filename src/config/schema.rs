@@ -285,7 +285,7 @@ fn build(entries: Vec<Entry>) -> Result<Config, ConfigError> {
     if let Err(msg) = check_timeouts(&config.server) {
         let at = server_opts
             .iter()
-            .find(|(k, ..)| k == "idle_timeout" || k == "keepalive_interval" || k == "link_timeout");
+            .find(|(k, ..)| k == "idle_timeout" || k == "keepalive_interval");
         return Err(match at {
             Some((_, pos, _)) => err(pos, msg),
             None => ConfigError::plain(msg),
@@ -595,12 +595,6 @@ fn check_timeouts(s: &ServerConfig) -> Result<(), String> {
         return Err(format!(
             "idle_timeout ({:?}) must be longer than keepalive_interval ({:?}), or quiet peers time each other out",
             s.idle_timeout, s.keepalive_interval
-        ));
-    }
-    if s.link_timeout >= s.idle_timeout {
-        return Err(format!(
-            "link_timeout ({:?}) must be shorter than idle_timeout ({:?}): it is how fast a lost peer link is noticed",
-            s.link_timeout, s.idle_timeout
         ));
     }
     Ok(())

@@ -13,7 +13,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::proto::{
     Cause, ErrorCode, Frame, GroupName, Handshake, Member, MemberVersion, Name, NodeTag, PeerAuth, PeerJoin,
-    PeerState, SessionId, AUTH_LEN,
+    PeerState, SessionId, AUTH_LEN, PEER_VERSION,
 };
 
 use super::auth::{proof, verify, Side};
@@ -75,7 +75,7 @@ impl ShardCore {
         }
         let dialing = State::Dialing { expect: expect.to_lowercase(), nonces: None, proven: false };
         self.set_state(conn, dialing);
-        let hello = Frame::Hello(self.handshake(SessionId(self.identity.boot)));
+        let hello = Frame::Hello(self.peer_handshake());
         self.send_frame(conn, hello.to_bytes());
         conn
     }
@@ -134,7 +134,7 @@ impl ShardCore {
 
     /// Sends WELCOME and brings the link up (inbound side).
     fn accept_peer(&mut self, conn: ConnId, h: Handshake) {
-        let welcome = Frame::Welcome(self.handshake(SessionId(self.identity.boot)));
+        let welcome = Frame::Welcome(self.peer_handshake());
         self.send_frame(conn, welcome.to_bytes());
         self.link_up(conn, h);
     }
@@ -165,8 +165,20 @@ impl ShardCore {
         Flow::Read
     }
 
+    /// This server's HELLO or WELCOME on a link.
+    fn peer_handshake(&self) -> Handshake {
+        Handshake { version: PEER_VERSION, ..self.handshake(SessionId(self.identity.boot)) }
+    }
+
     fn check_peer(&self, h: &Handshake, expect: Option<&str>) -> Result<(), String> {
         let name = h.name.as_str().to_lowercase();
+        if h.version < PEER_VERSION {
+            return Err(format!(
+                "node {:?} speaks server protocol {}, this server {PEER_VERSION}: upgrade every server of the cluster",
+                h.name.as_str(),
+                h.version
+            ));
+        }
         if let Some(expect) = expect {
             if name != expect {
                 return Err(format!("dialed peer {expect:?} but {:?} answered", h.name.as_str()));

@@ -14,8 +14,12 @@ pub use ids::{GroupName, Name, NodeTag, SessionId, MAX_GROUP_LEN, MAX_NAME_LEN};
 
 use bytes::Bytes;
 
-/// Protocol version spoken by this implementation.
+/// Protocol version spoken by this implementation with clients.
 pub const VERSION: u16 = 1;
+/// Version of the server-to-server protocol: 2 added server membership (PEER_TOPO,
+/// PEER_CONFIG), relaying, acknowledgements and membership versions. Servers of version 1
+/// are refused with a message that says so.
+pub const PEER_VERSION: u16 = 2;
 /// The handshake magic, `MSGC`.
 pub const MAGIC: [u8; 4] = *b"MSGC";
 /// Bytes of the common header: length (4), kind (1), flags (1).
