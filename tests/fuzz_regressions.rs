@@ -294,7 +294,7 @@ fn a_view_never_exceeds_the_frame_limit() {
             session: SessionId::new(NodeTag(PEER_TAG), serial),
             name: Name::new(&"n".repeat(255)).unwrap(),
         };
-        let version = proto::MemberVersion::new(0, u64::from(serial));
+        let version = proto::MemberVersion::pack(0, u64::from(serial));
         Frame::PeerJoin(proto::PeerJoin { cause: Cause::Join, group: g.clone(), member, version })
             .encode(&mut joins);
     }

@@ -298,3 +298,30 @@ fn silent_and_lying_connections_cost_little_and_are_closed() {
     assert!(s.protocol_errors >= (n / 2) as u64, "{s:?}");
     eprintln!("{n} connections: +{} MiB resident", grown >> 20);
 }
+
+/// A server of the previous server protocol (version 1, before server membership) is
+/// refused, and told why, rather than linked half-working.
+#[test]
+fn a_peer_of_the_previous_server_protocol_is_refused_saying_why() {
+    let server = start_node("v2", 1, limits());
+    server.set_peers(vec![
+        PeerSpec { name: "v2".into(), addr: addr(&server).to_string() },
+        PeerSpec { name: "old".into(), addr: "127.0.0.1:9".into() },
+    ]);
+    let mut old = RawClient::connect_raw(addr(&server));
+    let Frame::Hello(h) = peer_hello("old", 0x0dd) else { unreachable!() };
+    old.send(&Frame::Hello(Handshake { version: 1, ..h }));
+    let frames = old.read_to_end();
+    match frames.iter().find(|f| matches!(f, Frame::Error(_))) {
+        Some(Frame::Error(e)) => {
+            assert_eq!((e.code, e.fatal), (ErrorCode::BadHandshake, true), "{}", e.message);
+            assert!(
+                e.message.contains("server protocol 1") && e.message.contains("upgrade"),
+                "{}",
+                e.message
+            );
+        }
+        other => panic!("expected a fatal BadHandshake, got {other:?}"),
+    }
+    assert_eq!(server.stats().links_up, 0);
+}

@@ -460,17 +460,18 @@ impl Sim {
     fn connected_without(&self, extra: (usize, usize)) -> bool {
         let n = self.servers.len();
         let settling = limits().link_timeout * 2;
-        let recent = |p: &(usize, usize)| self.restored.get(p).is_some_and(|&t| self.now.duration_since(t) < settling);
+        let recent =
+            |p: &(usize, usize)| self.restored.get(p).is_some_and(|&t| self.now.duration_since(t) < settling);
         let up: BTreeSet<(usize, usize)> =
             self.links.iter().map(|(a, b)| pair(a.0, b.0)).filter(|p| !recent(p)).collect();
         let mut seen = vec![false; n];
         let mut stack = vec![0];
         seen[0] = true;
         while let Some(x) = stack.pop() {
-            for y in 0..n {
+            for (y, seen_y) in seen.iter_mut().enumerate() {
                 let p = pair(x, y);
-                if !seen[y] && x != y && p != extra && up.contains(&p) && !self.blocked.contains(&p) {
-                    seen[y] = true;
+                if !*seen_y && x != y && p != extra && up.contains(&p) && !self.blocked.contains(&p) {
+                    *seen_y = true;
                     stack.push(y);
                 }
             }
@@ -754,10 +755,16 @@ fn random_schedules_keep_the_contract() {
         let share = broken.len() as f64 * 100.0 / count.max(1) as f64;
         println!("{fault:?}: {} of {count} seeds broke a property ({share:.1} %, ceiling {ceiling} %); first: {:?}", broken.len(), &broken[..broken.len().min(10)]);
         if share > ceiling as f64 {
-            report.push(format!("{fault:?}: {share:.1} % of seeds broke a property, over the {ceiling} % ceiling"));
+            report.push(format!(
+                "{fault:?}: {share:.1} % of seeds broke a property, over the {ceiling} % ceiling"
+            ));
         }
     }
-    assert!(unsafe_runs.is_empty(), "duplicates or reordering; replay with SIM_SEED=n:\n{}", unsafe_runs.join("\n\n"));
+    assert!(
+        unsafe_runs.is_empty(),
+        "duplicates or reordering; replay with SIM_SEED=n:\n{}",
+        unsafe_runs.join("\n\n")
+    );
     assert!(report.is_empty(), "{}", report.join("\n"));
 }
 

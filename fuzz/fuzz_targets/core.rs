@@ -141,9 +141,9 @@ enum FrameSpec {
     Mcast { sender: Sess, seq: Seq, group: Grp, payload: u16, repeat: u8 },
     View { cause: u8, group: Grp, view_id: u64, subject: Sess, members: Vec<(Sess, u8)> },
     Gap { group: Grp, sender: Sess, first: u64, last: u64 },
-    PeerJoin { cause: u8, group: Grp, session: Sess, name: u8 },
-    PeerLeave { cause: u8, group: Grp, session: Sess },
-    PeerState { shard: u16, shards: u16, more: bool, views: Vec<(Grp, u64, u64)> },
+    PeerJoin { cause: u8, group: Grp, session: Sess, name: u8, version: u64 },
+    PeerLeave { cause: u8, group: Grp, session: Sess, version: u64 },
+    PeerState { shard: u16, shards: u16, more: bool, version: u64, views: Vec<(Grp, u64, u64)> },
 }
 
 fn name(i: u8) -> Name {
@@ -259,7 +259,7 @@ impl Harness {
         let frame = match spec {
             FrameSpec::Hello(h) => Frame::Hello(h.build()),
             FrameSpec::Welcome { name: n, tag, boot } => Frame::Welcome(Handshake {
-                version: 1,
+                version: msgc::proto::PEER_VERSION,
                 role: Role::Peer,
                 id: SessionId(*boot),
                 digest: 42,
@@ -321,23 +321,26 @@ impl Harness {
                 first: *first,
                 last: *last,
             }),
-            FrameSpec::PeerJoin { cause: cz, group: g, session, name: n } => Frame::PeerJoin(PeerJoin {
+            FrameSpec::PeerJoin { cause: cz, group: g, session, name: n, version } => Frame::PeerJoin(PeerJoin {
                 cause: cause(*cz),
                 group: group(*g),
                 member: Member { session: self.session(c, *session), name: name(*n) },
+                version: *version,
             }),
-            FrameSpec::PeerLeave { cause: cz, group: g, session } => Frame::PeerLeave(PeerLeave {
+            FrameSpec::PeerLeave { cause: cz, group: g, session, version } => Frame::PeerLeave(PeerLeave {
                 cause: cause(*cz),
                 group: group(*g),
                 session: self.session(c, *session),
+                version: *version,
             }),
-            FrameSpec::PeerState { shard, shards, more, views } => {
+            FrameSpec::PeerState { shard, shards, more, version, views } => {
                 // The decoder rejects shard >= shards; keep these well-formed.
                 let shards = (*shards).max(1);
                 Frame::PeerState(PeerState {
                     shard: shard % shards,
                     shards,
                     more: *more,
+                    version: *version,
                     views: views.iter().map(|(g, id, d)| (group(*g), *id, *d)).collect(),
                 })
             }
@@ -479,7 +482,7 @@ impl Harness {
                     }
                     Hello::Peer { name: n, tag, boot, same_digest } => {
                         let h = Handshake {
-                            version: 1,
+                            version: msgc::proto::PEER_VERSION,
                             role: Role::Peer,
                             id: SessionId(*boot),
                             digest: if *same_digest { 42 } else { 0 },

@@ -283,9 +283,7 @@ fn build(entries: Vec<Entry>) -> Result<Config, ConfigError> {
     }
     check_client_tls(&config.client, &client_opts)?;
     if let Err(msg) = check_timeouts(&config.server) {
-        let at = server_opts
-            .iter()
-            .find(|(k, ..)| k == "idle_timeout" || k == "keepalive_interval");
+        let at = server_opts.iter().find(|(k, ..)| k == "idle_timeout" || k == "keepalive_interval");
         return Err(match at {
             Some((_, pos, _)) => err(pos, msg),
             None => ConfigError::plain(msg),

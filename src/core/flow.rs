@@ -80,7 +80,7 @@ impl ShardCore {
 
     /// Keepalives, idle and stall detection, and cutting connections that would not close.
     pub fn handle_timeout(&mut self, now: Instant) {
-        self.clock = now;
+        self.clock = Some(now);
         let l = self.limits.clone();
         // Silence we cause ourselves by not reading is no sign of a lost link.
         let not_reading_links = self.links_paused();

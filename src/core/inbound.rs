@@ -77,7 +77,10 @@ impl ShardCore {
             let Ok(h) = McastHeader::parse(frame) else { break };
             // Out of range (never sent by an honest server): dropped, and no arithmetic on it.
             if h.seq == 0 || h.seq >= MAX_COUNTER {
-                out.get_or_insert_with(|| Rebuilt { bytes: BytesMut::from(&run[..at]), count: count_frames(&run[..at]) });
+                out.get_or_insert_with(|| Rebuilt {
+                    bytes: BytesMut::from(&run[..at]),
+                    count: count_frames(&run[..at]),
+                });
                 at += size;
                 continue;
             }
@@ -88,7 +91,7 @@ impl ShardCore {
                 fresh: resent,
                 ..Default::default()
             });
-            t.seen = Some(now);
+            t.seen = now.or(t.seen);
             let in_order = h.seq == t.last + 1 || (t.fresh && !resent && h.seq > t.last);
             if in_order && t.held.is_empty() && out.is_none() {
                 t.last = h.seq;
@@ -96,7 +99,10 @@ impl ShardCore {
                 at += size;
                 continue;
             }
-            let o = out.get_or_insert_with(|| Rebuilt { bytes: BytesMut::from(&run[..at]), count: count_frames(&run[..at]) });
+            let o = out.get_or_insert_with(|| Rebuilt {
+                bytes: BytesMut::from(&run[..at]),
+                count: count_frames(&run[..at]),
+            });
             if h.seq <= t.last || (t.fresh && resent && !in_order) {
                 // Delivered already, or a resend where this shard has no starting point.
             } else if in_order {
@@ -107,7 +113,7 @@ impl ShardCore {
             } else {
                 tracing::debug!(shard = self.id, sender = %h.sender, seq = h.seq, last = t.last, "holding an early frame");
                 t.held.insert(h.seq, run.slice(at..at + size));
-                t.held_since.get_or_insert(now);
+                t.held_since = t.held_since.or(now);
                 if t.held.len() > MAX_HELD {
                     gaps += drain_held(t, o, &key, h.sender, true);
                 }
@@ -199,7 +205,8 @@ impl ShardCore {
     /// Forgets senders of groups without members here that sent nothing for a long time.
     fn prune_senders(&mut self, now: Instant) {
         self.remote.retain(|_, senders| {
-            senders.retain(|_, t| !(t.fresh && t.seen.is_some_and(|s| now.duration_since(s) >= FORGET_AFTER)));
+            senders
+                .retain(|_, t| !(t.fresh && t.seen.is_some_and(|s| now.duration_since(s) >= FORGET_AFTER)));
             !senders.is_empty()
         });
     }
@@ -207,7 +214,13 @@ impl ShardCore {
 
 /// Moves held frames that now follow in order into `o`; with `force`, jumps each hole
 /// (reporting it) until nothing is held. Returns the gap notices added.
-fn drain_held(t: &mut SenderTrack, o: &mut Rebuilt, group: &GroupName, sender: SessionId, force: bool) -> u64 {
+fn drain_held(
+    t: &mut SenderTrack,
+    o: &mut Rebuilt,
+    group: &GroupName,
+    sender: SessionId,
+    force: bool,
+) -> u64 {
     let mut gaps = 0;
     while let Some((&seq, _)) = t.held.first_key_value() {
         if seq <= t.last {

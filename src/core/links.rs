@@ -236,7 +236,7 @@ impl ShardCore {
     pub(super) fn send_state_sync(&mut self, leader: NodeTag) {
         let mut sync = BytesMut::new();
         let mut count = 0;
-        let version = MemberVersion::new(self.id, self.member_ops);
+        let version = MemberVersion::pack(self.id, self.member_ops);
         for (_, c) in self.conns.iter() {
             if c.state != State::Client {
                 continue;
@@ -272,7 +272,7 @@ impl ShardCore {
     /// On the ordering server: this shard's sessions' memberships, applied like another
     /// server's state sync (see [`Self::send_state_sync`]).
     pub(super) fn sync_own_sessions(&mut self) {
-        let version = MemberVersion::new(self.id, self.member_ops);
+        let version = MemberVersion::pack(self.id, self.member_ops);
         let mut synced = HashSet::new();
         let mut joins = Vec::new();
         for (_, c) in self.conns.iter().filter(|(_, c)| c.state == State::Client) {

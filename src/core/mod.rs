@@ -161,11 +161,6 @@ pub enum ShardMsg {
         version: u64,
         synced: Arc<HashSet<(GroupName, SessionId)>>,
     },
-    /// To every shard: a GAP frame for the local members of `group`.
-    Gap {
-        group: GroupName,
-        frame: Bytes,
-    },
     /// A shard starts or stops holding publishers back (`over`), or having a client over
     /// its high-water mark (`clients_hot`, which also holds back reading links).
     Pressure {

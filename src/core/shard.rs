@@ -166,8 +166,9 @@ pub struct ShardCore {
     pub(super) remote: Tracks,
     /// Memberships announced by each server's state sync, until its part completes.
     pub(super) sync_in: HashMap<NodeTag, HashSet<(GroupName, SessionId)>>,
-    /// The latest `now` any input brought (for timestamps deep inside routing).
-    pub(super) clock: Instant,
+    /// The latest `now` any input brought (for timestamps deep inside routing); None
+    /// before the first.
+    pub(super) clock: Option<Instant>,
     /// Joins and leaves of this shard's sessions so far (its membership version).
     pub(super) member_ops: u64,
     /// On the ordering server: the newest membership version applied per sending server
@@ -215,7 +216,7 @@ impl ShardCore {
             mesh,
             remote: Tracks::default(),
             sync_in: HashMap::new(),
-            clock: Instant::now(),
+            clock: None,
             member_ops: 0,
             applied: HashMap::new(),
             retired: HashMap::new(),
@@ -367,7 +368,7 @@ impl ShardCore {
     /// Handles the complete frames at the front of `buf` (bytes just read from `conn`),
     /// leaving an incomplete frame in place. `buf` is split, never copied.
     pub fn handle_input(&mut self, conn: ConnId, buf: &mut BytesMut, now: Instant) -> Flow {
-        self.clock = now;
+        self.clock = Some(now);
         let before = buf.len();
         let flow = self.handle_frames(conn, buf, now);
         self.stats.bytes_in += (before - buf.len()) as u64;
@@ -595,7 +596,8 @@ impl ShardCore {
         let Some(g) = self.groups.get(group.as_bytes()) else { return };
         for &s in &g.remote_shards {
             self.in_flight[s as usize] += run.len();
-            let msg = ShardMsg::Deliver { from: self.id, group: group.clone(), frames: run.clone(), count, resent };
+            let msg =
+                ShardMsg::Deliver { from: self.id, group: group.clone(), frames: run.clone(), count, resent };
             self.outgoing[s as usize].push(msg);
         }
     }
@@ -792,7 +794,7 @@ impl ShardCore {
     /// Counts a join or leave of one of this shard's sessions; its membership version.
     fn next_member_version(&mut self) -> u64 {
         self.member_ops += 1;
-        proto::MemberVersion::new(self.id, self.member_ops)
+        proto::MemberVersion::pack(self.id, self.member_ops)
     }
 
     /// This server's HELLO/WELCOME fields.
@@ -930,7 +932,7 @@ impl ShardCore {
 
     /// Handles a batch of messages from another shard.
     pub fn handle_shard_msgs(&mut self, msgs: Vec<ShardMsg>, now: Instant) {
-        self.clock = now;
+        self.clock = Some(now);
         for msg in msgs {
             self.handle_shard_msg(msg);
         }
@@ -977,12 +979,6 @@ impl ShardCore {
             ShardMsg::LinkDown { tag } => self.handle_link_down(tag),
             ShardMsg::SyncDone { tag, shard, shards, version, synced } => {
                 self.handle_sync_done(tag, shard, shards, version, &synced)
-            }
-            ShardMsg::Gap { group, frame } => {
-                let Some(g) = self.groups.get(group.as_bytes()) else { return };
-                for conn in g.local.clone() {
-                    self.send_frame(conn, frame.clone());
-                }
             }
             ShardMsg::Pressure { from, over, clients_hot } => {
                 tracing::trace!(shard = self.id, from, over, clients_hot, "pressure");

@@ -266,7 +266,13 @@ pub const MAX_NEIGHBORS: usize = 4096;
 
 /// The header of a PEER_RELAY frame carrying `len` bytes of frames, which follow it (so a
 /// run can be relayed without copying it).
-pub fn relay_header(origin: NodeTag, dest: NodeTag, hops: u8, resent: bool, len: usize) -> [u8; RELAY_HEADER] {
+pub fn relay_header(
+    origin: NodeTag,
+    dest: NodeTag,
+    hops: u8,
+    resent: bool,
+    len: usize,
+) -> [u8; RELAY_HEADER] {
     let mut h = [0u8; RELAY_HEADER];
     h[..4].copy_from_slice(&((RELAY_HEADER - 4 + len) as u32).to_be_bytes());
     h[4] = kind::PEER_RELAY;
@@ -586,7 +592,13 @@ pub fn parse_whole(frame: Bytes) -> Result<Frame, ProtoError> {
             let dest = NodeTag(u32::from_be_bytes([f[10], f[11], f[12], f[13]]));
             let hops = f[14];
             let resent = flags & RELAY_RESENT != 0;
-            Ok(Frame::PeerRelay(PeerRelay { origin, dest, hops, resent, frames: frame.slice(RELAY_HEADER..) }))
+            Ok(Frame::PeerRelay(PeerRelay {
+                origin,
+                dest,
+                hops,
+                resent,
+                frames: frame.slice(RELAY_HEADER..),
+            }))
         }
         other => Err(ProtoError::UnknownKind(other)),
     }

@@ -222,7 +222,7 @@ pub struct PeerJoin {
 pub struct MemberVersion;
 
 impl MemberVersion {
-    pub fn new(shard: u16, count: u64) -> u64 {
+    pub fn pack(shard: u16, count: u64) -> u64 {
         (u64::from(shard) << 48) | (count & ((1 << 48) - 1))
     }
     pub fn shard(v: u64) -> u16 {
