@@ -68,6 +68,18 @@ impl ShardCore {
         let now = self.clock;
         let key = self.groups.key(group)?;
         let tracks = self.remote.entry(key.clone()).or_default();
+        // The common case, checked with one lookup: one sender, numbers in a row, right after
+        // the last one delivered, nothing held.
+        if let Some((sender, first, last)) = single_sender_run(run) {
+            if let Some(t) = tracks.get_mut(&sender) {
+                if t.last.checked_add(1) == Some(first) && t.held.is_empty() {
+                    t.last = last;
+                    t.fresh = false;
+                    t.seen = now.or(t.seen);
+                    return None;
+                }
+            }
+        }
         let mut out: Option<Rebuilt> = None;
         let mut gaps = 0;
         let mut at = 0;
@@ -240,6 +252,27 @@ fn drain_held(
     }
     t.held_since = if t.held.is_empty() { None } else { t.held_since };
     gaps
+}
+
+/// If `run` is MCAST frames of one sender with consecutive numbers (in range): the sender,
+/// the first and the last number.
+fn single_sender_run(run: &[u8]) -> Option<(SessionId, u64, u64)> {
+    let mut at = 0;
+    let mut found: Option<(SessionId, u64, u64)> = None;
+    while at < run.len() {
+        let size = proto::frame_len(&run[at..], usize::MAX).ok().flatten()?;
+        let h = McastHeader::parse(run.get(at..at + size)?).ok()?;
+        if h.seq == 0 || h.seq >= MAX_COUNTER {
+            return None;
+        }
+        found = match found {
+            None => Some((h.sender, h.seq, h.seq)),
+            Some((s, first, last)) if s == h.sender && h.seq == last + 1 => Some((s, first, h.seq)),
+            Some(_) => return None,
+        };
+        at += size;
+    }
+    found
 }
 
 /// Whole frames in `b`.
