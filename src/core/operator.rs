@@ -52,6 +52,12 @@ pub struct ShardReport {
     pub groups: Vec<GroupReport>,
     /// The client sessions on this shard; empty unless asked for.
     pub sessions: Vec<SessionReport>,
+    /// Server membership: the installed configuration's epoch and member count, whether
+    /// this server orders views in it, and how many servers it reaches (itself included).
+    pub epoch: u64,
+    pub config_servers: usize,
+    pub orders_views: bool,
+    pub reachable: usize,
 }
 
 /// The state of the link to one other server.
@@ -131,6 +137,10 @@ impl ShardCore {
             hot: self.hot_conns,
             peer_names: self.peer_table.iter().map(|p| p.name.to_lowercase()).collect(),
             links_up: self.links.iter().map(|l| l.name.as_str().to_string()).collect(),
+            epoch: self.mesh.config.epoch,
+            config_servers: self.mesh.config.members.len(),
+            orders_views: self.leader().is_none(),
+            reachable: self.mesh.reachable.len(),
             ..ShardReport::default()
         };
         for (_, c) in self.conns.iter() {

@@ -199,6 +199,57 @@ impl Collector for ReportCollector {
             &c(t.digest_mismatches),
         )?;
         family(&mut enc, "msgc_link_ups", "Peer links that came up", Counter, &c(t.links_up))?;
+        family(
+            &mut enc,
+            "msgc_link_timeouts",
+            "Peer links lost because nothing arrived for link_timeout",
+            Counter,
+            &c(t.links_timed_out),
+        )?;
+        family(
+            &mut enc,
+            "msgc_resent",
+            "Multicasts sent again by another path after a link was lost",
+            Counter,
+            &c(t.resent),
+        )?;
+        family(
+            &mut enc,
+            "msgc_resend_evicted",
+            "Multicasts dropped from a full resend buffer before they were acknowledged",
+            Counter,
+            &c(t.resend_evicted),
+        )?;
+        // Shard 0 speaks for the server's membership (every shard holds the same).
+        let first = r.shards.first().cloned().unwrap_or_default();
+        family(
+            &mut enc,
+            "msgc_config_epoch",
+            "Epoch of the installed server configuration (grows at every change)",
+            Gauge,
+            &one(first.epoch as f64),
+        )?;
+        family(
+            &mut enc,
+            "msgc_config_servers",
+            "Servers in the installed configuration",
+            Gauge,
+            &g(first.config_servers),
+        )?;
+        family(
+            &mut enc,
+            "msgc_orders_views",
+            "1 if this server orders group views in its configuration",
+            Gauge,
+            &one(u8::from(first.orders_views)),
+        )?;
+        family(
+            &mut enc,
+            "msgc_servers_reachable",
+            "Servers reachable over links, directly or through others (this one included)",
+            Gauge,
+            &g(first.reachable),
+        )?;
         family(&mut enc, "msgc_link_downs", "Peer links that went down", Counter, &c(t.links_down))?;
         let link = |f: &dyn Fn(&crate::core::LinkReport) -> f64| -> Vec<(Vec<(&str, String)>, f64)> {
             r.links.iter().map(|l| (vec![("peer", l.peer.clone())], f(l))).collect()
