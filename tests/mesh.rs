@@ -316,3 +316,43 @@ fn saturation_slows_publishers_and_never_kills_a_link() {
     }
     assert!(servers.iter().map(|s| s.stats().pauses).sum::<u64>() > 0, "publishers were held back");
 }
+
+/// Two servers that may no longer link to each other (each dropped the other from its
+/// `peers`), but both still link to a third: their traffic goes through it, in order, with
+/// nothing lost and no gap notice, and views still reach everyone.
+#[test]
+fn traffic_between_two_servers_without_a_link_goes_through_a_third() {
+    let prefix = "relay";
+    let all = names(prefix, 3);
+    let servers = cluster(prefix, 3);
+    let mut sub = RawClient::connect(addr(&servers[2]), "sub");
+    let mut publisher = RawClient::connect(addr(&servers[0]), "pub");
+    sub.join("g");
+    publisher.join("g");
+    sub.wait_view("g", 2);
+    publisher.wait_view("g", 2);
+    // node1 and node3 drop each other: their link closes and is not redialed.
+    let table = peers_of(&all, &servers);
+    let without = |skip: usize| -> Vec<PeerSpec> {
+        table.iter().enumerate().filter(|(i, _)| *i != skip).map(|(_, p)| p.clone()).collect()
+    };
+    servers[0].set_peers(without(2));
+    servers[2].set_peers(without(0));
+    wait_for("node1 and node3 unlinked", || {
+        servers[0].stats().links_down >= 1 && servers[2].stats().links_down >= 1
+    });
+    let per_round = 500;
+    for k in 0..per_round {
+        publisher.mcast("g", format!("m{k}").as_bytes());
+    }
+    let got = expect_messages(&mut sub, per_round);
+    assert_eq!(got.len(), per_round);
+    assert_eq!(got.last().map(Vec::as_slice), Some(format!("m{}", per_round - 1).as_bytes()));
+    assert_eq!(expect_messages(&mut publisher, per_round).len(), per_round, "its own, locally");
+    // A new member on node3 is seen by the publisher on node1 (views go through node2 too).
+    let mut late = RawClient::connect(addr(&servers[2]), "late");
+    late.join("g");
+    publisher.wait_view("g", 3);
+    let total_gaps: u64 = servers.iter().map(|s| s.stats().gaps).sum();
+    assert_eq!(total_gaps, 0, "no gap notice while a path existed");
+}
