@@ -139,6 +139,16 @@ fn main() -> ExitCode {
         addrs.join(" "),
         server.backend()
     );
+    // Signal handlers before anyone can know where we listen: a SIGHUP or SIGTERM that
+    // arrives early must reload or stop us, not kill us with the default action.
+    let signals = {
+        let _rt = rt.enter();
+        Signals::install()
+    };
+    let Ok(signals) = signals else {
+        eprintln!("msgc-server: cannot install signal handlers");
+        return ExitCode::from(1);
+    };
     print!("{banner}");
     let notifier = match Notifier::from_env() {
         Ok(n) => n.map(Arc::new),
@@ -167,7 +177,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
         daemon.notify(|n| n.ready(&format!("listening on {}", addrs.join(" "))));
-        daemon.run(requests_rx).await
+        daemon.run(requests_rx, signals).await
     });
     daemon.notify(|n| n.stopping("stopping"));
     tracing::info!("stopping: telling clients and flushing");
@@ -201,16 +211,29 @@ struct Daemon<'a> {
     control: Endpoint<PathBuf>,
 }
 
+/// SIGHUP, SIGTERM and SIGINT, handled from the moment they are installed.
+struct Signals {
+    hup: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Installs the handlers (inside the runtime's context).
+    fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            hup: signal(SignalKind::hangup())?,
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+}
+
 impl Daemon<'_> {
     /// Waits for signals, control requests and timers until asked to stop.
-    async fn run(&mut self, mut requests: mpsc::Receiver<Pending>) -> ExitCode {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut hup), Ok(mut term), Ok(mut int)) =
-            (signal(SignalKind::hangup()), signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-        else {
-            tracing::error!("cannot install signal handlers; stopping");
-            return ExitCode::from(1);
-        };
+    async fn run(&mut self, mut requests: mpsc::Receiver<Pending>, signals: Signals) -> ExitCode {
+        let Signals { mut hup, mut term, mut int } = signals;
         let watchdog = self.notifier.as_ref().and(notify::watchdog_interval());
         let mut watchdog_tick = tokio::time::interval(watchdog.map_or(Duration::from_secs(3600), |w| w / 2));
         let mut drain_tick = tokio::time::interval(DRAIN_POLL);
