@@ -559,22 +559,26 @@ impl Sim {
         }
     }
 
+    /// Starts a crashed server again (as many shards as the others) and reconnects its
+    /// clients.
+    fn restart(&mut self, s: usize) {
+        self.trace.push(format!("restart server {s}"));
+        let nshards = self.servers[(s + 1) % self.servers.len()].shards.len().max(1) as u16;
+        self.start_server(s, nshards);
+        for c in 0..self.clients.len() {
+            if self.clients[c].server == s {
+                self.connect_client(c);
+            }
+        }
+    }
+
     /// A crash, a restart, or server 0 cut off from the others (links reset).
     fn crash_fault(&mut self) {
         let n = self.servers.len();
         let s = self.rng.below(n as u64) as usize;
         match self.rng.below(3) {
             0 if self.servers[s].alive => self.crash(s),
-            1 if !self.servers[s].alive => {
-                self.trace.push(format!("restart server {s}"));
-                let nshards = self.servers[(s + 1) % n].shards.len().max(1) as u16;
-                self.start_server(s, nshards);
-                for c in 0..self.clients.len() {
-                    if self.clients[c].server == s {
-                        self.connect_client(c);
-                    }
-                }
-            }
+            1 if !self.servers[s].alive => self.restart(s),
             2 => {
                 self.trace.push("partition 0 | rest".into());
                 for b in 1..n {
@@ -591,16 +595,7 @@ impl Sim {
         let s = self.rng.below(n as u64) as usize;
         match self.rng.below(6) {
             0 if self.servers[s].alive => self.crash(s),
-            1 if !self.servers[s].alive => {
-                self.trace.push(format!("restart server {s}"));
-                let nshards = self.servers[(s + 1) % n].shards.len().max(1) as u16;
-                self.start_server(s, nshards);
-                for c in 0..self.clients.len() {
-                    if self.clients[c].server == s {
-                        self.connect_client(c);
-                    }
-                }
-            }
+            1 if !self.servers[s].alive => self.restart(s),
             2 if self.servers[s].alive => {
                 let paused = !self.servers[s].paused;
                 self.trace.push(format!("{} server {s}", if paused { "pause" } else { "resume" }));
