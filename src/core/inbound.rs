@@ -21,8 +21,8 @@ use super::ShardCore;
 
 /// Most frames held for one sender while waiting for a hole to fill.
 const MAX_HELD: usize = 4096;
-/// How long a sender is remembered after its last frame while its group has no members
-/// here: far longer than any resend takes to arrive.
+/// How long a sender is remembered after its last frame: far longer than any resend takes
+/// to arrive. (Senders come and go with their sessions; this bounds what is kept.)
 const FORGET_AFTER: Duration = Duration::from_secs(60);
 
 /// What one shard has delivered from one remote sender to one group.
@@ -214,11 +214,14 @@ impl ShardCore {
         }
     }
 
-    /// Forgets senders of groups without members here that sent nothing for a long time.
+    /// Forgets senders that sent nothing for a long time and wait for nothing. One that
+    /// sends again starts afresh, as a new one would.
     fn prune_senders(&mut self, now: Instant) {
+        let idle = |t: &SenderTrack| {
+            t.held.is_empty() && t.seen.is_some_and(|s| now.duration_since(s) >= FORGET_AFTER)
+        };
         self.remote.retain(|_, senders| {
-            senders
-                .retain(|_, t| !(t.fresh && t.seen.is_some_and(|s| now.duration_since(s) >= FORGET_AFTER)));
+            senders.retain(|_, t| !idle(t));
             !senders.is_empty()
         });
     }
