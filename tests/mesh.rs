@@ -325,6 +325,8 @@ fn traffic_between_two_servers_without_a_link_goes_through_a_third() {
     let prefix = "relay";
     let all = names(prefix, 3);
     let servers = cluster(prefix, 3);
+    // The full mesh first (views alone could already travel through a relay).
+    wait_for("a full mesh", || servers.iter().all(|s| s.stats().links_up >= 2));
     let mut sub = RawClient::connect(addr(&servers[2]), "sub");
     let mut publisher = RawClient::connect(addr(&servers[0]), "pub");
     sub.join("g");
