@@ -43,6 +43,10 @@ pub struct Owned {
     pub last_frame: Bytes,
     /// Members were added by a link's state sync; a view is published when it completes.
     pub dirty: bool,
+    /// Changes held while a new configuration's state exchange completes: the cause and
+    /// subject of the one held change (a Network view if several were).
+    pub held: Option<(crate::proto::Cause, SessionId)>,
+    pub held_count: u32,
 }
 
 impl Owned {

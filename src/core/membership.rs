@@ -311,12 +311,16 @@ impl ShardCore {
         }
         match self.leader() {
             None => {
+                self.start_sync_wait();
                 // This server's own sessions' joins and leaves may have gone to a previous
                 // ordering server and been lost with it: sync them to ourselves as well.
                 self.sync_own_sessions();
                 self.reconcile_membership();
             }
-            Some(leader) => self.send_state_sync(leader),
+            Some(leader) => {
+                self.sync_wait = None;
+                self.send_state_sync(leader)
+            }
         }
     }
 }

@@ -176,6 +176,8 @@ pub struct ShardCore {
     pub(super) applied: HashMap<(NodeTag, u16), u64>,
     /// The last view id of groups that emptied (see `views.rs`).
     pub(super) retired: HashMap<GroupName, u64>,
+    /// On the ordering server: the state exchange of a new configuration in progress.
+    pub(super) sync_wait: Option<super::views::SyncWait>,
     pub stats: Stats,
 }
 
@@ -220,6 +222,7 @@ impl ShardCore {
             member_ops: 0,
             applied: HashMap::new(),
             retired: HashMap::new(),
+            sync_wait: None,
             stats: Stats::default(),
         }
     }

@@ -7,8 +7,9 @@
 //! When the ordering server is lost, the next configuration's continues from its replica,
 //! rebuilt by every server's state sync. Never does I/O.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::proto::{
     self, Cause, Frame, GroupName, Member, MemberVersion, NodeTag, PeerJoin, PeerLeave, SessionId, View,
@@ -107,8 +108,23 @@ impl ShardCore {
     /// Numbers a new view of `group` from the owner's replica, encodes it once and sends it
     /// to every shard and every linked server.
     pub(super) fn publish_view(&mut self, group: GroupName, cause: Cause, subject: SessionId) {
+        let waiting = self.sync_wait.is_some();
         let Some(owned) = self.groups.get_mut(group.as_bytes()).and_then(|g| g.owned.as_mut()) else {
             return;
+        };
+        if waiting {
+            // A new configuration's state exchange is not complete: a view now would drop
+            // the members of servers whose state has not arrived. Published when it is.
+            owned.dirty = true;
+            if cause != Cause::Network {
+                owned.held = Some((cause, subject));
+                owned.held_count += 1;
+            }
+            return;
+        }
+        let (cause, subject) = match (owned.held.take(), std::mem::take(&mut owned.held_count)) {
+            (Some(one), 1) if cause == Cause::Network => one,
+            _ => (cause, subject),
         };
         // The first view of a configuration starts at its epoch; ids only grow. (View ids
         // come from peers too, checked below 2^62, so this cannot overflow.)
@@ -318,7 +334,59 @@ impl ShardCore {
                 self.send_to_link(tag, frame, 1);
             }
         }
+        self.sync_part_done(tag, shard, shards);
     }
+
+    /// On the ordering server, after installing a configuration: hold views until every
+    /// other member's state is in (ended by the last part, or by `expire_sync_wait`).
+    pub(super) fn start_sync_wait(&mut self) {
+        let me = self.identity.node_tag;
+        let pending: BTreeMap<NodeTag, BTreeSet<u16>> =
+            self.mesh.config.members.iter().filter(|&&t| t != me).map(|&t| (t, BTreeSet::new())).collect();
+        self.sync_wait =
+            if pending.is_empty() { None } else { Some(SyncWait { since: self.clock, pending }) };
+    }
+
+    /// A part of a member's state arrived; when every part of every member has, the
+    /// groups that changed get their views.
+    fn sync_part_done(&mut self, tag: NodeTag, shard: u16, shards: u16) {
+        let Some(w) = self.sync_wait.as_mut() else { return };
+        if let Some(done) = w.pending.get_mut(&tag) {
+            done.insert(shard);
+            if done.len() >= usize::from(shards) {
+                w.pending.remove(&tag);
+            }
+        }
+        if w.pending.is_empty() {
+            self.end_sync_wait();
+        }
+    }
+
+    /// A member's state did not arrive within `link_timeout` (it is slow, or a new
+    /// configuration is on its way): publish what changed anyway.
+    pub(super) fn expire_sync_wait(&mut self, now: Instant) {
+        let limit = self.limits.link_timeout;
+        if self.sync_wait.as_ref().is_some_and(|w| w.since.is_none_or(|s| now.duration_since(s) >= limit)) {
+            self.end_sync_wait();
+        }
+    }
+
+    fn end_sync_wait(&mut self) {
+        self.sync_wait = None;
+        for group in self.groups.owned_names() {
+            if self.groups.get(group.as_bytes()).and_then(|g| g.owned.as_ref()).is_some_and(|o| o.dirty) {
+                self.publish_view(group, Cause::Network, SessionId::NONE);
+            }
+        }
+    }
+}
+
+/// The ordering server's wait for the state of a new configuration's members: the shard
+/// parts received from each.
+#[derive(Debug)]
+pub(crate) struct SyncWait {
+    since: Option<Instant>,
+    pending: BTreeMap<NodeTag, BTreeSet<u16>>,
 }
 
 /// A view's members as shared between shards.
