@@ -288,6 +288,10 @@ fn a_view_never_exceeds_the_frame_limit() {
         neighbors: vec![NodeTag(7)],
     };
     assert_eq!(s.peer_sends(&Frame::PeerTopo(topo).to_bytes()), Flow::Read);
+    // It installs our configuration and sends its (empty) state, as a server does; until
+    // every member's state is in, we hold views.
+    let state = proto::PeerState { shard: 0, shards: 1, more: false, version: 0, views: Vec::new() };
+    assert_eq!(s.peer_sends(&Frame::PeerState(state).to_bytes()), Flow::Read);
     let mut joins = BytesMut::new();
     for serial in 1..=16 {
         let member = Member {
