@@ -72,15 +72,13 @@ impl ShardCore {
         };
         let Some(link) = self.links.iter().find(|l| l.tag == hop) else { return };
         let (shard, conn) = (link.shard, link.conn);
-        let msg = ShardMsg::Forward { from: self.id, envelope, tag: hop, conn, frames, count };
-        if shard == self.id {
-            self.handle_shard_msg(msg);
-        } else {
-            if let ShardMsg::Forward { frames, .. } = &msg {
-                self.in_flight[shard as usize] += frames.len();
-            }
-            self.outgoing[shard as usize].push(msg);
+        if shard != self.id {
+            self.in_flight[shard as usize] += frames.len();
         }
+        self.send_to_shard(
+            shard,
+            ShardMsg::Forward { from: self.id, envelope, tag: hop, conn, frames, count },
+        );
     }
 
     /// On the shard owning the link to `tag`: queue frames on it (in a PEER_RELAY unless they
@@ -273,13 +271,6 @@ impl ShardCore {
             at += size;
             count += 1;
         }
-        tracing::trace!(
-            me = self.identity.node_tag.0,
-            origin = origin.0,
-            count,
-            known = self.groups.key(group.as_bytes()).is_some(),
-            "relayed run"
-        );
         if let Some(key) = self.groups.key(group.as_bytes()) {
             let run = frames.slice(start..at);
             self.stats.msgs_in += u64::from(count);
