@@ -187,6 +187,7 @@ impl ShardCore {
         }
         self.expire_held(now);
         self.expire_sync_wait(now);
+        self.resend_config(now);
         // Memory over budget for too long: the largest queue is what holds everyone back.
         if self.queued_bytes > l.memory_budget {
             let since = *self.over_since.get_or_insert(now);

@@ -1,13 +1,13 @@
 //! Multicasts from other servers, per sender, on each shard that delivers them: a frame
 //! already delivered is dropped (a resend after a lost link, or a copy that took two
 //! paths), one that arrives early is held until the frames before it arrive, and a hole
-//! that does not fill within `link_timeout`, or whose sender's server is no longer
+//! that does not fill within two link timeouts, or whose sender's server is no longer
 //! reachable, is reported to the members as a gap naming the missing sequence numbers.
 //!
 //! Only shards with local members of a group track it; tracking starts with the first
-//! frame seen. While a shard has no members of a group it is sent nothing for it, so when
-//! members come back the next frame of each sender is taken as it comes (older ones are
-//! still dropped as copies). Never does I/O.
+//! frame seen that is not a resend. While a shard has no members of a group it is sent
+//! nothing for it, so its tracks are dropped when the last member leaves and start again
+//! with the next frame sent. Never does I/O.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -19,6 +19,10 @@ use crate::proto::{self, Frame, Gap, GapReason, GroupName, McastHeader, NodeTag,
 use super::shard::MAX_COUNTER;
 use super::ShardCore;
 
+/// How long a hole may wait to fill, in link timeouts: a frame lost with a link is resent
+/// once the link is found dead, which takes up to one link timeout after the frames behind
+/// it arrived by another path, and then it has to travel.
+const HOLD_LINK_TIMEOUTS: u32 = 2;
 /// Most frames held for one sender while waiting for a hole to fill.
 const MAX_HELD: usize = 4096;
 /// How long a sender is remembered after its last frame: far longer than any resend takes
@@ -33,7 +37,8 @@ pub(crate) struct SenderTrack {
     /// Frames that arrived after a hole, by sequence number, and since when.
     held: BTreeMap<u64, Bytes>,
     held_since: Option<Instant>,
-    /// The group had no members here for a while: the next newer frame starts afresh.
+    /// The sender's server was lost (a gap to the end was reported): the next newer frame
+    /// starts afresh.
     fresh: bool,
     /// When the last frame came.
     seen: Option<Instant>,
@@ -49,6 +54,10 @@ struct Rebuilt {
 }
 
 impl Rebuilt {
+    /// Starts with the frames of `run` before `at`, which were delivered as they came.
+    fn up_to(run: &Bytes, at: usize) -> Rebuilt {
+        Rebuilt { bytes: BytesMut::from(&run[..at]), count: count_frames(&run[..at]) }
+    }
     fn push(&mut self, frame: &[u8]) {
         self.bytes.extend_from_slice(frame);
         self.count += 1;
@@ -87,22 +96,19 @@ impl ShardCore {
             let Ok(Some(size)) = proto::frame_len(&run[at..], usize::MAX) else { break };
             let Some(frame) = run.get(at..at + size) else { break };
             let Ok(h) = McastHeader::parse(frame) else { break };
-            // Out of range (never sent by an honest server): dropped, and no arithmetic on it.
-            if h.seq == 0 || h.seq >= MAX_COUNTER {
-                out.get_or_insert_with(|| Rebuilt {
-                    bytes: BytesMut::from(&run[..at]),
-                    count: count_frames(&run[..at]),
-                });
+            // Out of range (never sent by an honest server): dropped, and no arithmetic on
+            // it. A resend never starts a track: it may be older than this shard's members
+            // (sent before they joined, delivered late because a link was lost), and frames
+            // between it and the next may have been for no one here.
+            let known = tracks.contains_key(&h.sender);
+            if h.seq == 0 || h.seq >= MAX_COUNTER || (resent && !known) {
+                out.get_or_insert_with(|| Rebuilt::up_to(run, at));
                 at += size;
                 continue;
             }
-            // A resend never starts a sender afresh here: it may be older than this shard's
-            // members (sent before they joined, delivered late because a link was lost).
-            let t = tracks.entry(h.sender).or_insert_with(|| SenderTrack {
-                last: if resent { 0 } else { h.seq - 1 },
-                fresh: resent,
-                ..Default::default()
-            });
+            let t = tracks
+                .entry(h.sender)
+                .or_insert_with(|| SenderTrack { last: h.seq - 1, ..Default::default() });
             t.seen = now.or(t.seen);
             let in_order = h.seq == t.last + 1 || (t.fresh && !resent && h.seq > t.last);
             if in_order && t.held.is_empty() && out.is_none() {
@@ -111,10 +117,7 @@ impl ShardCore {
                 at += size;
                 continue;
             }
-            let o = out.get_or_insert_with(|| Rebuilt {
-                bytes: BytesMut::from(&run[..at]),
-                count: count_frames(&run[..at]),
-            });
+            let o = out.get_or_insert_with(|| Rebuilt::up_to(run, at));
             if h.seq <= t.last || (t.fresh && resent && !in_order) {
                 // Delivered already, or a resend where this shard has no starting point.
             } else if in_order {
@@ -136,10 +139,10 @@ impl ShardCore {
         out.map(|o| (o.bytes.freeze(), o.count))
     }
 
-    /// Holes that did not fill within `link_timeout` are reported and the frames held
-    /// behind them delivered.
+    /// Holes that did not fill within `HOLD_LINK_TIMEOUTS` link timeouts are reported and
+    /// the frames held behind them delivered.
     pub(super) fn expire_held(&mut self, now: Instant) {
-        let limit = self.limits.link_timeout;
+        let limit = self.limits.link_timeout * HOLD_LINK_TIMEOUTS;
         let mut due = Vec::new();
         for (group, senders) in &self.remote {
             for (sender, t) in senders {
@@ -190,28 +193,12 @@ impl ShardCore {
         }
     }
 
-    /// The last member of `group` on this shard left, or this shard missed views of it (so
-    /// senders may have left this server out meanwhile): what is held goes out as it is,
-    /// and the senders' next frames start afresh (see the module doc).
+    /// The last member of `group` on this shard is leaving (or was dropped): the group's
+    /// tracks are dropped (see the module doc). Frames held behind a hole are dropped with
+    /// them: the members are leaving, and the hole may be a resend still on its way, so a
+    /// gap notice would more often be false than true.
     pub(super) fn forget_group(&mut self, group: &[u8]) {
-        let Some(key) = self.groups.key(group) else { return };
-        let Some(senders) = self.remote.get_mut(group) else { return };
-        let mut o = Rebuilt { bytes: BytesMut::new(), count: 0 };
-        for t in senders.values_mut() {
-            while let Some((seq, frame)) = t.held.pop_first() {
-                o.push(&frame);
-                t.last = seq;
-            }
-            t.held_since = None;
-            t.fresh = true;
-        }
-        if o.count > 0 {
-            let frames = o.bytes.freeze();
-            let local = self.groups.get(key.as_bytes()).map(|g| g.local.clone()).unwrap_or_default();
-            for conn in local {
-                self.send_frames(conn, frames.clone(), o.count);
-            }
-        }
+        self.remote.remove(group);
     }
 
     /// Forgets senders that sent nothing for a long time and wait for nothing. One that

@@ -350,7 +350,7 @@ impl ShardCore {
                 // the new configuration's state sync repairs what matters.
                 if self.leader() != Some(origin) {
                     self.stats.peer_violations += 1;
-                    tracing::debug!(group = %v.group, view = v.view_id, "dropping a VIEW from a server that does not order membership here");
+                    tracing::debug!(node = %self.identity.node_name, shard = self.id, from = origin.0, group = %v.group, view = v.view_id, "dropping a VIEW from a server that does not order membership here");
                     return Ok(Flow::Read);
                 }
                 let leaver = (v.cause == Cause::Leave).then_some(v.subject);

@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 
@@ -47,6 +48,8 @@ pub(crate) struct Mesh {
     /// configuration. Losing one starts a new epoch, whose state sync heals what the lost
     /// link was carrying (joins, leaves, views).
     pub edges: BTreeSet<(NodeTag, NodeTag)>,
+    /// On the ordering server: when it last sent the configuration to its members.
+    pub config_sent: Option<Instant>,
 }
 
 impl Mesh {
@@ -62,6 +65,7 @@ impl Mesh {
             reachable: BTreeSet::from([me]),
             next_hop: HashMap::new(),
             edges: BTreeSet::new(),
+            config_sent: None,
         }
     }
 }
@@ -266,17 +270,52 @@ impl ShardCore {
             "announcing a new configuration of reachable servers (this server orders views)"
         );
         self.mesh.edges = edges;
+        let others: Vec<NodeTag> = config.members.iter().copied().filter(|&t| t != me).collect();
+        self.send_config(&config, others);
+        self.broadcast(ShardMsg::Config(Arc::new(config)));
+    }
+
+    fn send_config(&mut self, config: &Config, to: Vec<NodeTag>) {
         let frame = Frame::PeerConfig(PeerConfig {
-            leader: me,
-            epoch,
+            leader: config.leader,
+            epoch: config.epoch,
             members: config.members.iter().copied().collect(),
         })
         .to_bytes();
-        let others: Vec<NodeTag> = config.members.iter().copied().filter(|&t| t != me).collect();
-        for tag in others {
+        for tag in to {
             self.send_to_link(tag, frame.clone(), 1);
         }
-        self.broadcast(ShardMsg::Config(Arc::new(config)));
+        self.mesh.config_sent = self.clock.or(self.mesh.config_sent);
+    }
+
+    /// Shard 0 of the ordering server, on its timer: members whose PEER_TOPO still reports
+    /// an older configuration are sent the installed one again, at most once per link
+    /// timeout. (A PEER_CONFIG is not resent with a lost link, and can find no route while
+    /// routes change; such a member would otherwise keep its own configuration for good.)
+    pub(super) fn resend_config(&mut self, now: Instant) {
+        let me = self.identity.node_tag;
+        let cfg = &self.mesh.config;
+        if self.id != 0
+            || cfg.leader != me
+            || self.mesh.config_sent.is_some_and(|t| now.duration_since(t) < self.limits.link_timeout)
+        {
+            return;
+        }
+        let behind: Vec<NodeTag> = cfg
+            .members
+            .iter()
+            .copied()
+            .filter(|t| *t != me && self.mesh.topo.get(t).is_none_or(|topo| topo.epoch < cfg.epoch))
+            .collect();
+        if !behind.is_empty() {
+            tracing::debug!(
+                epoch = cfg.epoch,
+                servers = behind.len(),
+                "sending the configuration again to servers still behind it"
+            );
+            let config = cfg.clone();
+            self.send_config(&config, behind);
+        }
     }
 
     /// A PEER_CONFIG from `origin` (directly or relayed): installed if `origin` announces
@@ -300,6 +339,7 @@ impl ShardCore {
             return;
         }
         tracing::debug!(
+            node = %self.identity.node_name,
             shard = self.id,
             epoch = config.epoch,
             leader = config.leader.0,

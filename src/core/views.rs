@@ -122,8 +122,13 @@ impl ShardCore {
             }
             return;
         }
+        // A single join or leave held during the exchange is named as the cause, if the
+        // exchange did not undo it (a member that left may be back in a server's state).
+        let listed = |s: &SessionId| owned.members.contains_key(s);
         let (cause, subject) = match (owned.held.take(), std::mem::take(&mut owned.held_count)) {
-            (Some(one), 1) if cause == Cause::Network => one,
+            (Some((held, s)), 1) if cause == Cause::Network && listed(&s) == (held == Cause::Join) => {
+                (held, s)
+            }
             _ => (cause, subject),
         };
         // The first view of a configuration starts at its epoch; ids only grow. (View ids
@@ -212,14 +217,7 @@ impl ShardCore {
             }
         }
         let is_owner = owner_of(group.as_bytes(), self.nshards) == self.id;
-        // Missed views (ids jumped within a configuration) may hide changes in who was sent
-        // the group's traffic. (A new configuration's first view jumps by design.)
-        let epoch = |id: u64| id >> EPOCH_SHIFT;
-        let missed = self
-            .groups
-            .get(group.as_bytes())
-            .is_none_or(|g| epoch(g.view_id) == epoch(view_id) && g.view_id + 1 != view_id);
-        if local.is_empty() || missed {
+        if local.is_empty() {
             self.forget_group(group.as_bytes());
         }
         if members.is_empty() {
