@@ -473,6 +473,14 @@ fn every_ctl_command_against_a_running_server() {
     assert_eq!(status["shards"].as_array().unwrap().len(), 2);
     let human = server.ctl_ok(&["status"]);
     assert!(human.contains("alpha") && human.contains("1 client(s)"), "{human}");
+    // A lone server is its own configuration (epoch = its start time in ms) and orders views.
+    let epoch = status["shards"][0]["epoch"].as_u64().expect("an epoch");
+    assert!(
+        human.contains(&format!(
+            "configuration epoch {epoch} of 1 server(s), 1 reachable; this server orders views"
+        )),
+        "{human}"
+    );
 
     let groups = server.ctl_json(&["groups"]);
     assert_eq!(groups[0]["name"], "jobs");

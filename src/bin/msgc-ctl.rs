@@ -284,6 +284,19 @@ fn print_status(r: &ServerReport) {
                 r.links.len()
             ),
         ],
+        // Shard 0 speaks for the server's membership (every shard holds the same).
+        vec![
+            "mesh".into(),
+            r.shards.first().map_or_else(String::new, |s| {
+                format!(
+                    "configuration epoch {} of {} server(s), {} reachable; {}",
+                    s.epoch,
+                    s.config_servers,
+                    s.reachable,
+                    if s.orders_views { "this server orders views" } else { "another server orders views" }
+                )
+            }),
+        ],
         vec![
             "groups".into(),
             format!("{} ({} members in the mesh, {} here)", r.groups.len(), members, r.local_members),

@@ -160,6 +160,7 @@ async fn read_loop(
                         let result = s.handle_frame(frame);
                         if s.is_ready() && !was_ready {
                             shared.session_id.store(s.session_id().0, Ordering::Relaxed);
+                            inbound.set_session(s.session_id());
                             *failures = 0;
                             if let Some(r) = ready.take() {
                                 let _ = r.send(Ok(()));

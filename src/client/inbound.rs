@@ -24,11 +24,24 @@ pub struct Inbound {
     /// Last sequence number received per group and sender.
     recv_seq: FastMap<GroupName, FastMap<SessionId, u64>>,
     last_rx: Instant,
+    /// This connection's session, once welcomed.
+    me: SessionId,
 }
 
 impl Inbound {
     pub fn new(max_frame_size: usize, idle_timeout: Duration, now: Instant) -> Inbound {
-        Inbound { max_frame_size, idle_timeout, recv_seq: FastMap::default(), last_rx: now }
+        Inbound {
+            max_frame_size,
+            idle_timeout,
+            recv_seq: FastMap::default(),
+            last_rx: now,
+            me: SessionId::NONE,
+        }
+    }
+
+    /// The server welcomed this connection as `session`.
+    pub fn set_session(&mut self, session: SessionId) {
+        self.me = session;
     }
 
     /// Decodes complete frames from `buf` (payloads share its bytes), appending events to
@@ -99,13 +112,19 @@ impl Inbound {
 
     /// A sender that left the view is gone: forget its sequence numbers (a sender that comes
     /// back starts a fresh count). Senders that multicast without being members are dropped
-    /// at every view too, so their gap detection restarts at each membership change.
+    /// at every view too, so their gap detection restarts at each membership change. This
+    /// session's own join or leave, or a view without it, forgets every sender of the group:
+    /// what it was sent while it was not a member is none of its business, so a jump across
+    /// that time is no gap.
     fn prune(&mut self, view: &View) {
         let Some(senders) = self.recv_seq.get_mut(view.group.as_bytes()) else {
             return;
         };
         // Members are sorted by session id (docs/protocol.md), so each check is a search.
         let listed = |s: &SessionId| view.members.binary_search_by(|m| m.session.cmp(s)).is_ok();
+        if !self.me.is_none() && (view.subject == self.me || !listed(&self.me)) {
+            senders.clear();
+        }
         senders.retain(|s, _| listed(s));
         if senders.is_empty() {
             self.recv_seq.remove(view.group.as_bytes());
@@ -217,6 +236,25 @@ mod tests {
         feed(&mut i, view(&[]));
         assert_eq!(i.tracked_senders("g"), 0);
         assert!(i.recv_seq.is_empty(), "an empty group leaves no entry behind");
+    }
+
+    #[test]
+    fn leaving_and_joining_again_is_no_gap() {
+        let mut i = inbound();
+        i.set_session(SessionId(7));
+        feed(&mut i, mcast(4, 1));
+        feed(&mut i, mcast(4, 2));
+        // A view without this session (it left): nothing of the group is kept.
+        feed(&mut i, view(&[4]));
+        assert_eq!(i.tracked_senders("g"), 0);
+        // Back in the group, sender 4 is at 9: messages 3..8 were sent while this session
+        // was out, so no gap is reported.
+        feed(&mut i, view(&[4, 7]));
+        let events = feed(&mut i, mcast(4, 9));
+        assert!(matches!(events.as_slice(), [Event::Message { seq: 9, .. }]), "{events:?}");
+        // While it is a member, a jump still is one.
+        let events = feed(&mut i, mcast(4, 11));
+        assert!(matches!(events.as_slice(), [Event::Gap(_), Event::Message { seq: 11, .. }]), "{events:?}");
     }
 
     #[test]
