@@ -133,7 +133,9 @@ impl ShardCore {
         if t.origin == self.identity.node_tag {
             return;
         }
-        if self.mesh.topo.get(&t.origin).is_some_and(|known| known.version >= t.version) {
+        if self.mesh.topo.get(&t.origin).is_some_and(|known| known.version >= t.version)
+            || self.superseded(&t)
+        {
             return;
         }
         let tags: Vec<NodeTag> = self.links.iter().map(|l| l.tag).filter(|&l| l != from).collect();
@@ -145,7 +147,9 @@ impl ShardCore {
 
     /// Every shard: a newer PEER_TOPO of another server.
     pub(super) fn handle_topo(&mut self, t: Arc<PeerTopo>) {
-        if self.mesh.topo.get(&t.origin).is_some_and(|known| known.version >= t.version) {
+        if self.mesh.topo.get(&t.origin).is_some_and(|known| known.version >= t.version)
+            || self.superseded(&t)
+        {
             return;
         }
         // A restarted server comes back with a new tag: forget its previous run.
@@ -155,6 +159,16 @@ impl ShardCore {
         });
         self.mesh.topo.insert(t.origin, t);
         self.recompute_mesh();
+    }
+
+    /// Whether `t` is of an earlier run of a server whose later run is known (this one
+    /// included): such a PEER_TOPO can still be in flight after a restart, and taken in
+    /// again it would make the dead run reachable and unreachable by turns.
+    fn superseded(&self, t: &PeerTopo) -> bool {
+        let name = t.name.as_str();
+        let later = |other: &str, boot: u64| other.eq_ignore_ascii_case(name) && boot > t.boot;
+        later(self.identity.node_name.as_str(), self.identity.boot)
+            || self.mesh.topo.values().any(|k| k.origin != t.origin && later(k.name.as_str(), k.boot))
     }
 
     /// Recomputes what is reachable and how, after links or topology changed. Servers that
