@@ -214,7 +214,24 @@ impl ShardCore {
             self.applied.retain(|(tag, _), _| *tag != node);
             self.server_unreachable(node);
         }
+        self.pay_sync_owed();
         self.maybe_announce();
+    }
+
+    /// Sends the state owed to the ordering server once there is a route to it. (Sent with
+    /// none, it would be dropped, and the ordering server would publish views without this
+    /// shard's members until the next configuration.)
+    fn pay_sync_owed(&mut self) {
+        let Some(leader) = self.sync_owed else { return };
+        if self.leader() != Some(leader) {
+            self.sync_owed = None;
+            return;
+        }
+        let linked = self.links.iter().any(|l| l.tag == leader) || self.mesh.next_hop.contains_key(&leader);
+        if linked {
+            self.sync_owed = None;
+            self.send_state_sync(leader);
+        }
     }
 
     /// The links among `nodes` as this server knows them now.
@@ -373,7 +390,8 @@ impl ShardCore {
             }
             Some(leader) => {
                 self.sync_wait = None;
-                self.send_state_sync(leader)
+                self.sync_owed = Some(leader);
+                self.pay_sync_owed();
             }
         }
     }

@@ -165,6 +165,9 @@ pub struct ShardCore {
     /// What this shard delivered from each remote sender (duplicates, holes).
     pub(super) remote: Tracks,
     /// Memberships announced by each server's state sync, until its part completes.
+    /// The ordering server this shard owes its state to: installed while no route to it
+    /// existed, so the state goes out as soon as one does.
+    pub(super) sync_owed: Option<NodeTag>,
     pub(super) sync_in: HashMap<NodeTag, HashSet<(GroupName, SessionId)>>,
     /// The latest `now` any input brought (for timestamps deep inside routing); None
     /// before the first.
@@ -218,6 +221,7 @@ impl ShardCore {
             mesh,
             remote: Tracks::default(),
             sync_in: HashMap::new(),
+            sync_owed: None,
             clock: None,
             member_ops: 0,
             applied: HashMap::new(),
