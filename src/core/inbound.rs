@@ -100,8 +100,7 @@ impl ShardCore {
             // it. A resend never starts a track: it may be older than this shard's members
             // (sent before they joined, delivered late because a link was lost), and frames
             // between it and the next may have been for no one here.
-            let known = tracks.contains_key(&h.sender);
-            if h.seq == 0 || h.seq >= MAX_COUNTER || (resent && !known) {
+            if h.seq == 0 || h.seq >= MAX_COUNTER || (resent && !tracks.contains_key(&h.sender)) {
                 out.get_or_insert_with(|| Rebuilt::up_to(run, at));
                 at += size;
                 continue;
