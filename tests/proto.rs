@@ -112,6 +112,7 @@ fn frame() -> impl Strategy<Value = Frame> {
         (cause(), group(), any::<u64>(), any::<u64>()).prop_map(|(cause, group, s, version)| {
             Frame::PeerLeave(PeerLeave { cause, group, session: SessionId(s), version })
         }),
+        (group(), any::<u64>()).prop_map(|(group, view_id)| Frame::PeerStamp(PeerStamp { group, view_id })),
         (
             1u16..64,
             any::<u16>(),

@@ -27,6 +27,8 @@ pub struct Group {
     /// Members in the installed view, and its id.
     pub members: usize,
     pub view_id: u64,
+    /// The view that gave this shard its first member after it had none (0 without).
+    pub since: u64,
     /// The VIEW frame installed last here, to ignore a copy of it (a server whose link
     /// comes up may be sent a group's current view more than once).
     pub installed: Bytes,
@@ -92,6 +94,10 @@ impl GroupTable {
     /// The stored name of a group (shares its bytes).
     pub fn key(&self, name: &[u8]) -> Option<GroupName> {
         self.groups.get_key_value(name).map(|(k, _)| k.clone())
+    }
+    /// The stored name of a group, and the group.
+    pub fn key_value(&self, name: &[u8]) -> Option<(GroupName, &Group)> {
+        self.groups.get_key_value(name).map(|(k, g)| (k.clone(), g))
     }
     pub fn entry(&mut self, name: GroupName) -> &mut Group {
         self.groups.entry(name).or_default()

@@ -4,10 +4,12 @@
 //! that does not fill within two link timeouts, or whose sender's server is no longer
 //! reachable, is reported to the members as a gap naming the missing sequence numbers.
 //!
-//! Only shards with local members of a group track it; tracking starts with the first
-//! frame seen that is not a resend. While a shard has no members of a group it is sent
-//! nothing for it, so its tracks are dropped when the last member leaves and start again
-//! with the next frame sent. Never does I/O.
+//! Only shards with local members of a group track it. While a shard has no members of a
+//! group it is sent nothing for it, so its tracks are dropped when the last member leaves,
+//! and a sender's track starts again with the first frame that is not a resend and was sent
+//! under a view that has this shard's members (its PEER_STAMP): an older frame, still on
+//! its way when they joined, was sent before its server knew of them, and what its server
+//! sent between it and the next may have been for no one here. Never does I/O.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -17,7 +19,7 @@ use bytes::{Bytes, BytesMut};
 use crate::proto::{self, Frame, Gap, GapReason, GroupName, McastHeader, NodeTag, SessionId};
 
 use super::shard::MAX_COUNTER;
-use super::ShardCore;
+use super::{Arrival, ShardCore};
 
 /// How long a hole may wait to fill, in link timeouts: a frame lost with a link is resent
 /// once the link is found dead, which takes up to one link timeout after the frames behind
@@ -73,9 +75,17 @@ impl Rebuilt {
 impl ShardCore {
     /// Filters a run from another server for this shard's members of `group`. `None`: deliver
     /// the run as it is; `Some((frames, count))`: deliver these instead (possibly nothing).
-    pub(super) fn accept_remote(&mut self, group: &[u8], run: &Bytes, resent: bool) -> Option<(Bytes, u32)> {
+    pub(super) fn accept_remote(
+        &mut self,
+        group: &[u8],
+        run: &Bytes,
+        arrival: Arrival,
+    ) -> Option<(Bytes, u32)> {
         let now = self.clock;
-        let key = self.groups.key(group)?;
+        let (key, g) = self.groups.key_value(group)?;
+        // A frame may start a track only if sent under a view with this shard's members.
+        let may_start = !arrival.resent && arrival.stamp >= g.since;
+        let resent = arrival.resent;
         let tracks = self.remote.entry(key.clone()).or_default();
         // The common case, checked with one lookup: one sender, numbers in a row, right after
         // the last one delivered, nothing held.
@@ -97,10 +107,9 @@ impl ShardCore {
             let Some(frame) = run.get(at..at + size) else { break };
             let Ok(h) = McastHeader::parse(frame) else { break };
             // Out of range (never sent by an honest server): dropped, and no arithmetic on
-            // it. A resend never starts a track: it may be older than this shard's members
-            // (sent before they joined, delivered late because a link was lost), and frames
-            // between it and the next may have been for no one here.
-            if h.seq == 0 || h.seq >= MAX_COUNTER || (resent && !tracks.contains_key(&h.sender)) {
+            // it. A frame that may not start a track (see the module doc) and has none is
+            // dropped too.
+            if h.seq == 0 || h.seq >= MAX_COUNTER || (!may_start && !tracks.contains_key(&h.sender)) {
                 out.get_or_insert_with(|| Rebuilt::up_to(run, at));
                 at += size;
                 continue;

@@ -325,6 +325,10 @@ impl ShardCore {
                 Ok(Flow::Read)
             }
             Frame::PeerRelay(r) => self.handle_relay(conn, r, now),
+            Frame::PeerStamp(st) => {
+                self.handle_stamp(conn, st);
+                Ok(Flow::Read)
+            }
             frame => self.handle_peer_message(conn, tag, frame, bytes, now),
         };
         match result {

@@ -71,6 +71,20 @@ pub struct Envelope {
     pub hops: u8,
     /// A resend after a lost link.
     pub resent: bool,
+    /// For multicasts of the origin's own sessions, the view of their group it had
+    /// installed when it sent them (written as a PEER_STAMP before them); 0 for other frames
+    /// and for relayed ones, which carry their PEER_STAMP inside.
+    pub stamp: u64,
+}
+
+/// How a run of multicasts from another server reached this one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Arrival {
+    /// See [`Envelope::resent`].
+    pub resent: bool,
+    /// The view of the group the sending server had installed when it sent the run (its
+    /// PEER_STAMP); 0 if none came with it.
+    pub stamp: u64,
 }
 
 /// A link to another server that is up, as every shard of this server knows it.
@@ -89,13 +103,13 @@ pub struct LinkInfo {
 #[derive(Debug, Clone)]
 pub enum ShardMsg {
     /// A run of `count` MCAST frames to `group`, to be fanned out to local members
-    /// (`resent`: see [`Envelope::resent`]).
+    /// (`arrival`: for a run from another server, how it came).
     Deliver {
         from: u16,
         group: GroupName,
         frames: Bytes,
         count: u32,
-        resent: bool,
+        arrival: Arrival,
     },
     /// To the shard owning the link to `tag`: queue these frames on it (in a PEER_RELAY
     /// unless they are this server's for `tag` itself).

@@ -5,22 +5,31 @@
 //!
 //! Receivers drop what they already delivered by the senders' own sequence numbers (see
 //! `inbound.rs`), so a resend never duplicates. Membership frames are not resent: a lost
-//! link starts a new configuration, whose state sync rebuilds them. Never does I/O.
+//! link starts a new configuration, whose state sync rebuilds them.
+//!
+//! Multicasts of a server's own sessions go with a PEER_STAMP naming the view of their group
+//! the server had installed when it sent them: once per change on a link, and inside every
+//! PEER_RELAY. A receiver that starts delivering a group takes no frame sent under an
+//! earlier view as a starting point (see `inbound.rs`). Never does I/O.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
 use bytes::Bytes;
 
 use crate::proto::{
-    self, kind, relay_header, Frame, GroupName, McastHeader, NodeTag, MCAST_FIXED, RELAY_HEADER,
+    self, kind, relay_header, Frame, GroupName, McastHeader, NodeTag, PeerStamp, MCAST_FIXED, RELAY_HEADER,
 };
 
-use super::{ConnId, Envelope, Flow, ShardCore, ShardMsg};
+use super::{Arrival, ConnId, Envelope, Flow, ShardCore, ShardMsg};
 
 /// Servers a relayed frame may pass through: more than any route in a full mesh with cut
 /// links needs, and a bound while routes change.
 const MAX_HOPS: u8 = 8;
+/// Groups whose PEER_STAMP a link remembers each way before it forgets them (a bound; what
+/// is forgotten is sent again, or, on the receiving side, belongs to a group with no
+/// members here, whose next stamp differs anyway).
+const MAX_STAMPED_GROUPS: usize = 1 << 16;
 
 /// A run of multicasts a link carried, kept until the other side acknowledges it.
 #[derive(Debug)]
@@ -29,6 +38,8 @@ pub(crate) struct Unacked {
     pub end: u64,
     pub origin: NodeTag,
     pub dest: NodeTag,
+    /// See [`Envelope::stamp`].
+    pub stamp: u64,
     pub frames: Bytes,
     pub count: u32,
 }
@@ -46,13 +57,30 @@ pub(crate) struct LinkStream {
     /// Bytes received from the link since it came up, and as last acknowledged.
     pub received: u64,
     pub ack_sent: u64,
+    /// The last PEER_STAMP sent and received on the link, per group.
+    stamps_out: HashMap<GroupName, u64>,
+    stamps_in: HashMap<GroupName, u64>,
+}
+
+impl LinkStream {
+    /// The view named by the last PEER_STAMP of `group` received on the link (0: none).
+    pub fn stamp_in(&self, group: &[u8]) -> u64 {
+        self.stamps_in.get(group).copied().unwrap_or(0)
+    }
 }
 
 impl ShardCore {
     /// Sends frames of this server to server `dest`, directly or relayed.
     pub(super) fn send_to_link(&mut self, dest: NodeTag, frames: Bytes, count: u32) {
         let me = self.identity.node_tag;
-        self.route(Envelope { origin: me, dest, hops: 0, resent: false }, frames, count);
+        self.route(Envelope { origin: me, dest, hops: 0, resent: false, stamp: 0 }, frames, count);
+    }
+
+    /// Sends a run of this server's sessions' multicasts, sent under view `stamp` of their
+    /// group, to server `dest`.
+    pub(super) fn send_mcast(&mut self, dest: NodeTag, run: Bytes, count: u32, stamp: u64) {
+        let me = self.identity.node_tag;
+        self.route(Envelope { origin: me, dest, hops: 0, resent: false, stamp }, run, count);
     }
 
     /// Sends `origin`'s frames towards `dest`: over the direct link if it is up, else to the
@@ -93,22 +121,60 @@ impl ShardCore {
         }
         let me = self.identity.node_tag;
         if e.origin == me && e.dest == tag && !e.resent {
+            if e.stamp != 0 {
+                self.stamp_link(conn, &frames, e.stamp);
+            }
             self.send_frames(conn, frames.clone(), count);
         } else {
             self.send_relayed(conn, e, &frames);
         }
-        let (origin, dest) = (e.origin, e.dest);
         // Multicasts and views are resent (receivers drop what they have by sequence number
         // and view id); joins, leaves and syncs are rebuilt by the next configuration's sync.
-        if matches!(frames.get(4), Some(&kind::MCAST | &kind::VIEW)) {
-            self.keep_unacked(conn, origin, dest, frames, count);
+        if resendable(&frames) {
+            self.keep_unacked(conn, e, frames, count);
         }
     }
 
+    /// Queues a PEER_STAMP of `stamp` for the group of the multicasts `run` on `conn`,
+    /// unless the last one of that group on the link named the same view.
+    fn stamp_link(&mut self, conn: ConnId, run: &Bytes, stamp: u64) {
+        let Some(p) = self.conns.get_mut(conn).and_then(|c| c.peer.as_mut()) else { return };
+        let Ok(h) = McastHeader::parse(run) else { return };
+        let sent = &mut p.stream.stamps_out;
+        if sent.get(h.group(run)) == Some(&stamp) {
+            return; // the common case: checked without building the name
+        }
+        let Some(group) = group_of(run) else { return };
+        if sent.len() >= MAX_STAMPED_GROUPS {
+            sent.clear();
+        }
+        sent.insert(group.clone(), stamp);
+        self.send_frame(conn, Frame::PeerStamp(PeerStamp { group, view_id: stamp }).to_bytes());
+    }
+
+    /// PEER_STAMP on link `conn`: the multicasts of `group` that follow on it were sent under
+    /// that view.
+    pub(super) fn handle_stamp(&mut self, conn: ConnId, st: PeerStamp) {
+        let Some(p) = self.conns.get_mut(conn).and_then(|c| c.peer.as_mut()) else { return };
+        let known = &mut p.stream.stamps_in;
+        if known.len() >= MAX_STAMPED_GROUPS && !known.contains_key(st.group.as_bytes()) {
+            let groups = &self.groups;
+            known.retain(|g, _| groups.get(g.as_bytes()).is_some());
+        }
+        known.insert(st.group, st.view_id);
+    }
+
     /// Queues `frames` on `conn` in PEER_RELAY frames that each fit the peer's frame limit
-    /// (split at frame boundaries; the frames themselves are not copied).
+    /// (split at frame boundaries; the frames themselves are not copied), each starting
+    /// with the PEER_STAMP of `e`, if it has one.
     fn send_relayed(&mut self, conn: ConnId, e: Envelope, frames: &Bytes) {
-        let room = self.limits.max_frame.saturating_sub(RELAY_HEADER).max(1);
+        let stamp = match e.stamp {
+            0 => Bytes::new(),
+            stamp => group_of(frames)
+                .map(|group| Frame::PeerStamp(PeerStamp { group, view_id: stamp }).to_bytes())
+                .unwrap_or_default(),
+        };
+        let room = self.limits.max_frame.saturating_sub(RELAY_HEADER + stamp.len()).max(1);
         let mut start = 0;
         while start < frames.len() {
             let mut end = start;
@@ -123,8 +189,12 @@ impl ShardCore {
                 break; // not whole frames: nothing an honest origin sends
             }
             let chunk = frames.slice(start..end);
-            let header = relay_header(e.origin, e.dest, e.hops.saturating_add(1), e.resent, chunk.len());
+            let len = stamp.len() + chunk.len();
+            let header = relay_header(e.origin, e.dest, e.hops.saturating_add(1), e.resent, len);
             self.send_frames(conn, Bytes::copy_from_slice(&header), 0);
+            if !stamp.is_empty() {
+                self.send_frames(conn, stamp.clone(), 0);
+            }
             self.send_frames(conn, chunk, 1);
             start = end;
         }
@@ -133,12 +203,13 @@ impl ShardCore {
     /// Remembers a run of multicasts just queued on link `conn` until acknowledged, within
     /// `resend_buffer` bytes (the oldest are forgotten first; losing the link then loses
     /// them, and receivers get an exact gap notice).
-    fn keep_unacked(&mut self, conn: ConnId, origin: NodeTag, dest: NodeTag, frames: Bytes, count: u32) {
+    fn keep_unacked(&mut self, conn: ConnId, e: Envelope, frames: Bytes, count: u32) {
         let limit = self.limits.resend_buffer;
         let Some(p) = self.conns.get_mut(conn).and_then(|c| c.peer.as_mut()) else { return };
         let s = &mut p.stream;
         s.unacked_bytes += frames.len();
-        s.unacked.push_back(Unacked { end: s.sent, origin, dest, frames, count });
+        let (origin, dest, stamp) = (e.origin, e.dest, e.stamp);
+        s.unacked.push_back(Unacked { end: s.sent, origin, dest, stamp, frames, count });
         while s.unacked_bytes > limit {
             let Some(old) = s.unacked.pop_front() else { break };
             s.unacked_bytes -= old.frames.len();
@@ -187,7 +258,8 @@ impl ShardCore {
         let mut resent = 0u64;
         for u in unacked {
             resent += u64::from(u.count);
-            self.route(Envelope { origin: u.origin, dest: u.dest, hops: 0, resent: true }, u.frames, u.count);
+            let e = Envelope { origin: u.origin, dest: u.dest, hops: 0, resent: true, stamp: u.stamp };
+            self.route(e, u.frames, u.count);
         }
         if resent > 0 {
             tracing::info!(node = %self.identity.node_name, messages = resent, "resending what the lost link had not delivered");
@@ -210,7 +282,8 @@ impl ShardCore {
                 tracing::warn!(hops = r.hops, "dropping a relayed frame that went around too long");
                 return Ok(Flow::Read);
             }
-            let e = Envelope { origin: r.origin, dest: r.dest, hops: r.hops, resent: r.resent };
+            // (Its PEER_STAMP, if any, is inside.)
+            let e = Envelope { origin: r.origin, dest: r.dest, hops: r.hops, resent: r.resent, stamp: 0 };
             self.route(e, r.frames, 1);
             return Ok(Flow::Read);
         }
@@ -218,6 +291,7 @@ impl ShardCore {
             return Err("PEER_RELAY from this server to itself".into());
         }
         let frames = r.frames;
+        let mut arrival = Arrival { resent: r.resent, stamp: 0 };
         let mut at = 0;
         while at < frames.len() {
             let size = match proto::frame_len(&frames[at..], usize::MAX) {
@@ -225,12 +299,16 @@ impl ShardCore {
                 _ => return Err("PEER_RELAY carries a partial frame".into()),
             };
             if frames[at + 4] == kind::MCAST {
-                at = self.relayed_mcast_run(&frames, at, r.origin, r.resent)?;
+                at = self.relayed_mcast_run(&frames, at, r.origin, arrival)?;
                 continue;
             }
             let bytes = frames.slice(at..at + size);
             at += size;
             let frame = proto::parse_whole(bytes.clone()).map_err(|e| e.to_string())?;
+            if let Frame::PeerStamp(st) = frame {
+                arrival.stamp = st.view_id; // for the multicasts after it in this relay
+                continue;
+            }
             if matches!(frame, Frame::PeerRelay(_) | Frame::PeerAck(_) | Frame::PeerTopo(_)) {
                 return Err(format!("{} inside PEER_RELAY", frame.name()));
             }
@@ -248,7 +326,7 @@ impl ShardCore {
         frames: &Bytes,
         start: usize,
         origin: NodeTag,
-        resent: bool,
+        arrival: Arrival,
     ) -> Result<usize, String> {
         let first = McastHeader::parse(&frames[start..]).map_err(|e| e.to_string())?;
         let group_end = start + MCAST_FIXED + first.group_len;
@@ -274,9 +352,25 @@ impl ShardCore {
         if let Some(key) = self.groups.key(group.as_bytes()) {
             let run = frames.slice(start..at);
             self.stats.msgs_in += u64::from(count);
-            self.route_local(key.as_bytes(), &run, count, resent);
-            self.route_shards(key, run, count, resent);
+            self.route_local(key.as_bytes(), &run, count, arrival);
+            self.route_shards(key, run, count, arrival);
         }
         Ok(at)
     }
+}
+
+/// The group of the MCAST frames `run` (None if it does not start with one, which an
+/// honest caller never passes). Shares the run's bytes.
+fn group_of(run: &Bytes) -> Option<GroupName> {
+    let h = McastHeader::parse(run).ok()?;
+    GroupName::from_bytes(run.slice(MCAST_FIXED..MCAST_FIXED + h.group_len)).ok()
+}
+
+/// Whether `frames` are multicasts or a view (after the PEER_STAMP a relayed run starts with).
+fn resendable(frames: &[u8]) -> bool {
+    let first = match frames.get(4) {
+        Some(&kind::PEER_STAMP) => proto::frame_len(frames, usize::MAX).ok().flatten(),
+        _ => Some(0),
+    };
+    first.and_then(|at| frames.get(at + 4)).is_some_and(|k| matches!(*k, kind::MCAST | kind::VIEW))
 }

@@ -21,7 +21,7 @@ use super::groups::GroupTable;
 use super::inbound::Tracks;
 use super::links::PeerConn;
 use super::membership::Mesh;
-use super::{ConnId, ConnMeta, Limits, LinkInfo, Outbox, PeerEntry, ShardMsg, Stats};
+use super::{Arrival, ConnId, ConnMeta, Limits, LinkInfo, Outbox, PeerEntry, ShardMsg, Stats};
 
 /// How long a closing connection may take to flush its last frames before it is cut.
 pub(super) const CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -538,11 +538,14 @@ impl ShardCore {
             };
             self.stats.msgs_in += u64::from(count);
             self.stats.runs_in += 1;
+            // From a peer: under the view its last PEER_STAMP for the group named.
+            let stamp = self.conns[conn].peer.as_ref().map_or(0, |p| p.stream.stamp_in(key.as_bytes()));
+            let arrival = Arrival { resent: false, stamp };
             if from_peer.is_none() {
                 self.route_links(&key, &run, count);
             }
-            self.route_local(key.as_bytes(), &run, count, false);
-            self.route_shards(key, run, count, false);
+            self.route_local(key.as_bytes(), &run, count, arrival);
+            self.route_shards(key, run, count, arrival);
         }
         self.after_violation(conn, violation, count, now)
     }
@@ -563,7 +566,7 @@ impl ShardCore {
 
     /// Queues a run to this shard's members of `group`. A run from another server's
     /// senders is first checked for what was delivered already or arrives early.
-    pub(super) fn route_local(&mut self, group: &[u8], run: &Bytes, count: u32, resent: bool) {
+    pub(super) fn route_local(&mut self, group: &[u8], run: &Bytes, count: u32, arrival: Arrival) {
         let Some(g) = self.groups.get(group) else { return };
         if g.local.is_empty() {
             return;
@@ -571,7 +574,7 @@ impl ShardCore {
         let me = self.identity.node_tag;
         let remote = McastHeader::parse(run).is_ok_and(|h| h.sender.node() != me);
         let filtered;
-        let (run, count) = match remote.then(|| self.accept_remote(group, run, resent)).flatten() {
+        let (run, count) = match remote.then(|| self.accept_remote(group, run, arrival)).flatten() {
             None => (run, count),
             Some((_, 0)) => return,
             Some((f, n)) => {
@@ -599,12 +602,17 @@ impl ShardCore {
     }
 
     /// Sends a run once to each other shard of this server with members of `group`.
-    pub(super) fn route_shards(&mut self, group: GroupName, run: Bytes, count: u32, resent: bool) {
+    pub(super) fn route_shards(&mut self, group: GroupName, run: Bytes, count: u32, arrival: Arrival) {
         let Some(g) = self.groups.get(group.as_bytes()) else { return };
         for &s in &g.remote_shards {
             self.in_flight[s as usize] += run.len();
-            let msg =
-                ShardMsg::Deliver { from: self.id, group: group.clone(), frames: run.clone(), count, resent };
+            let msg = ShardMsg::Deliver {
+                from: self.id,
+                group: group.clone(),
+                frames: run.clone(),
+                count,
+                arrival,
+            };
             self.outgoing[s as usize].push(msg);
         }
     }
@@ -615,11 +623,12 @@ impl ShardCore {
         if g.nodes.is_empty() {
             return;
         }
-        // A reused scratch list: `send_to_link` needs `&mut self` while we walk the nodes.
+        let stamp = g.view_id;
+        // A reused scratch list: `send_mcast` needs `&mut self` while we walk the nodes.
         let mut nodes = std::mem::take(&mut self.scratch_nodes);
         nodes.extend_from_slice(&g.nodes);
         for &tag in &nodes {
-            self.send_to_link(tag, run.clone(), count);
+            self.send_mcast(tag, run.clone(), count, stamp);
         }
         nodes.clear();
         self.scratch_nodes = nodes;
@@ -955,9 +964,9 @@ impl ShardCore {
 
     pub(super) fn handle_shard_msg(&mut self, msg: ShardMsg) {
         match msg {
-            ShardMsg::Deliver { from, group, frames, count, resent } => {
+            ShardMsg::Deliver { from, group, frames, count, arrival } => {
                 self.owe_credit(from, frames.len());
-                self.route_local(group.as_bytes(), &frames, count, resent)
+                self.route_local(group.as_bytes(), &frames, count, arrival)
             }
             ShardMsg::Credit { from, bytes } => {
                 let before = self.paused();

@@ -231,6 +231,11 @@ impl ShardCore {
         } else {
             let g = self.groups.entry(group);
             g.view_id = view_id;
+            if local.is_empty() {
+                g.since = 0;
+            } else if g.local.is_empty() {
+                g.since = view_id;
+            }
             g.local = local;
             g.remote_shards = remote_shards;
             g.nodes = nodes;

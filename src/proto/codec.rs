@@ -250,6 +250,13 @@ pub fn encode(frame: &Frame, dst: &mut BytesMut) {
             dst.put_u8(0);
             dst.put_u64(*n);
         }
+        Frame::PeerStamp(st) => {
+            dst.put_u8(kind::PEER_STAMP);
+            dst.put_u8(0);
+            dst.put_u64(st.view_id);
+            dst.put_u8(st.group.len() as u8);
+            dst.put_slice(st.group.as_bytes());
+        }
         Frame::PeerRelay(r) => {
             dst.truncate(start);
             dst.extend_from_slice(&relay_header(r.origin, r.dest, r.hops, r.resent, r.frames.len()));
@@ -599,6 +606,18 @@ pub fn parse_whole(frame: Bytes) -> Result<Frame, ProtoError> {
                 resent,
                 frames: frame.slice(RELAY_HEADER..),
             }))
+        }
+        kind::PEER_STAMP => {
+            no_flags()?;
+            if f.len() < 15 {
+                return Err(ProtoError::Malformed("PEER_STAMP shorter than its fixed fields"));
+            }
+            let glen = f[14] as usize;
+            if 15 + glen != f.len() {
+                return Err(ProtoError::Malformed("PEER_STAMP group length disagrees with frame length"));
+            }
+            let view_id = be_u64(&f[6..14]);
+            Ok(Frame::PeerStamp(PeerStamp { group: group_at(15, glen)?, view_id }))
         }
         other => Err(ProtoError::UnknownKind(other)),
     }

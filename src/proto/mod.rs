@@ -17,9 +17,9 @@ use bytes::Bytes;
 /// Protocol version spoken by this implementation with clients.
 pub const VERSION: u16 = 1;
 /// Version of the server-to-server protocol: 2 added server membership (PEER_TOPO,
-/// PEER_CONFIG), relaying, acknowledgements and membership versions. Servers of version 1
-/// are refused with a message that says so.
-pub const PEER_VERSION: u16 = 2;
+/// PEER_CONFIG), relaying, acknowledgements and membership versions; 3 added PEER_STAMP.
+/// Servers of an older version are refused with a message that says so.
+pub const PEER_VERSION: u16 = 3;
 /// The handshake magic, `MSGC`.
 pub const MAGIC: [u8; 4] = *b"MSGC";
 /// Bytes of the common header: length (4), kind (1), flags (1).
@@ -61,6 +61,9 @@ pub mod kind {
     pub const PEER_ACK: u8 = 0x48;
     /// Frames from one server to another, carried by a third while their link is down.
     pub const PEER_RELAY: u8 = 0x49;
+    /// The view of a group its sending server had installed when it sent the multicasts
+    /// that follow on the link (or in the same PEER_RELAY).
+    pub const PEER_STAMP: u8 = 0x4a;
     /// Last kind reserved for the server mesh.
     pub const PEER_LAST: u8 = 0x4f;
 }
@@ -313,6 +316,14 @@ pub const RELAY_RESENT: u8 = 0x01;
 /// Bytes of a PEER_RELAY frame before the frames it carries.
 pub const RELAY_HEADER: usize = HEADER_LEN + 9;
 
+/// Between servers: the multicasts to `group` that follow (on the link, or in the same
+/// PEER_RELAY) were sent while their server had view `view_id` of the group installed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerStamp {
+    pub group: GroupName,
+    pub view_id: u64,
+}
+
 /// Every frame of version 1.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Frame {
@@ -335,6 +346,7 @@ pub enum Frame {
     /// Bytes of this link received so far (counted from the end of its handshake).
     PeerAck(u64),
     PeerRelay(PeerRelay),
+    PeerStamp(PeerStamp),
 }
 
 /// A protocol violation by the remote side. Maps onto the ERROR code sent before closing.
@@ -389,6 +401,7 @@ impl Frame {
             Frame::PeerConfig(_) => "PEER_CONFIG",
             Frame::PeerAck(_) => "PEER_ACK",
             Frame::PeerRelay(_) => "PEER_RELAY",
+            Frame::PeerStamp(_) => "PEER_STAMP",
         }
     }
 
