@@ -6,10 +6,12 @@
 //!
 //! Only shards with local members of a group track it. While a shard has no members of a
 //! group it is sent nothing for it, so its tracks are dropped when the last member leaves,
-//! and a sender's track starts again with the first frame that is not a resend and was sent
-//! under a view that has this shard's members (its PEER_STAMP): an older frame, still on
-//! its way when they joined, was sent before its server knew of them, and what its server
-//! sent between it and the next may have been for no one here. Never does I/O.
+//! and a sender's track starts again with a frame sent under a view that has this shard's
+//! members (its PEER_STAMP): an older frame, still on its way when they joined, was sent
+//! before its server knew of them, and what its server sent between it and the next may
+//! have been for no one here. A track started by a resend is tentative: an earlier frame
+//! of the same view may still come by the original path, so nothing is delivered until a
+//! frame that is not a resend arrives or the hold time passes. Never does I/O.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -42,6 +44,9 @@ pub(crate) struct SenderTrack {
     /// The sender's server was lost (a gap to the end was reported): the next newer frame
     /// starts afresh.
     fresh: bool,
+    /// Started by a resend, nothing delivered yet: `last` is just below the lowest frame
+    /// held, and an earlier frame that may start a track lowers it.
+    tentative: bool,
     /// When the last frame came.
     seen: Option<Instant>,
 }
@@ -84,7 +89,7 @@ impl ShardCore {
         let now = self.clock;
         let (key, g) = self.groups.key_value(group)?;
         // A frame may start a track only if sent under a view with this shard's members.
-        let may_start = !arrival.resent && arrival.stamp >= g.since;
+        let may_start = arrival.stamp >= g.since;
         let resent = arrival.resent;
         let tracks = self.remote.entry(key.clone()).or_default();
         // The common case, checked with one lookup: one sender, numbers in a row, right after
@@ -116,8 +121,23 @@ impl ShardCore {
             }
             let t = tracks
                 .entry(h.sender)
-                .or_insert_with(|| SenderTrack { last: h.seq - 1, ..Default::default() });
+                .or_insert_with(|| SenderTrack { last: h.seq - 1, tentative: resent, ..Default::default() });
             t.seen = now.or(t.seen);
+            if t.tentative {
+                let o = out.get_or_insert_with(|| Rebuilt::up_to(run, at));
+                if may_start {
+                    t.last = t.last.min(h.seq - 1);
+                    t.held.entry(h.seq).or_insert_with(|| run.slice(at..at + size));
+                    t.held_since = t.held_since.or(now);
+                    if !resent || t.held.len() > MAX_HELD {
+                        // The original path: from here on frames come in order.
+                        t.tentative = false;
+                        gaps += drain_held(t, o, &key, h.sender, t.held.len() > MAX_HELD);
+                    }
+                }
+                at += size;
+                continue;
+            }
             let in_order = h.seq == t.last + 1 || (t.fresh && !resent && h.seq > t.last);
             if in_order && t.held.is_empty() && out.is_none() {
                 t.last = h.seq;
@@ -183,6 +203,8 @@ impl ShardCore {
     /// each hole; with `end`, then reports everything after as possibly missing.
     fn flush_sender(&mut self, group: &GroupName, sender: SessionId, end: Option<u64>) {
         let Some(t) = self.remote.get_mut(group).and_then(|s| s.get_mut(&sender)) else { return };
+        // A tentative start is taken as it is: nothing below it is known to be missing.
+        t.tentative = false;
         let mut o = Rebuilt { bytes: BytesMut::new(), count: 0 };
         let mut gaps = drain_held(t, &mut o, group, sender, true);
         if let Some(end) = end {
