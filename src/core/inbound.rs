@@ -1,7 +1,7 @@
 //! Multicasts from other servers, per sender, on each shard that delivers them: a frame
 //! already delivered is dropped (a resend after a lost link, or a copy that took two
 //! paths), one that arrives early is held until the frames before it arrive, and a hole
-//! that does not fill within two link timeouts, or whose sender's server is no longer
+//! that does not fill within three link timeouts, or whose sender's server is no longer
 //! reachable, is reported to the members as a gap naming the missing sequence numbers.
 //!
 //! Only shards with local members of a group track it. While a shard has no members of a
@@ -25,8 +25,9 @@ use super::{Arrival, ShardCore};
 
 /// How long a hole may wait to fill, in link timeouts: a frame lost with a link is resent
 /// once the link is found dead, which takes up to one link timeout after the frames behind
-/// it arrived by another path, and then it has to travel.
-const HOLD_LINK_TIMEOUTS: u32 = 2;
+/// it arrived by another path, and then it has to travel, and the path it takes may have
+/// a dead link not yet found too (two were seen in the simulation).
+const HOLD_LINK_TIMEOUTS: u32 = 3;
 /// Most frames held for one sender while waiting for a hole to fill.
 const MAX_HELD: usize = 4096;
 /// How long a sender is remembered after its last frame: far longer than any resend takes
