@@ -7,7 +7,8 @@
 //! Other shards keep only routing: local member connections, other shards and other servers
 //! with members. Never does I/O.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::Instant;
 
 use bytes::Bytes;
 
@@ -29,11 +30,23 @@ pub struct Group {
     pub view_id: u64,
     /// The view that gave this shard its first member after it had none (0 without).
     pub since: u64,
+    /// Runs from other servers sent under a view this shard has not installed yet, in the
+    /// order they came, and when: delivered after that view (see `inbound.rs`).
+    pub early: VecDeque<Early>,
     /// The VIEW frame installed last here, to ignore a copy of it (a server whose link
     /// comes up may be sent a group's current view more than once).
     pub installed: Bytes,
     /// Present on the owner shard only.
     pub owned: Option<Owned>,
+}
+
+/// A run of multicasts held until its view is installed here.
+#[derive(Debug)]
+pub struct Early {
+    pub run: Bytes,
+    pub count: u32,
+    pub arrival: super::Arrival,
+    pub since: Option<Instant>,
 }
 
 /// The owner shard's replica of a group's membership.
@@ -104,6 +117,10 @@ impl GroupTable {
     }
     pub fn remove(&mut self, name: &[u8]) {
         self.groups.remove(name);
+    }
+    /// Names of the groups with runs held for a view.
+    pub fn names_with_early(&self) -> Vec<GroupName> {
+        self.groups.iter().filter(|(_, g)| !g.early.is_empty()).map(|(k, _)| k.clone()).collect()
     }
     /// Names of the groups whose replica this shard owns.
     pub fn owned_names(&self) -> Vec<GroupName> {

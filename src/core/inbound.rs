@@ -20,6 +20,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::proto::{self, Frame, Gap, GapReason, GroupName, McastHeader, NodeTag, SessionId};
 
+use super::groups::Early;
 use super::shard::MAX_COUNTER;
 use super::{Arrival, ShardCore};
 
@@ -30,6 +31,8 @@ use super::{Arrival, ShardCore};
 const HOLD_LINK_TIMEOUTS: u32 = 3;
 /// Most frames held for one sender while waiting for a hole to fill.
 const MAX_HELD: usize = 4096;
+/// Most runs of one group held until their view is installed here.
+const MAX_EARLY: usize = 4096;
 /// How long a sender is remembered after its last frame: far longer than any resend takes
 /// to arrive. (Senders come and go with their sessions; this bounds what is kept.)
 const FORGET_AFTER: Duration = Duration::from_secs(60);
@@ -120,9 +123,11 @@ impl ShardCore {
                 at += size;
                 continue;
             }
-            let t = tracks
-                .entry(h.sender)
-                .or_insert_with(|| SenderTrack { last: h.seq - 1, tentative: resent, ..Default::default() });
+            let t = tracks.entry(h.sender).or_insert_with(|| SenderTrack {
+                last: h.seq - 1,
+                tentative: resent,
+                ..Default::default()
+            });
             t.seen = now.or(t.seen);
             if t.tentative {
                 let o = out.get_or_insert_with(|| Rebuilt::up_to(run, at));
@@ -168,9 +173,40 @@ impl ShardCore {
         out.map(|o| (o.bytes.freeze(), o.count))
     }
 
+    /// A run sent under a view of `group` newer than the one installed here (its server
+    /// installed the view first): held until this shard installs it, so that members get a
+    /// message only after the view it was sent in, or after one `link_timeout` (a view that
+    /// never comes here must not hold its runs for good).
+    pub(super) fn hold_early(&mut self, group: &[u8], run: &Bytes, count: u32, arrival: Arrival) {
+        let since = self.clock;
+        let Some(g) = self.groups.get_mut(group) else { return };
+        g.early.push_back(Early { run: run.clone(), count, arrival, since });
+        if g.early.len() > MAX_EARLY {
+            self.release_early(group, |_| true);
+        }
+    }
+
+    /// Delivers, in the order they came, the held runs of `group` up to the last one for
+    /// which `due` holds (those after it stay, so no sender's frames pass its earlier ones).
+    pub(super) fn release_early(&mut self, group: &[u8], due: impl Fn(&Early) -> bool) {
+        let Some(g) = self.groups.get_mut(group) else { return };
+        let Some(last) = g.early.iter().rposition(due) else { return };
+        let runs: Vec<Early> = g.early.drain(..=last).collect();
+        for e in runs {
+            self.deliver_run(group, &e.run, e.count, e.arrival);
+        }
+    }
+
     /// Holes that did not fill within `HOLD_LINK_TIMEOUTS` link timeouts are reported and
-    /// the frames held behind them delivered.
+    /// the frames held behind them delivered; runs held for a view that did not come
+    /// within one link timeout are delivered.
     pub(super) fn expire_held(&mut self, now: Instant) {
+        let limit = self.limits.link_timeout;
+        let waiting: Vec<GroupName> = self.groups.names_with_early();
+        for group in waiting {
+            let overdue = |e: &Early| e.since.is_some_and(|s| now.duration_since(s) >= limit);
+            self.release_early(group.as_bytes(), overdue);
+        }
         let limit = self.limits.link_timeout * HOLD_LINK_TIMEOUTS;
         let mut due = Vec::new();
         for (group, senders) in &self.remote {

@@ -571,6 +571,15 @@ impl ShardCore {
         if g.local.is_empty() {
             return;
         }
+        if arrival.stamp > g.view_id {
+            self.hold_early(group, run, count, arrival);
+            return;
+        }
+        self.deliver_run(group, run, count, arrival);
+    }
+
+    /// Queues a run to this shard's members of `group`, now (see [`Self::route_local`]).
+    pub(super) fn deliver_run(&mut self, group: &[u8], run: &Bytes, count: u32, arrival: Arrival) {
         let me = self.identity.node_tag;
         let remote = McastHeader::parse(run).is_ok_and(|h| h.sender.node() != me);
         let filtered;

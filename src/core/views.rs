@@ -184,6 +184,7 @@ impl ShardCore {
         if installed.max(self.retired.get(group.as_bytes()).copied().unwrap_or(0)) >= view_id {
             return;
         }
+        let name = group.clone();
         let me = self.identity.node_tag;
         let mut local = Vec::new();
         let mut remote_shards = Vec::new();
@@ -233,6 +234,7 @@ impl ShardCore {
             g.view_id = view_id;
             if local.is_empty() {
                 g.since = 0;
+                g.early.clear(); // for members no longer here
             } else if g.local.is_empty() {
                 g.since = view_id;
             }
@@ -251,6 +253,8 @@ impl ShardCore {
         for conn in recipients {
             self.send_frame(conn, frame.clone());
         }
+        // Runs that were sent under this view, or an older one, follow it.
+        self.release_early(name.as_bytes(), |e| e.arrival.stamp <= view_id);
     }
 
     /// On the ordering server: whether a membership message from `origin` with `version`
