@@ -272,6 +272,10 @@ fn saturation_slows_publishers_and_never_kills_a_link() {
         memory_budget: 1 << 20,
         // Subscribers read as fast as they can; the test is about links, not slow clients.
         stall_timeout: Duration::from_secs(30),
+        // Six servers' threads, six clients and the other tests share two cores here: a
+        // link's heartbeat once waited 3 s for a CPU (a simulation sweep ran beside it).
+        // Saturation itself never delays it by more than a moment.
+        link_timeout: Duration::from_secs(6),
         ..mesh_limits()
     };
     let prefix = "saturate";
