@@ -136,9 +136,13 @@ impl ShardCore {
                     t.held.entry(h.seq).or_insert_with(|| run.slice(at..at + size));
                     t.held_since = t.held_since.or(now);
                     if !resent || t.held.len() > MAX_HELD {
-                        // The original path: from here on frames come in order.
+                        // The original path: from here on frames come in order. A hole
+                        // left is known from now: its hold starts now.
                         t.tentative = false;
                         gaps += drain_held(t, o, &key, h.sender, t.held.len() > MAX_HELD);
+                        if !t.held.is_empty() {
+                            t.held_since = now.or(t.held_since);
+                        }
                     }
                 }
                 at += size;
