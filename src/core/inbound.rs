@@ -136,13 +136,9 @@ impl ShardCore {
                     t.held.entry(h.seq).or_insert_with(|| run.slice(at..at + size));
                     t.held_since = t.held_since.or(now);
                     if !resent || t.held.len() > MAX_HELD {
-                        // The original path: from here on frames come in order. A hole
-                        // left is known from now: its hold starts now.
+                        // The original path: from here on frames come in order.
                         t.tentative = false;
-                        gaps += drain_held(t, o, &key, h.sender, t.held.len() > MAX_HELD);
-                        if !t.held.is_empty() {
-                            t.held_since = now.or(t.held_since);
-                        }
+                        gaps += drain_held(t, o, &key, h.sender, t.held.len() > MAX_HELD, now);
                     }
                 }
                 at += size;
@@ -162,13 +158,13 @@ impl ShardCore {
                 o.push(frame);
                 t.last = h.seq;
                 t.fresh = false;
-                gaps += drain_held(t, o, &key, h.sender, false);
+                gaps += drain_held(t, o, &key, h.sender, false, now);
             } else {
                 tracing::debug!(shard = self.id, sender = %h.sender, seq = h.seq, last = t.last, "holding an early frame");
                 t.held.insert(h.seq, run.slice(at..at + size));
                 t.held_since = t.held_since.or(now);
                 if t.held.len() > MAX_HELD {
-                    gaps += drain_held(t, o, &key, h.sender, true);
+                    gaps += drain_held(t, o, &key, h.sender, true, now);
                 }
             }
             at += size;
@@ -247,7 +243,7 @@ impl ShardCore {
         // A tentative start is taken as it is: nothing below it is known to be missing.
         t.tentative = false;
         let mut o = Rebuilt { bytes: BytesMut::new(), count: 0 };
-        let mut gaps = drain_held(t, &mut o, group, sender, true);
+        let mut gaps = drain_held(t, &mut o, group, sender, true, None);
         if let Some(end) = end {
             let first = t.last + 1;
             gaps += o.gap(group, sender, first, end);
@@ -286,14 +282,17 @@ impl ShardCore {
 }
 
 /// Moves held frames that now follow in order into `o`; with `force`, jumps each hole
-/// (reporting it) until nothing is held. Returns the gap notices added.
+/// (reporting it) until nothing is held. A hole still left after progress is a later one,
+/// known only from `now`: its hold starts then. Returns the gap notices added.
 fn drain_held(
     t: &mut SenderTrack,
     o: &mut Rebuilt,
     group: &GroupName,
     sender: SessionId,
     force: bool,
+    now: Option<Instant>,
 ) -> u64 {
+    let before = t.last;
     let mut gaps = 0;
     while let Some((&seq, _)) = t.held.first_key_value() {
         if seq <= t.last {
@@ -311,7 +310,11 @@ fn drain_held(
             t.last = seq;
         }
     }
-    t.held_since = if t.held.is_empty() { None } else { t.held_since };
+    t.held_since = match (t.held.is_empty(), t.last != before) {
+        (true, _) => None,
+        (false, true) => now.or(t.held_since),
+        (false, false) => t.held_since,
+    };
     gaps
 }
 

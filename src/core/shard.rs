@@ -164,10 +164,10 @@ pub struct ShardCore {
     pub(super) mesh: Mesh,
     /// What this shard delivered from each remote sender (duplicates, holes).
     pub(super) remote: Tracks,
-    /// Memberships announced by each server's state sync, until its part completes.
     /// The ordering server this shard owes its state to: installed while no route to it
     /// existed, so the state goes out as soon as one does.
     pub(super) sync_owed: Option<NodeTag>,
+    /// Memberships announced by each server's state sync, until its part completes.
     pub(super) sync_in: HashMap<NodeTag, HashSet<(GroupName, SessionId)>>,
     /// The latest `now` any input brought (for timestamps deep inside routing); None
     /// before the first.
