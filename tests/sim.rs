@@ -77,6 +77,16 @@ struct SimClient {
     /// when it came).
     delivered: Vec<(String, SessionId, u64, u64)>,
     last_view: HashMap<String, (u64, Vec<SessionId>)>,
+    /// Per group, what this session delivered in each view it installed, in order.
+    spans: HashMap<String, Vec<Span>>,
+}
+
+/// What one member delivered while one view of a group was installed.
+struct Span {
+    /// The view: its id and sorted members (ids alone may repeat across a partition).
+    view: (u64, Vec<SessionId>),
+    listed: bool,
+    got: BTreeSet<(SessionId, u64)>,
 }
 
 struct Sim {
@@ -95,6 +105,8 @@ struct Sim {
     trace: Vec<String>,
     violations: Vec<String>,
     fault: Fault,
+    /// The spans of sessions that ended (their client reconnected).
+    old_spans: Vec<HashMap<String, Vec<Span>>>,
 }
 
 fn limits() -> Limits {
@@ -122,6 +134,7 @@ impl Sim {
             trace: Vec::new(),
             violations: Vec::new(),
             fault: Fault::Severe,
+            old_spans: Vec::new(),
         };
         for i in 0..nservers {
             let name = format!("node{i}");
@@ -141,6 +154,7 @@ impl Sim {
                 gap_notices: 0,
                 delivered: Vec::new(),
                 last_view: HashMap::new(),
+                spans: HashMap::new(),
             });
             sim.connect_client(c);
         }
@@ -184,6 +198,7 @@ impl Sim {
         cl.gaps.clear();
         cl.last_view.clear();
         cl.seq.clear();
+        self.old_spans.push(std::mem::take(&mut cl.spans));
         let mut hello = Frame::Hello(Handshake::client(Name::new(&format!("c{c}")).unwrap(), 1 << 20))
             .to_bytes()
             .to_vec();
@@ -324,6 +339,9 @@ impl Sim {
                     let key = (m.group.to_string(), m.sender);
                     let view = cl.last_view.get(&key.0).map_or(0, |v| v.0);
                     cl.delivered.push((key.0.clone(), m.sender, m.seq, view));
+                    if let Some(span) = cl.spans.get_mut(&key.0).and_then(|s| s.last_mut()) {
+                        span.got.insert((m.sender, m.seq));
+                    }
                     let last = cl.last.insert(key.clone(), m.seq);
                     if let Some(last) = last {
                         if m.seq <= last {
@@ -377,6 +395,10 @@ impl Sim {
                     let me = cl.session;
                     // Joining, leaving or being dropped: sequence tracking starts afresh.
                     let listed = v.members.iter().any(|m| m.session == me);
+                    let mut members: Vec<SessionId> = v.members.iter().map(|m| m.session).collect();
+                    members.sort();
+                    let span = Span { view: (v.view_id, members), listed, got: BTreeSet::new() };
+                    cl.spans.entry(g.clone()).or_default().push(span);
                     if v.subject == me || !listed {
                         cl.last.retain(|(grp, _), _| *grp != g);
                     }
@@ -632,6 +654,42 @@ impl Sim {
         }
     }
 
+    /// Virtual synchrony: members that installed the same two views one after the other
+    /// delivered the same messages in the first.
+    fn check_synchrony(&mut self) {
+        type Key = (String, (u64, Vec<SessionId>), (u64, Vec<SessionId>));
+        let mut seen: HashMap<Key, (usize, &BTreeSet<(SessionId, u64)>)> = HashMap::new();
+        let current = self.clients.iter().map(|c| &c.spans);
+        for (who, spans) in self.old_spans.iter().chain(current).enumerate() {
+            for (group, list) in spans {
+                for pair in list.windows(2) {
+                    let (a, b) = (&pair[0], &pair[1]);
+                    if !a.listed || !b.listed {
+                        continue;
+                    }
+                    let key = (group.clone(), a.view.clone(), b.view.clone());
+                    match seen.get(&key) {
+                        None => {
+                            seen.insert(key, (who, &a.got));
+                        }
+                        Some((other, got)) if *got != &a.got => {
+                            let only_here: Vec<_> = a.got.difference(got).take(3).collect();
+                            let only_there: Vec<_> = got.difference(&a.got).take(3).collect();
+                            self.violations.push(format!(
+                                "sessions {who} and {other} moved from view {} to {} of {group} having \
+                                 delivered different messages in the first: only {who} got {only_here:?}, \
+                                 only {other} got {only_there:?}",
+                                a.view.0, b.view.0
+                            ));
+                            return;
+                        }
+                        Some(_) => {}
+                    }
+                }
+            }
+        }
+    }
+
     /// Heals everything, lets it settle, and checks that views converged.
     fn settle_and_check(&mut self, nshards: u16) {
         self.blocked.clear();
@@ -693,6 +751,9 @@ fn run_seed(seed: u64, fault: Fault) -> Result<(), String> {
         sim.step();
     }
     sim.settle_and_check(nshards);
+    if std::env::var("SIM_VSYNC").is_ok() {
+        sim.check_synchrony();
+    }
     if sim.violations.is_empty() {
         Ok(())
     } else {
