@@ -114,6 +114,25 @@ fn frame() -> impl Strategy<Value = Frame> {
         }),
         (group(), any::<u64>()).prop_map(|(group, view_id)| Frame::PeerStamp(PeerStamp { group, view_id })),
         (
+            group(),
+            any::<(u64, u64)>(),
+            1u16..64,
+            any::<bool>(),
+            proptest::collection::vec(any::<(u64, u64, u64, u64)>(), 0..4)
+        )
+            .prop_map(|(group, (view_id, prev), shards, more, ends)| Frame::PeerMark(PeerMark {
+                group,
+                view_id,
+                prev,
+                shard: shards - 1,
+                shards,
+                more,
+                ends: ends
+                    .into_iter()
+                    .map(|(s, first, seq, stamp)| SenderEnd { sender: SessionId(s), first, seq, stamp })
+                    .collect(),
+            })),
+        (
             1u16..64,
             any::<u16>(),
             any::<bool>(),

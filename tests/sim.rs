@@ -658,7 +658,8 @@ impl Sim {
     /// delivered the same messages in the first.
     fn check_synchrony(&mut self) {
         type Key = (String, (u64, Vec<SessionId>), (u64, Vec<SessionId>));
-        let mut seen: HashMap<Key, (usize, &BTreeSet<(SessionId, u64)>)> = HashMap::new();
+        type Got<'a> = (usize, &'a BTreeSet<(SessionId, u64)>);
+        let mut seen: HashMap<Key, Got> = HashMap::new();
         let current = self.clients.iter().map(|c| &c.spans);
         for (who, spans) in self.old_spans.iter().chain(current).enumerate() {
             for (group, list) in spans {

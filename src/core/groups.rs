@@ -25,9 +25,21 @@ pub struct Group {
     pub remote_shards: Vec<u16>,
     /// Other servers (by node tag) with at least one member.
     pub nodes: Vec<NodeTag>,
-    /// Members in the installed view, and its id.
+    /// Members in the installed view (the one the members here were last sent), and its id.
     pub members: usize,
     pub view_id: u64,
+    /// The newest view received: it routes this shard's senders' multicasts (to `nodes`
+    /// and `remote_shards`) and stamps them, while the members may still wait for it in
+    /// `pending` (see `flush.rs`).
+    pub send_view: u64,
+    /// Views received and not yet installed, oldest first: each waits for the flush of the
+    /// one before it.
+    pub pending: VecDeque<Pending>,
+    /// This shard's sessions that multicast to the group since its last mark: their first
+    /// and last sequence numbers since, all sent under `send_view`.
+    pub sent: HashMap<SessionId, (u64, u64)>,
+    /// The view of the last mark this shard sent each server for the group.
+    pub marked: HashMap<NodeTag, u64>,
     /// The view that gave this shard its first member after it had none (0 without).
     pub since: u64,
     /// Runs from other servers sent under a view this shard has not installed yet, in the
@@ -46,6 +58,17 @@ pub struct Early {
     pub run: Bytes,
     pub count: u32,
     pub arrival: super::Arrival,
+    pub since: Option<Instant>,
+}
+
+/// A view received and waiting to be installed.
+#[derive(Debug)]
+pub struct Pending {
+    pub frame: Bytes,
+    pub view_id: u64,
+    pub members: std::sync::Arc<[Member]>,
+    pub leaver: Option<SessionId>,
+    /// When it came.
     pub since: Option<Instant>,
 }
 
@@ -118,9 +141,15 @@ impl GroupTable {
     pub fn remove(&mut self, name: &[u8]) {
         self.groups.remove(name);
     }
-    /// Names of the groups with runs held for a view.
+    /// Names of the groups with runs held for a view and no view waiting (those wait with
+    /// it).
     pub fn names_with_early(&self) -> Vec<GroupName> {
-        self.groups.iter().filter(|(_, g)| !g.early.is_empty()).map(|(k, _)| k.clone()).collect()
+        let holding = |g: &Group| !g.early.is_empty() && g.pending.is_empty();
+        self.groups.iter().filter(|(_, g)| holding(g)).map(|(k, _)| k.clone()).collect()
+    }
+    /// Names of the groups with views waiting to be installed.
+    pub fn names_with_pending(&self) -> Vec<GroupName> {
+        self.groups.iter().filter(|(_, g)| !g.pending.is_empty()).map(|(k, _)| k.clone()).collect()
     }
     /// Names of the groups whose replica this shard owns.
     pub fn owned_names(&self) -> Vec<GroupName> {

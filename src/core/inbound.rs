@@ -28,7 +28,7 @@ use super::{Arrival, ShardCore};
 /// once the link is found dead, which takes up to one link timeout after the frames behind
 /// it arrived by another path, and then it has to travel, and the path it takes may have
 /// a dead link not yet found too (two were seen in the simulation).
-const HOLD_LINK_TIMEOUTS: u32 = 3;
+pub(super) const HOLD_LINK_TIMEOUTS: u32 = 3;
 /// Most frames held for one sender while waiting for a hole to fill.
 const MAX_HELD: usize = 4096;
 /// Most runs of one group held until their view is installed here.
@@ -41,7 +41,7 @@ const FORGET_AFTER: Duration = Duration::from_secs(60);
 #[derive(Debug, Default)]
 pub(crate) struct SenderTrack {
     /// Last sequence number delivered.
-    last: u64,
+    pub(super) last: u64,
     /// Frames that arrived after a hole, by sequence number, and since when.
     held: BTreeMap<u64, Bytes>,
     held_since: Option<Instant>,
@@ -50,7 +50,7 @@ pub(crate) struct SenderTrack {
     fresh: bool,
     /// Started by a resend, nothing delivered yet: `last` is just below the lowest frame
     /// held, and an earlier frame that may start a track lowers it.
-    tentative: bool,
+    pub(super) tentative: bool,
     /// When the last frame came.
     seen: Option<Instant>,
 }
@@ -178,12 +178,48 @@ impl ShardCore {
     /// message only after the view it was sent in, or after one `link_timeout` (a view that
     /// never comes here must not hold its runs for good).
     pub(super) fn hold_early(&mut self, group: &[u8], run: &Bytes, count: u32, arrival: Arrival) {
+        if !arrival.resent {
+            self.settle_tentative(group, run);
+        }
         let since = self.clock;
         let Some(g) = self.groups.get_mut(group) else { return };
         g.early.push_back(Early { run: run.clone(), count, arrival, since });
         if g.early.len() > MAX_EARLY {
             self.release_early(group, |_| true);
         }
+    }
+
+    /// A run that came by its original path is held for its view: every earlier frame of
+    /// its senders by that path came before it, so a track of theirs that a resend started
+    /// is no longer tentative (its frames held so far follow in order, or a hole waits).
+    fn settle_tentative(&mut self, group: &[u8], run: &Bytes) {
+        let Some((key, _)) = self.groups.key_value(group) else { return };
+        let Some(tracks) = self.remote.get_mut(group) else { return };
+        let mut o = Rebuilt { bytes: BytesMut::new(), count: 0 };
+        let mut at = 0;
+        while at + 4 <= run.len() {
+            let Ok(Some(size)) = proto::frame_len(&run[at..], usize::MAX) else { break };
+            let Some(h) = run.get(at..at + size).and_then(|f| McastHeader::parse(f).ok()) else { break };
+            if let Some(t) = tracks.get_mut(&h.sender).filter(|t| t.tentative) {
+                t.tentative = false;
+                self.stats.gaps += drain_held(t, &mut o, &key, h.sender, false, self.clock);
+            }
+            at += size;
+        }
+        self.deliver_built(&key, o);
+    }
+
+    /// Settles `sender`'s tentative track if it starts at or below `first` (no frame before
+    /// that is owed here).
+    pub(super) fn settle_track(&mut self, group: &GroupName, sender: SessionId, first: u64) {
+        let Some(t) = self.remote.get_mut(group).and_then(|s| s.get_mut(&sender)) else { return };
+        if !t.tentative || t.last >= first {
+            return;
+        }
+        t.tentative = false;
+        let mut o = Rebuilt { bytes: BytesMut::new(), count: 0 };
+        self.stats.gaps += drain_held(t, &mut o, group, sender, false, self.clock);
+        self.deliver_built(group, o);
     }
 
     /// Delivers, in the order they came, the held runs of `group` up to the last one for
@@ -220,6 +256,7 @@ impl ShardCore {
             self.flush_sender(&group, sender, None);
         }
         self.prune_senders(now);
+        self.try_install_all();
     }
 
     /// Server `node` is no longer reachable: whatever its senders' frames held here wait
@@ -234,6 +271,7 @@ impl ShardCore {
         for (group, sender) in doomed {
             self.flush_sender(&group, sender, Some(u64::MAX));
         }
+        self.try_install_all();
     }
 
     /// Delivers `sender`'s held frames to `group`'s members here, with a gap notice before
@@ -251,12 +289,52 @@ impl ShardCore {
             t.fresh = true;
         }
         self.stats.gaps += gaps;
-        if o.count > 0 {
-            let frames = o.bytes.freeze();
-            let local = self.groups.get(group.as_bytes()).map(|g| g.local.clone()).unwrap_or_default();
-            for conn in local {
-                self.send_frames(conn, frames.clone(), o.count);
+        self.deliver_built(group, o);
+    }
+
+    /// A view's flush gave up on `sender` reaching `end` here: its frames held up to `end`
+    /// are delivered and every number missing up to it reported; later ones stay held.
+    pub(super) fn end_sender_at(&mut self, group: &GroupName, sender: SessionId, end: u64) {
+        let Some(t) = self.remote.get_mut(group).and_then(|s| s.get_mut(&sender)) else { return };
+        if t.last >= end {
+            return;
+        }
+        t.tentative = false;
+        let mut o = Rebuilt { bytes: BytesMut::new(), count: 0 };
+        let mut gaps = 0;
+        while t.last < end {
+            match t.held.first_key_value().map(|(&seq, _)| seq) {
+                Some(seq) if seq <= end => {
+                    if seq > t.last + 1 {
+                        gaps += o.gap(group, sender, t.last + 1, seq - 1);
+                    }
+                    if let Some((seq, frame)) = t.held.pop_first() {
+                        if seq > t.last {
+                            o.push(&frame);
+                            t.last = seq;
+                        }
+                    }
+                }
+                _ => {
+                    gaps += o.gap(group, sender, t.last + 1, end);
+                    t.last = end;
+                }
             }
+        }
+        gaps += drain_held(t, &mut o, group, sender, false, self.clock);
+        self.stats.gaps += gaps;
+        self.deliver_built(group, o);
+    }
+
+    /// Sends frames rebuilt outside a run's arrival to `group`'s members here.
+    fn deliver_built(&mut self, group: &GroupName, o: Rebuilt) {
+        if o.count == 0 {
+            return;
+        }
+        let frames = o.bytes.freeze();
+        let local = self.groups.get(group.as_bytes()).map(|g| g.local.clone()).unwrap_or_default();
+        for conn in local {
+            self.send_frames(conn, frames.clone(), o.count);
         }
     }
 

@@ -376,6 +376,7 @@ impl ShardCore {
                 };
                 self.send_to_owner(&j.group, msg);
             }
+            Frame::PeerMark(m) => self.broadcast(ShardMsg::Mark { origin, mark: Arc::new(m) }),
             Frame::PeerLeave(l) => {
                 let msg = ShardMsg::Leave {
                     group: l.group.clone(),
@@ -446,6 +447,15 @@ fn check_peer_frame(frame: &Frame, tag: NodeTag) -> Result<(), String> {
         Frame::PeerState(st) if st.views.iter().any(|(_, id, _)| *id >= MAX_COUNTER) => {
             Err("PEER_STATE view id out of range".into())
         }
+        Frame::PeerMark(m) if m.view_id == 0 || m.view_id >= MAX_COUNTER => {
+            Err(format!("PEER_MARK view id {} out of range", m.view_id))
+        }
+        Frame::PeerMark(m) => m.ends.iter().try_for_each(|e| {
+            if e.first > e.seq || e.seq >= MAX_COUNTER || e.stamp >= MAX_COUNTER {
+                return Err("PEER_MARK sequence number or view id out of range".into());
+            }
+            own(e.sender, "PEER_MARK")
+        }),
         _ => Ok(()),
     }
 }

@@ -377,6 +377,9 @@ impl ShardCore {
             "configuration installed"
         );
         self.mesh.config = (*config).clone();
+        // Servers left out are waited for no longer.
+        self.marks.values_mut().for_each(|m| m.retain(|(tag, _), _| config.members.contains(tag)));
+        self.try_install_all();
         if self.id == 0 {
             self.flood_own_topo(None);
         }

@@ -7,6 +7,7 @@
 
 mod auth;
 mod flow;
+mod flush;
 mod groups;
 mod inbound;
 mod limits;
@@ -32,7 +33,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::proto::{Cause, GroupName, Member, Name, NodeTag, PeerTopo, SessionId};
+use crate::proto::{Cause, GroupName, Member, Name, NodeTag, PeerMark, PeerTopo, SessionId};
 
 /// Index of a connection in its shard's table.
 pub type ConnId = usize;
@@ -151,6 +152,13 @@ pub enum ShardMsg {
         view_id: u64,
         members: Arc<[Member]>,
         leaver: Option<SessionId>,
+    },
+    /// To every shard: shard `mark.shard` of server `origin` routes `mark.group` by a new
+    /// view (see `flush.rs`). Between shards of one server, `ends` is empty: the channel
+    /// keeps order.
+    Mark {
+        origin: NodeTag,
+        mark: Arc<PeerMark>,
     },
     /// To the group's owner shard: a linked server has seen views of `group` up to this id.
     ViewId {

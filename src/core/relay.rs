@@ -349,11 +349,15 @@ impl ShardCore {
             at += size;
             count += 1;
         }
-        if let Some(key) = self.groups.key(group.as_bytes()) {
-            let run = frames.slice(start..at);
-            self.stats.msgs_in += u64::from(count);
-            self.route_local(key.as_bytes(), &run, count, arrival);
-            self.route_shards(key, run, count, arrival);
+        let run = frames.slice(start..at);
+        self.stats.msgs_in += u64::from(count);
+        match self.groups.key(group.as_bytes()) {
+            Some(key) => {
+                self.route_local(key.as_bytes(), &run, count, arrival);
+                self.route_shards(key, run, count, arrival);
+            }
+            // Not routed here (any more): other shards may still deliver it.
+            None => self.route_shards(group, run, count, arrival),
         }
         Ok(at)
     }
@@ -366,11 +370,14 @@ fn group_of(run: &Bytes) -> Option<GroupName> {
     GroupName::from_bytes(run.slice(MCAST_FIXED..MCAST_FIXED + h.group_len)).ok()
 }
 
-/// Whether `frames` are multicasts or a view (after the PEER_STAMP a relayed run starts with).
+/// Whether `frames` are multicasts, a view or a mark (after the PEER_STAMP a relayed run
+/// starts with).
 fn resendable(frames: &[u8]) -> bool {
     let first = match frames.get(4) {
         Some(&kind::PEER_STAMP) => proto::frame_len(frames, usize::MAX).ok().flatten(),
         _ => Some(0),
     };
-    first.and_then(|at| frames.get(at + 4)).is_some_and(|k| matches!(*k, kind::MCAST | kind::VIEW))
+    first
+        .and_then(|at| frames.get(at + 4))
+        .is_some_and(|k| matches!(*k, kind::MCAST | kind::VIEW | kind::PEER_MARK))
 }

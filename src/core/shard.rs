@@ -181,6 +181,10 @@ pub struct ShardCore {
     pub(super) retired: HashMap<GroupName, u64>,
     /// On the ordering server: the state exchange of a new configuration in progress.
     pub(super) sync_wait: Option<super::views::SyncWait>,
+    /// The marks received per group (see `flush.rs`).
+    pub(super) marks: super::flush::Marks,
+    /// A view is being installed: installing another waits until it is done.
+    pub(super) installing: bool,
     pub stats: Stats,
 }
 
@@ -227,6 +231,8 @@ impl ShardCore {
             applied: HashMap::new(),
             retired: HashMap::new(),
             sync_wait: None,
+            marks: Default::default(),
+            installing: false,
             stats: Stats::default(),
         }
     }
@@ -511,8 +517,16 @@ impl ShardCore {
             let key = match (from_peer, new_group) {
                 (Some(_), _) => match self.groups.key(name) {
                     Some(k) => k,
-                    // No members of this group here: nothing to deliver.
-                    None => return self.after_violation(conn, violation, count, now),
+                    // Not routed here (any more): other shards may still deliver it in a
+                    // view they have not left yet.
+                    None => {
+                        let stamp = self.conns[conn].peer.as_ref().map_or(0, |p| p.stream.stamp_in(name));
+                        if let Ok(g) = GroupName::from_bytes(Bytes::copy_from_slice(name)) {
+                            self.stats.msgs_in += u64::from(count);
+                            self.route_shards(g, run, count, Arrival { resent: false, stamp });
+                        }
+                        return self.after_violation(conn, violation, count, now);
+                    }
                 },
                 (None, Some(g)) => {
                     if c.sent.len() >= self.limits.max_groups_per_session {
@@ -538,8 +552,20 @@ impl ShardCore {
             };
             self.stats.msgs_in += u64::from(count);
             self.stats.runs_in += 1;
-            // From a peer: under the view its last PEER_STAMP for the group named.
-            let stamp = self.conns[conn].peer.as_ref().map_or(0, |p| p.stream.stamp_in(key.as_bytes()));
+            // From a peer: under the view its last PEER_STAMP for the group named. From a
+            // client: under the view its run is routed by, which its flush marks.
+            let stamp = match &self.conns[conn].peer {
+                Some(p) => p.stream.stamp_in(key.as_bytes()),
+                None => match self.groups.get_mut(key.as_bytes()) {
+                    Some(g) => {
+                        let last = self.conns[conn].sent.get(key.as_bytes()).copied().unwrap_or(0);
+                        let first = McastHeader::parse(&run).map_or(last, |h| h.seq);
+                        g.sent.entry(self.conns[conn].session).or_insert((first, last)).1 = last;
+                        g.send_view
+                    }
+                    None => 0,
+                },
+            };
             let arrival = Arrival { resent: false, stamp };
             if from_peer.is_none() {
                 self.route_links(&key, &run, count);
@@ -576,6 +602,10 @@ impl ShardCore {
             return;
         }
         self.deliver_run(group, run, count, arrival);
+        // What came may complete the flush a view waits for.
+        if self.groups.get(group).is_some_and(|g| !g.pending.is_empty()) {
+            self.try_install(group);
+        }
     }
 
     /// Queues a run to this shard's members of `group`, now (see [`Self::route_local`]).
@@ -612,8 +642,21 @@ impl ShardCore {
 
     /// Sends a run once to each other shard of this server with members of `group`.
     pub(super) fn route_shards(&mut self, group: GroupName, run: Bytes, count: u32, arrival: Arrival) {
-        let Some(g) = self.groups.get(group.as_bytes()) else { return };
-        for &s in &g.remote_shards {
+        // A run sent under another view than the one this shard routes by (during a view
+        // change, or after this shard forgot the group) may be owed to members that other
+        // shards still have, or will have: every other shard gets it, and those without
+        // members of that view drop it.
+        let g = self.groups.get(group.as_bytes());
+        let all: Vec<u16>;
+        let shards = match g {
+            Some(g) if arrival.stamp == g.send_view || arrival.stamp == 0 => &g.remote_shards,
+            None if arrival.stamp == 0 => return,
+            _ => {
+                all = (0..self.nshards).filter(|&s| s != self.id).collect();
+                &all
+            }
+        };
+        for &s in shards {
             self.in_flight[s as usize] += run.len();
             let msg = ShardMsg::Deliver {
                 from: self.id,
@@ -632,7 +675,7 @@ impl ShardCore {
         if g.nodes.is_empty() {
             return;
         }
-        let stamp = g.view_id;
+        let stamp = g.send_view;
         // A reused scratch list: `send_mcast` needs `&mut self` while we walk the nodes.
         let mut nodes = std::mem::take(&mut self.scratch_nodes);
         nodes.extend_from_slice(&g.nodes);
@@ -997,6 +1040,7 @@ impl ShardCore {
             ShardMsg::View { group, frame, view_id, members, leaver } => {
                 self.apply_view(group, frame, view_id, &members, leaver)
             }
+            ShardMsg::Mark { origin, mark } => self.record_mark(origin, &mark),
             ShardMsg::ViewId { group, view_id, digest } => self.raise_view_id(group, view_id, digest),
             ShardMsg::LinkUp(info) => self.handle_link_up(info),
             ShardMsg::Topo(t) => self.handle_topo(t),

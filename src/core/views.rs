@@ -15,12 +15,12 @@ use crate::proto::{
     self, Cause, Frame, GroupName, Member, MemberVersion, NodeTag, PeerJoin, PeerLeave, SessionId, View,
 };
 
-use super::groups::owner_of;
+use super::groups::{owner_of, Pending};
 use super::membership::EPOCH_SHIFT;
 
 /// Emptied groups whose last view id a shard remembers.
 const MAX_RETIRED: usize = 65536;
-use super::{ShardCore, ShardMsg};
+use super::{ConnId, ShardCore, ShardMsg};
 
 impl ShardCore {
     /// Sends a membership message to the owner shard of `group`.
@@ -168,8 +168,9 @@ impl ShardCore {
         }
     }
 
-    /// Installs a view: updates routing and the owner's replica, and sends the frame to the
-    /// local members (and to a local leaver, whose last view of the group it is).
+    /// A view arrived: this shard's senders are routed and stamped by it at once, and their
+    /// ends under the views before it are marked to every shard that may wait for them; the
+    /// members here get it once the flush allows (see `flush.rs`).
     pub(super) fn apply_view(
         &mut self,
         group: GroupName,
@@ -178,15 +179,13 @@ impl ShardCore {
         members: &Arc<[Member]>,
         leaver: Option<SessionId>,
     ) {
-        // A copy of the installed view, or an older one (a view that took a slower path),
-        // changes nothing: members see view ids only grow.
-        let installed = self.groups.get(group.as_bytes()).map_or(0, |g| g.view_id);
-        if installed.max(self.retired.get(group.as_bytes()).copied().unwrap_or(0)) >= view_id {
+        // A copy of a view received already, or an older one (a view that took a slower
+        // path), changes nothing: members see view ids only grow.
+        let newest = self.groups.get(group.as_bytes()).map_or(0, |g| g.send_view);
+        if newest.max(self.retired.get(group.as_bytes()).copied().unwrap_or(0)) >= view_id {
             return;
         }
-        let name = group.clone();
         let me = self.identity.node_tag;
-        let mut local = Vec::new();
         let mut remote_shards = Vec::new();
         let mut nodes = Vec::new();
         for m in members.iter() {
@@ -195,15 +194,41 @@ impl ShardCore {
                 if !nodes.contains(&node) {
                     nodes.push(node);
                 }
-            } else if let Some(&conn) = self.sessions.get(&m.session) {
-                local.push(conn);
-            } else {
+            } else if !self.sessions.contains_key(&m.session) {
                 let shard = self.shard_of(m.session);
-                if shard != self.id && !remote_shards.contains(&shard) {
+                if !remote_shards.contains(&shard) {
                     remote_shards.push(shard);
                 }
             }
         }
+        let is_owner = owner_of(group.as_bytes(), self.nshards) == self.id;
+        let g = self.groups.entry(group.clone());
+        let old_nodes = std::mem::replace(&mut g.nodes, nodes);
+        g.remote_shards = remote_shards;
+        let old_view = std::mem::replace(&mut g.send_view, view_id);
+        if is_owner {
+            let owned = g.owned.get_or_insert_with(Default::default);
+            owned.view_id = owned.view_id.max(view_id);
+            owned.members = members.iter().map(|m| (m.session, m.clone())).collect();
+            owned.last_frame = frame.clone();
+        }
+        let since = self.clock;
+        g.pending.push_back(Pending { frame, view_id, members: members.clone(), leaver, since });
+        self.send_marks(&group, view_id, (old_view, old_nodes));
+        self.try_install(group.as_bytes());
+    }
+
+    /// Sends a view to the members here: the ones it lists, a local leaver (its last view
+    /// of the group), and any it drops.
+    pub(super) fn install_view(&mut self, group: GroupName, p: Pending) {
+        let Pending { frame, view_id, members, leaver, .. } = p;
+        let name = group.clone();
+        let me = self.identity.node_tag;
+        let local: Vec<ConnId> = members
+            .iter()
+            .filter(|m| m.session.node() == me)
+            .filter_map(|m| self.sessions.get(&m.session).copied())
+            .collect();
         let mut recipients = local.clone();
         if let Some(&conn) = leaver.and_then(|s| self.sessions.get(&s)) {
             recipients.push(conn);
@@ -217,12 +242,13 @@ impl ShardCore {
                 }
             }
         }
-        let is_owner = owner_of(group.as_bytes(), self.nshards) == self.id;
         if local.is_empty() {
             self.forget_group(group.as_bytes());
         }
-        if members.is_empty() {
+        let g = self.groups.entry(group.clone());
+        if members.is_empty() && g.pending.is_empty() {
             self.groups.remove(group.as_bytes());
+            self.forget_marks(group.as_bytes());
             // Remembered so that the group's ids keep growing if it comes back; bounded
             // (forgetting only risks a stale view being installed, which the next fixes).
             if self.retired.len() >= MAX_RETIRED {
@@ -230,7 +256,6 @@ impl ShardCore {
             }
             self.retired.insert(group.clone(), view_id);
         } else {
-            let g = self.groups.entry(group);
             g.view_id = view_id;
             if local.is_empty() {
                 g.since = 0;
@@ -239,16 +264,8 @@ impl ShardCore {
                 g.since = view_id;
             }
             g.local = local;
-            g.remote_shards = remote_shards;
-            g.nodes = nodes;
             g.members = members.len();
             g.installed = frame.clone();
-            if is_owner {
-                let owned = g.owned.get_or_insert_with(Default::default);
-                owned.view_id = owned.view_id.max(view_id);
-                owned.members = members.iter().map(|m| (m.session, m.clone())).collect();
-                owned.last_frame = frame.clone();
-            }
         }
         for conn in recipients {
             self.send_frame(conn, frame.clone());

@@ -257,6 +257,22 @@ pub fn encode(frame: &Frame, dst: &mut BytesMut) {
             dst.put_u8(st.group.len() as u8);
             dst.put_slice(st.group.as_bytes());
         }
+        Frame::PeerMark(m) => {
+            dst.put_u8(kind::PEER_MARK);
+            dst.put_u8(if m.more { MARK_MORE } else { 0 });
+            dst.put_u64(m.view_id);
+            dst.put_u64(m.prev);
+            dst.put_u16(m.shard);
+            dst.put_u16(m.shards);
+            dst.put_u8(m.group.len() as u8);
+            dst.put_slice(m.group.as_bytes());
+            for e in &m.ends {
+                dst.put_u64(e.sender.0);
+                dst.put_u64(e.first);
+                dst.put_u64(e.seq);
+                dst.put_u64(e.stamp);
+            }
+        }
         Frame::PeerRelay(r) => {
             dst.truncate(start);
             dst.extend_from_slice(&relay_header(r.origin, r.dest, r.hops, r.resent, r.frames.len()));
@@ -618,6 +634,46 @@ pub fn parse_whole(frame: Bytes) -> Result<Frame, ProtoError> {
             }
             let view_id = be_u64(&f[6..14]);
             Ok(Frame::PeerStamp(PeerStamp { group: group_at(15, glen)?, view_id }))
+        }
+        kind::PEER_MARK => {
+            if flags & !MARK_MORE != 0 {
+                return Err(ProtoError::Malformed("reserved flag bits set"));
+            }
+            if f.len() < MARK_FIXED {
+                return Err(ProtoError::Malformed("PEER_MARK shorter than its fixed fields"));
+            }
+            let mut c = &f[HEADER_LEN..MARK_FIXED];
+            let view_id = c.get_u64();
+            let prev = c.get_u64();
+            let shard = c.get_u16();
+            let shards = c.get_u16();
+            let glen = c.get_u8() as usize;
+            let rest = f.len().saturating_sub(MARK_FIXED + glen);
+            if f.len() < MARK_FIXED + glen || rest % MARK_END_LEN != 0 {
+                return Err(ProtoError::Malformed("PEER_MARK lengths disagree with frame length"));
+            }
+            if shard >= shards {
+                return Err(ProtoError::Malformed("PEER_MARK shard out of range"));
+            }
+            let group = group_at(MARK_FIXED, glen)?;
+            let ends = f[MARK_FIXED + glen..]
+                .chunks_exact(MARK_END_LEN)
+                .map(|e| SenderEnd {
+                    sender: SessionId(be_u64(&e[..8])),
+                    first: be_u64(&e[8..16]),
+                    seq: be_u64(&e[16..24]),
+                    stamp: be_u64(&e[24..]),
+                })
+                .collect();
+            Ok(Frame::PeerMark(PeerMark {
+                group,
+                view_id,
+                prev,
+                shard,
+                shards,
+                more: flags & MARK_MORE != 0,
+                ends,
+            }))
         }
         other => Err(ProtoError::UnknownKind(other)),
     }

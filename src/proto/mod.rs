@@ -64,6 +64,9 @@ pub mod kind {
     /// The view of a group its sending server had installed when it sent the multicasts
     /// that follow on the link (or in the same PEER_RELAY).
     pub const PEER_STAMP: u8 = 0x4a;
+    /// One shard of a server moved to a new view of a group: where its senders' multicasts
+    /// under the views before it end (the flush before a view is delivered).
+    pub const PEER_MARK: u8 = 0x4b;
     /// Last kind reserved for the server mesh.
     pub const PEER_LAST: u8 = 0x4f;
 }
@@ -324,6 +327,39 @@ pub struct PeerStamp {
     pub view_id: u64,
 }
 
+/// Between servers: shard `shard` (of `shards`) of the sending server routes `group` by
+/// view `view_id` from now on; `ends` lists, for each of its sessions that multicast to the
+/// group since its previous mark, the last sequence number sent and the view it was sent
+/// under. `prev` is the view of the previous mark that shard sent to the receiving server
+/// for the group (0: none), so that marks that overtake one another are applied in order.
+/// `more`: further marks of the same view follow with more senders (flag `MARK_MORE`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerMark {
+    pub group: GroupName,
+    pub view_id: u64,
+    pub prev: u64,
+    pub shard: u16,
+    pub shards: u16,
+    pub more: bool,
+    pub ends: Vec<SenderEnd>,
+}
+
+/// A sender's multicasts to a group between two marks: the first and last sequence numbers
+/// and the view they were sent under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SenderEnd {
+    pub sender: SessionId,
+    pub first: u64,
+    pub seq: u64,
+    pub stamp: u64,
+}
+
+/// Flag bit of a PEER_MARK frame: more marks of the same view follow.
+pub const MARK_MORE: u8 = 0x01;
+/// Bytes of a PEER_MARK before its group name, and per sender listed.
+pub const MARK_FIXED: usize = HEADER_LEN + 21;
+pub const MARK_END_LEN: usize = 32;
+
 /// Every frame of version 1.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Frame {
@@ -347,6 +383,7 @@ pub enum Frame {
     PeerAck(u64),
     PeerRelay(PeerRelay),
     PeerStamp(PeerStamp),
+    PeerMark(PeerMark),
 }
 
 /// A protocol violation by the remote side. Maps onto the ERROR code sent before closing.
@@ -402,6 +439,7 @@ impl Frame {
             Frame::PeerAck(_) => "PEER_ACK",
             Frame::PeerRelay(_) => "PEER_RELAY",
             Frame::PeerStamp(_) => "PEER_STAMP",
+            Frame::PeerMark(_) => "PEER_MARK",
         }
     }
 

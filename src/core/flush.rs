@@ -1,0 +1,289 @@
+//! The flush before a view: members that move together from one view of a group to the
+//! next have delivered the same multicasts in the first.
+//!
+//! A shard routes and stamps its senders' multicasts by a new view as soon as it receives
+//! it, and marks that moment to every shard that may wait for it (PEER_MARK to the servers
+//! with members in the old or the new view; `ShardMsg::Mark` to the other shards here):
+//! for each of its sessions that multicast to the group since its previous mark, the last
+//! sequence number and the view it went under. Everything after the mark carries the new
+//! view's stamp, which holds it back at every receiver until the view is delivered there
+//! (`Group::early`).
+//!
+//! A shard with members in both the installed view and the next one delivers the next one
+//! only when every other shard of the configuration's reachable servers has marked it (or
+//! a later view) and every sender listed has reached, here, the number listed (delivered,
+//! or reported missing). Marks are sent on receipt, not on delivery, so no shard waits for
+//! another that waits for it. A shard lost on the way ends the wait (its senders' streams
+//! end with a gap notice), and so does `HOLD_LINK_TIMEOUTS` link timeouts: then every
+//! listed number not reached is reported as a gap, exactly. Never does I/O.
+//!
+//! Not covered: of a server that is lost, each survivor keeps what reached it; the
+//! survivors do not exchange those messages before the view that drops it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use crate::proto::{Frame, GroupName, NodeTag, PeerMark, SenderEnd, SessionId, MARK_END_LEN, MARK_FIXED};
+
+use super::inbound::HOLD_LINK_TIMEOUTS;
+use super::{ShardCore, ShardMsg};
+
+/// Groups whose marks a shard keeps before it forgets them all (a bound; a forgotten mark
+/// only makes a view wait for its timeout).
+const MAX_MARKED_GROUPS: usize = 1 << 16;
+
+/// Marks kept per shard that overtook the one before them (a bound).
+const MAX_AHEAD: usize = 64;
+
+/// What one shard of another server (or of this one) marked for one group.
+#[derive(Debug, Default)]
+pub(crate) struct MarkIn {
+    /// The newest view it marked completely.
+    view: u64,
+    /// Its server's shard count.
+    shards: u16,
+    /// Its senders' first and last numbers by sender and view sent under, until reached here.
+    ends: HashMap<(SessionId, u64), (u64, u64)>,
+    /// Marks that came before the one they follow: view by previous view.
+    ahead: BTreeMap<u64, u64>,
+}
+
+/// What a flush waits for (for the trace log).
+#[derive(Debug)]
+#[allow(dead_code)] // read through Debug only
+enum Awaited {
+    /// The mark of this shard of this server.
+    Mark(NodeTag, u16),
+    /// This sender's frames up to this number.
+    Sender(SessionId, u64),
+}
+
+/// Per group, per (server, shard).
+pub(crate) type Marks = HashMap<GroupName, HashMap<(NodeTag, u16), MarkIn>>;
+
+impl ShardCore {
+    /// This shard now routes `group` by `view_id`: marks it to the other shards here and to
+    /// the servers with members in the view before (`old_nodes`) or this one.
+    pub(super) fn send_marks(&mut self, group: &GroupName, view_id: u64, old: (u64, Vec<NodeTag>)) {
+        let (stamp, mut old_nodes) = old;
+        let me = self.identity.node_tag;
+        let Some(g) = self.groups.get_mut(group.as_bytes()) else { return };
+        // Everything in `sent` went under the view routed until now (`stamp`).
+        let ends: Vec<SenderEnd> =
+            g.sent.drain().map(|(sender, (first, seq))| SenderEnd { sender, first, seq, stamp }).collect();
+        for n in &g.nodes {
+            if !old_nodes.contains(n) {
+                old_nodes.push(*n);
+            }
+        }
+        let (shard, shards) = (self.id, self.nshards);
+        let local = Arc::new(PeerMark {
+            group: group.clone(),
+            view_id,
+            prev: 0,
+            shard,
+            shards,
+            more: false,
+            ends: vec![],
+        });
+        for s in (0..shards).filter(|&s| s != shard) {
+            self.outgoing[s as usize].push(ShardMsg::Mark { origin: me, mark: local.clone() });
+        }
+        // As many marks as the senders need, each within a frame.
+        let per_frame = (self.limits.max_frame - MARK_FIXED - group.len()) / MARK_END_LEN;
+        let mut chunks: Vec<&[SenderEnd]> = ends.chunks(per_frame.max(1)).collect();
+        if chunks.is_empty() {
+            chunks.push(&[]);
+        }
+        let last = chunks.len() - 1;
+        for tag in old_nodes {
+            let Some(g) = self.groups.get_mut(group.as_bytes()) else { return };
+            let prev = g.marked.insert(tag, view_id).unwrap_or(0);
+            for (i, c) in chunks.iter().enumerate() {
+                let more = i < last;
+                let mark =
+                    PeerMark { group: group.clone(), view_id, prev, shard, shards, more, ends: c.to_vec() };
+                self.send_to_link(tag, Frame::PeerMark(mark).to_bytes(), 1);
+            }
+        }
+    }
+
+    /// A mark from shard `mark.shard` of server `origin` (another shard of this server
+    /// when `origin` is this one: those come in order).
+    pub(super) fn record_mark(&mut self, origin: NodeTag, mark: &PeerMark) {
+        if self.marks.len() >= MAX_MARKED_GROUPS && !self.marks.contains_key(mark.group.as_bytes()) {
+            self.marks.clear();
+        }
+        tracing::trace!(shard = self.id, origin = origin.0, from = mark.shard, group = %mark.group, view = mark.view_id, prev = mark.prev, ends = mark.ends.len(), "mark");
+        let m = self.marks.entry(mark.group.clone()).or_default().entry((origin, mark.shard)).or_default();
+        m.shards = mark.shards;
+        // Its senders' ends count at once (they only add to what a view waits for).
+        for e in &mark.ends {
+            let end = m.ends.entry((e.sender, e.stamp)).or_insert((e.first, e.seq));
+            *end = (end.0.min(e.first), end.1.max(e.seq));
+        }
+        if !mark.more {
+            // It completes the views up to its own only if the one before it came (or this
+            // shard keeps none from there: it forgot them with the group, or never had
+            // members to wait for).
+            if mark.prev <= m.view || m.view == 0 {
+                m.view = m.view.max(mark.view_id);
+                while let Some(next) = m.ahead.remove(&m.view) {
+                    m.view = m.view.max(next);
+                }
+                m.ahead.retain(|&prev, _| prev > m.view);
+            } else if m.ahead.len() < MAX_AHEAD {
+                m.ahead.insert(mark.prev, mark.view_id);
+            }
+        }
+        self.try_install(mark.group.as_bytes());
+    }
+
+    /// Delivers the views of `group` waiting here, in order, as far as their flush allows.
+    pub(super) fn try_install(&mut self, group: &[u8]) {
+        if self.installing {
+            return; // the install under way goes on to the next one itself
+        }
+        self.installing = true;
+        while let Some(g) = self.groups.get(group) {
+            let Some(p) = g.pending.front() else { break };
+            let view_id = p.view_id;
+            let limit = self.limits.link_timeout * HOLD_LINK_TIMEOUTS;
+            let overdue = p.since.zip(self.clock).is_some_and(|(s, now)| now.duration_since(s) >= limit);
+            let me = self.identity.node_tag;
+            let stays =
+                p.members.iter().any(|m| m.session.node() == me && self.sessions.contains_key(&m.session));
+            let waits = !g.local.is_empty() && stays;
+            if waits {
+                // Runs held for a view between the installed one and this one, which this
+                // shard skipped (a newer came first), belong to the installed one.
+                self.release_early(group, |e| e.arrival.stamp < view_id);
+                self.settle_by_marks(group, view_id);
+            }
+            let Some(key) = self.groups.key(group) else { break };
+            if let Some(awaited) = waits.then(|| self.flush_wait(group, view_id)).flatten() {
+                if !overdue {
+                    tracing::trace!(shard = self.id, group = %key, view_id, ?awaited, "flush waits");
+                    break;
+                }
+                tracing::debug!(shard = self.id, group = %key, view_id, "flush overdue: reporting what did not come");
+                self.give_up_flush(&key, view_id);
+            }
+            tracing::trace!(shard = self.id, group = %key, view_id, waits, "installing a view");
+            let Some(p) = self.groups.get_mut(group).and_then(|g| g.pending.pop_front()) else { break };
+            self.install_view(key.clone(), p);
+            self.prune_marks(&key);
+        }
+        self.installing = false;
+    }
+
+    /// Views waiting anywhere on this shard: installed where their flush is now complete
+    /// (after a server was lost, a configuration changed or time passed).
+    pub(super) fn try_install_all(&mut self) {
+        for group in self.groups.names_with_pending() {
+            self.try_install(group.as_bytes());
+        }
+    }
+
+    /// What the flush before `view_id` still waits for: the mark of a shard (of this server
+    /// or a reachable one of the configuration) that may have sent this shard's members
+    /// multicasts under the views before it, or a sender's number it listed; None when
+    /// nothing.
+    fn flush_wait(&self, group: &[u8], view_id: u64) -> Option<Awaited> {
+        let me = self.identity.node_tag;
+        let g = self.groups.get(group)?;
+        let none = HashMap::new();
+        let marks = self.marks.get(group).unwrap_or(&none);
+        let marked = |tag: NodeTag, shard: u16| marks.get(&(tag, shard)).is_some_and(|m| m.view >= view_id);
+        if let Some(s) = (0..self.nshards).find(|&s| s != self.id && !marked(me, s)) {
+            return Some(Awaited::Mark(me, s));
+        }
+        let tracks = self.remote.get(group);
+        let reached = |sender: &SessionId, seq: u64| {
+            tracks.and_then(|t| t.get(sender)).is_some_and(|t| t.last >= seq && !t.tentative)
+        };
+        let owed = |stamp: u64| stamp >= g.since && stamp < view_id;
+        for &tag in &self.mesh.config.members {
+            if tag == me || !self.mesh.reachable.contains(&tag) {
+                continue;
+            }
+            let shards = marks.iter().find(|((t, _), _)| *t == tag).map_or(1, |(_, m)| m.shards);
+            for shard in 0..shards {
+                let Some(m) = marks.get(&(tag, shard)).filter(|m| m.view >= view_id) else {
+                    return Some(Awaited::Mark(tag, shard));
+                };
+                if let Some((&(s, _), &(_, seq))) =
+                    m.ends.iter().find(|(&(s, stamp), &(_, seq))| owed(stamp) && !reached(&s, seq))
+                {
+                    return Some(Awaited::Sender(s, seq));
+                }
+            }
+        }
+        None
+    }
+
+    /// A track a resend started is tentative while an earlier frame may still come by the
+    /// original path; the marks tell where the frames owed here start: a track that starts
+    /// at or below that is settled (its held frames delivered in order).
+    fn settle_by_marks(&mut self, group: &[u8], view_id: u64) {
+        let Some((key, g)) = self.groups.key_value(group) else { return };
+        let since = g.since;
+        let mut starts: HashMap<SessionId, u64> = HashMap::new();
+        for m in self.marks.get(group).into_iter().flat_map(|m| m.values()) {
+            for (&(sender, stamp), &(first, _)) in &m.ends {
+                if stamp >= since && stamp < view_id {
+                    let f = starts.entry(sender).or_insert(first);
+                    *f = (*f).min(first);
+                }
+            }
+        }
+        for (sender, first) in starts {
+            let tentative = self.remote.get(group).and_then(|t| t.get(&sender)).is_some_and(|t| t.tentative);
+            if tentative {
+                self.settle_track(&key, sender, first);
+            }
+        }
+    }
+
+    /// The flush before `view_id` timed out: each listed number not reached here is
+    /// reported missing (with what is held before it).
+    fn give_up_flush(&mut self, group: &GroupName, view_id: u64) {
+        let since = self.groups.get(group.as_bytes()).map_or(0, |g| g.since);
+        let mut owed: Vec<(SessionId, u64)> = Vec::new();
+        for m in self.marks.get(group.as_bytes()).into_iter().flat_map(|m| m.values()) {
+            for (&(sender, stamp), &(_, seq)) in &m.ends {
+                if stamp >= since && stamp < view_id {
+                    owed.push((sender, seq));
+                }
+            }
+        }
+        for (sender, seq) in owed {
+            self.end_sender_at(group, sender, seq);
+        }
+    }
+
+    /// After a view was installed: drops the ends it no longer waits for (reached, sent
+    /// before its members came, or of no use without members here).
+    fn prune_marks(&mut self, group: &GroupName) {
+        let Some(marks) = self.marks.get_mut(group.as_bytes()) else { return };
+        let (since, installed, members_here) = self
+            .groups
+            .get(group.as_bytes())
+            .map_or((0, u64::MAX, false), |g| (g.since, g.view_id, !g.local.is_empty()));
+        let tracks = self.remote.get(group.as_bytes());
+        for m in marks.values_mut() {
+            m.ends.retain(|&(s, stamp), &mut (_, seq)| {
+                if !members_here {
+                    return stamp > installed;
+                }
+                let reached = tracks.and_then(|t| t.get(&s)).is_some_and(|t| t.last >= seq && !t.tentative);
+                stamp >= since && !reached
+            });
+        }
+    }
+
+    /// The group emptied: its marks go with it.
+    pub(super) fn forget_marks(&mut self, group: &[u8]) {
+        self.marks.remove(group);
+    }
+}
