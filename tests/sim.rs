@@ -106,7 +106,7 @@ struct Sim {
     violations: Vec<String>,
     fault: Fault,
     /// The spans of sessions that ended (their client reconnected).
-    old_spans: Vec<HashMap<String, Vec<Span>>>,
+    old_spans: Vec<(String, HashMap<String, Vec<Span>>)>,
 }
 
 fn limits() -> Limits {
@@ -193,12 +193,13 @@ impl Sim {
         let cl = &mut self.clients[c];
         cl.end = Some((srv, shard, conn));
         cl.inbox.clear();
+        let who = format!("c{c} ({})", cl.session);
         cl.session = SessionId::NONE;
         cl.last.clear();
         cl.gaps.clear();
         cl.last_view.clear();
         cl.seq.clear();
-        self.old_spans.push(std::mem::take(&mut cl.spans));
+        self.old_spans.push((who, std::mem::take(&mut cl.spans)));
         let mut hello = Frame::Hello(Handshake::client(Name::new(&format!("c{c}")).unwrap(), 1 << 20))
             .to_bytes()
             .to_vec();
@@ -658,10 +659,12 @@ impl Sim {
     /// delivered the same messages in the first.
     fn check_synchrony(&mut self) {
         type Key = (String, (u64, Vec<SessionId>), (u64, Vec<SessionId>));
-        type Got<'a> = (usize, &'a BTreeSet<(SessionId, u64)>);
+        type Got<'a> = (String, &'a BTreeSet<(SessionId, u64)>);
         let mut seen: HashMap<Key, Got> = HashMap::new();
-        let current = self.clients.iter().map(|c| &c.spans);
-        for (who, spans) in self.old_spans.iter().chain(current).enumerate() {
+        let old = self.old_spans.iter().map(|(who, spans)| (who.clone(), spans));
+        let current =
+            self.clients.iter().enumerate().map(|(i, c)| (format!("c{i} ({})", c.session), &c.spans));
+        for (who, spans) in old.chain(current) {
             for (group, list) in spans {
                 for pair in list.windows(2) {
                     let (a, b) = (&pair[0], &pair[1]);
@@ -671,7 +674,7 @@ impl Sim {
                     let key = (group.clone(), a.view.clone(), b.view.clone());
                     match seen.get(&key) {
                         None => {
-                            seen.insert(key, (who, &a.got));
+                            seen.insert(key, (who.clone(), &a.got));
                         }
                         Some((other, got)) if *got != &a.got => {
                             let only_here: Vec<_> = a.got.difference(got).take(3).collect();

@@ -114,7 +114,7 @@ impl ShardCore {
         if self.marks.len() >= MAX_MARKED_GROUPS && !self.marks.contains_key(mark.group.as_bytes()) {
             self.marks.clear();
         }
-        tracing::trace!(shard = self.id, origin = origin.0, from = mark.shard, group = %mark.group, view = mark.view_id, prev = mark.prev, ends = mark.ends.len(), "mark");
+        tracing::trace!(node = %self.identity.node_name, shard = self.id, origin = origin.0, from = mark.shard, group = %mark.group, view = mark.view_id, prev = mark.prev, ends = mark.ends.len(), "mark");
         let m = self.marks.entry(mark.group.clone()).or_default().entry((origin, mark.shard)).or_default();
         m.shards = mark.shards;
         // Its senders' ends count at once (they only add to what a view waits for).
@@ -163,13 +163,13 @@ impl ShardCore {
             let Some(key) = self.groups.key(group) else { break };
             if let Some(awaited) = waits.then(|| self.flush_wait(group, view_id)).flatten() {
                 if !overdue {
-                    tracing::trace!(shard = self.id, group = %key, view_id, ?awaited, "flush waits");
+                    tracing::trace!(node = %self.identity.node_name, shard = self.id, group = %key, view_id, ?awaited, "flush waits");
                     break;
                 }
-                tracing::debug!(shard = self.id, group = %key, view_id, "flush overdue: reporting what did not come");
+                tracing::debug!(node = %self.identity.node_name, shard = self.id, group = %key, view_id, "flush overdue: reporting what did not come");
                 self.give_up_flush(&key, view_id);
             }
-            tracing::trace!(shard = self.id, group = %key, view_id, waits, "installing a view");
+            tracing::trace!(node = %self.identity.node_name, shard = self.id, group = %key, view_id, waits, "installing a view");
             let Some(p) = self.groups.get_mut(group).and_then(|g| g.pending.pop_front()) else { break };
             self.install_view(key.clone(), p);
             self.prune_marks(&key);

@@ -160,7 +160,7 @@ impl ShardCore {
                 t.fresh = false;
                 gaps += drain_held(t, o, &key, h.sender, false, now);
             } else {
-                tracing::debug!(shard = self.id, sender = %h.sender, seq = h.seq, last = t.last, "holding an early frame");
+                tracing::debug!(node = %self.identity.node_name, shard = self.id, sender = %h.sender, seq = h.seq, last = t.last, "holding an early frame");
                 t.held.insert(h.seq, run.slice(at..at + size));
                 t.held_since = t.held_since.or(now);
                 if t.held.len() > MAX_HELD {
@@ -175,8 +175,9 @@ impl ShardCore {
 
     /// A run sent under a view of `group` newer than the one installed here (its server
     /// installed the view first): held until this shard installs it, so that members get a
-    /// message only after the view it was sent in, or after one `link_timeout` (a view that
-    /// never comes here must not hold its runs for good).
+    /// message only after the view it was sent in, or after `HOLD_LINK_TIMEOUTS` link
+    /// timeouts (a view that never comes here must not hold its runs for good; one that is
+    /// late, because this server was cut off from the one ordering views, comes within that).
     pub(super) fn hold_early(&mut self, group: &[u8], run: &Bytes, count: u32, arrival: Arrival) {
         if !arrival.resent {
             self.settle_tentative(group, run);
@@ -222,28 +223,45 @@ impl ShardCore {
         self.deliver_built(group, o);
     }
 
-    /// Delivers, in the order they came, the held runs of `group` up to the last one for
-    /// which `due` holds (those after it stay, so no sender's frames pass its earlier ones).
+    /// Delivers, in the order they came, the held runs of `group` for which `due` holds,
+    /// except those behind a run of one of their senders that stays (no sender's frames pass
+    /// its earlier ones). Others' runs stay: a run of a later view released with an earlier
+    /// view's would reach the members before its view.
     pub(super) fn release_early(&mut self, group: &[u8], due: impl Fn(&Early) -> bool) {
         let Some(g) = self.groups.get_mut(group) else { return };
-        let Some(last) = g.early.iter().rposition(due) else { return };
-        let runs: Vec<Early> = g.early.drain(..=last).collect();
-        for e in runs {
+        if !g.early.iter().any(&due) {
+            return;
+        }
+        let mut staying: Vec<SessionId> = Vec::new();
+        let mut released = Vec::new();
+        for e in std::mem::take(&mut g.early) {
+            let blocked = !staying.is_empty() && run_senders(&e.run).any(|s| staying.contains(&s));
+            if due(&e) && !blocked {
+                released.push(e);
+            } else {
+                for s in run_senders(&e.run) {
+                    if !staying.contains(&s) {
+                        staying.push(s);
+                    }
+                }
+                g.early.push_back(e);
+            }
+        }
+        for e in released {
             self.deliver_run(group, &e.run, e.count, e.arrival);
         }
     }
 
     /// Holes that did not fill within `HOLD_LINK_TIMEOUTS` link timeouts are reported and
-    /// the frames held behind them delivered; runs held for a view that did not come
-    /// within one link timeout are delivered.
+    /// the frames held behind them delivered, and so are runs held for a view that did not
+    /// come in as long.
     pub(super) fn expire_held(&mut self, now: Instant) {
-        let limit = self.limits.link_timeout;
+        let limit = self.limits.link_timeout * HOLD_LINK_TIMEOUTS;
         let waiting: Vec<GroupName> = self.groups.names_with_early();
         for group in waiting {
             let overdue = |e: &Early| e.since.is_some_and(|s| now.duration_since(s) >= limit);
             self.release_early(group.as_bytes(), overdue);
         }
-        let limit = self.limits.link_timeout * HOLD_LINK_TIMEOUTS;
         let mut due = Vec::new();
         for (group, senders) in &self.remote {
             for (sender, t) in senders {
@@ -415,6 +433,17 @@ fn single_sender_run(run: &[u8]) -> Option<(SessionId, u64, u64)> {
         at += size;
     }
     found
+}
+
+/// The senders of the MCAST frames in `run`, one per frame.
+fn run_senders(run: &[u8]) -> impl Iterator<Item = SessionId> + '_ {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        let size = proto::frame_len(run.get(at..)?, usize::MAX).ok().flatten()?;
+        let h = McastHeader::parse(run.get(at..at + size)?).ok()?;
+        at += size;
+        Some(h.sender)
+    })
 }
 
 /// Whole frames in `b`.

@@ -259,7 +259,9 @@ impl ShardCore {
             g.view_id = view_id;
             if local.is_empty() {
                 g.since = 0;
-                g.early.clear(); // for members no longer here
+                // Runs held for this view or an older one were for members no longer here;
+                // a later view may bring members back.
+                g.early.retain(|e| e.arrival.stamp > view_id);
             } else if g.local.is_empty() {
                 g.since = view_id;
             }
