@@ -222,9 +222,10 @@ impl ShardCore {
         None
     }
 
-    /// A track a resend started is tentative while an earlier frame may still come by the
-    /// original path; the marks tell where the frames owed here start: a track that starts
-    /// at or below that is settled (its held frames delivered in order).
+    /// The marks tell where each sender's frames owed here start. A track a relayed frame
+    /// started is tentative while an earlier frame may still come by another path: one that
+    /// starts at or below that is settled (its held frames delivered in order). A track
+    /// that started above it missed the frames between, which are reported.
     fn settle_by_marks(&mut self, group: &[u8], view_id: u64) {
         let Some((key, g)) = self.groups.key_value(group) else { return };
         let since = g.since;
@@ -238,10 +239,8 @@ impl ShardCore {
             }
         }
         for (sender, first) in starts {
-            let tentative = self.remote.get(group).and_then(|t| t.get(&sender)).is_some_and(|t| t.tentative);
-            if tentative {
-                self.settle_track(&key, sender, first);
-            }
+            self.settle_track(&key, sender, first);
+            self.report_missed_start(&key, sender, first);
         }
     }
 

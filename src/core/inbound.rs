@@ -9,9 +9,11 @@
 //! and a sender's track starts again with a frame sent under a view that has this shard's
 //! members (its PEER_STAMP): an older frame, still on its way when they joined, was sent
 //! before its server knew of them, and what its server sent between it and the next may
-//! have been for no one here. A track started by a resend is tentative: an earlier frame
-//! of the same view may still come by the original path, so nothing is delivered until a
-//! frame that is not a resend arrives or the hold time passes. Never does I/O.
+//! have been for no one here. A track started by a relayed frame (a resend, or a frame
+//! that took a path around a cut link) is tentative: an earlier frame may still come by
+//! another path, so nothing is delivered until a frame arrives over the direct link from
+//! its sender's server (the one path that keeps order), the marks before the next view
+//! say where the track starts, or the hold time passes. Never does I/O.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -42,13 +44,16 @@ const FORGET_AFTER: Duration = Duration::from_secs(60);
 pub(crate) struct SenderTrack {
     /// Last sequence number delivered.
     pub(super) last: u64,
+    /// The first number this track delivered or reported missing (the frames below it were
+    /// not owed here, as far as this shard knew when the track started).
+    start: u64,
     /// Frames that arrived after a hole, by sequence number, and since when.
     held: BTreeMap<u64, Bytes>,
     held_since: Option<Instant>,
     /// The sender's server was lost (a gap to the end was reported): the next newer frame
     /// starts afresh.
     fresh: bool,
-    /// Started by a resend, nothing delivered yet: `last` is just below the lowest frame
+    /// Started by a relayed frame, nothing delivered yet: `last` is just below the lowest frame
     /// held, and an earlier frame that may start a track lowers it.
     pub(super) tentative: bool,
     /// When the last frame came.
@@ -95,6 +100,7 @@ impl ShardCore {
         // A frame may start a track only if sent under a view with this shard's members.
         let may_start = arrival.stamp >= g.since;
         let resent = arrival.resent;
+        let ordered = self.keeps_order(run, arrival);
         let tracks = self.remote.entry(key.clone()).or_default();
         // The common case, checked with one lookup: one sender, numbers in a row, right after
         // the last one delivered, nothing held.
@@ -125,7 +131,8 @@ impl ShardCore {
             }
             let t = tracks.entry(h.sender).or_insert_with(|| SenderTrack {
                 last: h.seq - 1,
-                tentative: resent,
+                start: h.seq,
+                tentative: !ordered,
                 ..Default::default()
             });
             t.seen = now.or(t.seen);
@@ -133,12 +140,14 @@ impl ShardCore {
                 let o = out.get_or_insert_with(|| Rebuilt::up_to(run, at));
                 if may_start {
                     t.last = t.last.min(h.seq - 1);
+                    t.start = t.start.min(h.seq);
                     t.held.entry(h.seq).or_insert_with(|| run.slice(at..at + size));
                     t.held_since = t.held_since.or(now);
-                    if !resent || t.held.len() > MAX_HELD {
-                        // The original path: from here on frames come in order.
+                    if ordered || t.held.len() > MAX_HELD {
+                        // The direct link: from here on frames come in order.
                         t.tentative = false;
-                        gaps += drain_held(t, o, &key, h.sender, t.held.len() > MAX_HELD, now);
+                        let jump = if t.held.len() > MAX_HELD { u64::MAX } else { 0 };
+                        gaps += drain_held(t, o, &key, h.sender, jump, now);
                     }
                 }
                 at += size;
@@ -158,13 +167,13 @@ impl ShardCore {
                 o.push(frame);
                 t.last = h.seq;
                 t.fresh = false;
-                gaps += drain_held(t, o, &key, h.sender, false, now);
+                gaps += drain_held(t, o, &key, h.sender, 0, now);
             } else {
                 tracing::debug!(node = %self.identity.node_name, shard = self.id, sender = %h.sender, seq = h.seq, last = t.last, "holding an early frame");
                 t.held.insert(h.seq, run.slice(at..at + size));
                 t.held_since = t.held_since.or(now);
                 if t.held.len() > MAX_HELD {
-                    gaps += drain_held(t, o, &key, h.sender, true, now);
+                    gaps += drain_held(t, o, &key, h.sender, u64::MAX, now);
                 }
             }
             at += size;
@@ -179,7 +188,7 @@ impl ShardCore {
     /// timeouts (a view that never comes here must not hold its runs for good; one that is
     /// late, because this server was cut off from the one ordering views, comes within that).
     pub(super) fn hold_early(&mut self, group: &[u8], run: &Bytes, count: u32, arrival: Arrival) {
-        if !arrival.resent {
+        if self.keeps_order(run, arrival) {
             self.settle_tentative(group, run);
         }
         let since = self.clock;
@@ -190,28 +199,31 @@ impl ShardCore {
         }
     }
 
-    /// A run that came by its original path is held for its view: every earlier frame of
-    /// its senders by that path came before it, so a track of theirs that a resend started
-    /// is no longer tentative (its frames held so far follow in order, or a hole waits).
+    /// Whether `run` came by the path that keeps its senders' order: over the direct link
+    /// from their server, and not so soon after that link came up that frames sent before
+    /// by a relay may still be on their way.
+    fn keeps_order(&self, run: &[u8], arrival: Arrival) -> bool {
+        let settles = |h: McastHeader| self.link_settles.get(&h.sender.node()).copied();
+        let settled = match McastHeader::parse(run).ok().and_then(settles) {
+            Some(at) => self.clock.is_some_and(|now| now >= at),
+            None => true,
+        };
+        !arrival.relayed && settled
+    }
+
+    /// A run that came over the direct link is held for its view: every earlier frame of
+    /// its senders by that path came before it, so a track of theirs that a relayed frame
+    /// started is no longer tentative (its frames held so far follow in order, or a hole
+    /// waits).
     fn settle_tentative(&mut self, group: &[u8], run: &Bytes) {
-        let Some((key, _)) = self.groups.key_value(group) else { return };
-        let Some(tracks) = self.remote.get_mut(group) else { return };
-        let mut o = Rebuilt { bytes: BytesMut::new(), count: 0 };
-        let mut at = 0;
-        while at + 4 <= run.len() {
-            let Ok(Some(size)) = proto::frame_len(&run[at..], usize::MAX) else { break };
-            let Some(h) = run.get(at..at + size).and_then(|f| McastHeader::parse(f).ok()) else { break };
-            if let Some(t) = tracks.get_mut(&h.sender).filter(|t| t.tentative) {
-                t.tentative = false;
-                self.stats.gaps += drain_held(t, &mut o, &key, h.sender, false, self.clock);
-            }
-            at += size;
+        let Some(key) = self.groups.key(group) else { return };
+        for sender in run_senders(run) {
+            self.settle_track(&key, sender, u64::MAX);
         }
-        self.deliver_built(&key, o);
     }
 
     /// Settles `sender`'s tentative track if it starts at or below `first` (no frame before
-    /// that is owed here).
+    /// that is owed here): its held frames that follow in order are delivered.
     pub(super) fn settle_track(&mut self, group: &GroupName, sender: SessionId, first: u64) {
         let Some(t) = self.remote.get_mut(group).and_then(|s| s.get_mut(&sender)) else { return };
         if !t.tentative || t.last >= first {
@@ -219,7 +231,7 @@ impl ShardCore {
         }
         t.tentative = false;
         let mut o = Rebuilt { bytes: BytesMut::new(), count: 0 };
-        self.stats.gaps += drain_held(t, &mut o, group, sender, false, self.clock);
+        self.stats.gaps += drain_held(t, &mut o, group, sender, 0, self.clock);
         self.deliver_built(group, o);
     }
 
@@ -247,6 +259,10 @@ impl ShardCore {
                 g.early.push_back(e);
             }
         }
+        // A resend may have come after a later frame of its sender that took a new path;
+        // each sender's runs go in number order, so the later frame does not start a track
+        // above the resent one (which would be dropped as delivered).
+        released.sort_by_key(|e| McastHeader::parse(&e.run).map(|h| (h.sender, h.seq)).ok());
         for e in released {
             self.deliver_run(group, &e.run, e.count, e.arrival);
         }
@@ -274,6 +290,7 @@ impl ShardCore {
             self.flush_sender(&group, sender, None);
         }
         self.prune_senders(now);
+        self.link_settles.retain(|_, at| *at > now);
         self.try_install_all();
     }
 
@@ -299,7 +316,7 @@ impl ShardCore {
         // A tentative start is taken as it is: nothing below it is known to be missing.
         t.tentative = false;
         let mut o = Rebuilt { bytes: BytesMut::new(), count: 0 };
-        let mut gaps = drain_held(t, &mut o, group, sender, true, None);
+        let mut gaps = drain_held(t, &mut o, group, sender, u64::MAX, None);
         if let Some(end) = end {
             let first = t.last + 1;
             gaps += o.gap(group, sender, first, end);
@@ -307,6 +324,20 @@ impl ShardCore {
             t.fresh = true;
         }
         self.stats.gaps += gaps;
+        self.deliver_built(group, o);
+    }
+
+    /// The marks say `sender`'s frames owed here start at `first`, but its track started
+    /// above that: a later frame came first by a new path, and the earlier ones, resent
+    /// after it, were taken for copies. They are reported missing, once.
+    pub(super) fn report_missed_start(&mut self, group: &GroupName, sender: SessionId, first: u64) {
+        let Some(t) = self.remote.get_mut(group).and_then(|s| s.get_mut(&sender)) else { return };
+        if t.tentative || t.start <= first {
+            return;
+        }
+        let mut o = Rebuilt { bytes: BytesMut::new(), count: 0 };
+        self.stats.gaps += o.gap(group, sender, first, t.start - 1);
+        t.start = first;
         self.deliver_built(group, o);
     }
 
@@ -319,27 +350,12 @@ impl ShardCore {
         }
         t.tentative = false;
         let mut o = Rebuilt { bytes: BytesMut::new(), count: 0 };
-        let mut gaps = 0;
-        while t.last < end {
-            match t.held.first_key_value().map(|(&seq, _)| seq) {
-                Some(seq) if seq <= end => {
-                    if seq > t.last + 1 {
-                        gaps += o.gap(group, sender, t.last + 1, seq - 1);
-                    }
-                    if let Some((seq, frame)) = t.held.pop_first() {
-                        if seq > t.last {
-                            o.push(&frame);
-                            t.last = seq;
-                        }
-                    }
-                }
-                _ => {
-                    gaps += o.gap(group, sender, t.last + 1, end);
-                    t.last = end;
-                }
-            }
+        let mut gaps = drain_held(t, &mut o, group, sender, end, None);
+        if t.last < end {
+            gaps += o.gap(group, sender, t.last + 1, end);
+            t.last = end;
         }
-        gaps += drain_held(t, &mut o, group, sender, false, self.clock);
+        gaps += drain_held(t, &mut o, group, sender, 0, self.clock);
         self.stats.gaps += gaps;
         self.deliver_built(group, o);
     }
@@ -377,15 +393,16 @@ impl ShardCore {
     }
 }
 
-/// Moves held frames that now follow in order into `o`; with `force`, jumps each hole
-/// (reporting it) until nothing is held. A hole still left after progress is a later one,
-/// known only from `now`: its hold starts then. Returns the gap notices added.
+/// Moves held frames that now follow in order into `o`, and jumps each hole before a held
+/// frame numbered up to `jump_to` (reporting it; 0: none, u64::MAX: all). A hole still left
+/// after progress is a later one, known only from `now`: its hold starts then. Returns the
+/// gap notices added.
 fn drain_held(
     t: &mut SenderTrack,
     o: &mut Rebuilt,
     group: &GroupName,
     sender: SessionId,
-    force: bool,
+    jump_to: u64,
     now: Option<Instant>,
 ) -> u64 {
     let before = t.last;
@@ -396,7 +413,7 @@ fn drain_held(
             continue;
         }
         if seq != t.last + 1 {
-            if !force {
+            if seq > jump_to {
                 break;
             }
             gaps += o.gap(group, sender, t.last + 1, seq - 1);

@@ -225,6 +225,15 @@ impl ShardCore {
     /// Every shard learns of a new link: routes and server membership change.
     pub(super) fn handle_link_up(&mut self, info: LinkInfo) {
         let tag = info.tag;
+        // A link that comes back while a relay reached its server: frames that server sent
+        // by the relay may still be on their way, behind those the link now brings.
+        let relayed = self.mesh.next_hop.contains_key(&tag);
+        if !self.linked_before.insert(tag) && relayed {
+            if let Some(now) = self.clock {
+                let hold = self.limits.link_timeout * super::inbound::HOLD_LINK_TIMEOUTS;
+                self.link_settles.insert(tag, now + hold);
+            }
+        }
         self.links.retain(|l| l.tag != tag);
         self.links.push(info);
         self.flood_own_topo(Some(tag));

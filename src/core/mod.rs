@@ -83,6 +83,9 @@ pub struct Envelope {
 pub struct Arrival {
     /// See [`Envelope::resent`].
     pub resent: bool,
+    /// It came in a PEER_RELAY (not over the direct link from its sender's server, the one
+    /// path whose frames arrive in the order they were sent).
+    pub relayed: bool,
     /// The view of the group the sending server had installed when it sent the run (its
     /// PEER_STAMP); 0 if none came with it.
     pub stamp: u64,

@@ -291,7 +291,7 @@ impl ShardCore {
             return Err("PEER_RELAY from this server to itself".into());
         }
         let frames = r.frames;
-        let mut arrival = Arrival { resent: r.resent, stamp: 0 };
+        let mut arrival = Arrival { resent: r.resent, relayed: true, stamp: 0 };
         let mut at = 0;
         while at < frames.len() {
             let size = match proto::frame_len(&frames[at..], usize::MAX) {

@@ -164,6 +164,11 @@ pub struct ShardCore {
     pub(super) mesh: Mesh,
     /// What this shard delivered from each remote sender (duplicates, holes).
     pub(super) remote: Tracks,
+    /// Per server whose link came up lately: until when frames over it may still pass
+    /// earlier ones that took a relay (see `inbound.rs`).
+    pub(super) link_settles: HashMap<NodeTag, Instant>,
+    /// Servers this shard had a link to since it started (one per configured peer).
+    pub(super) linked_before: HashSet<NodeTag>,
     /// The ordering server this shard owes its state to: installed while no route to it
     /// existed, so the state goes out as soon as one does.
     pub(super) sync_owed: Option<NodeTag>,
@@ -224,6 +229,8 @@ impl ShardCore {
             draining: false,
             mesh,
             remote: Tracks::default(),
+            link_settles: HashMap::new(),
+            linked_before: HashSet::new(),
             sync_in: HashMap::new(),
             sync_owed: None,
             clock: None,
@@ -523,7 +530,12 @@ impl ShardCore {
                         let stamp = self.conns[conn].peer.as_ref().map_or(0, |p| p.stream.stamp_in(name));
                         if let Ok(g) = GroupName::from_bytes(Bytes::copy_from_slice(name)) {
                             self.stats.msgs_in += u64::from(count);
-                            self.route_shards(g, run, count, Arrival { resent: false, stamp });
+                            self.route_shards(
+                                g,
+                                run,
+                                count,
+                                Arrival { resent: false, relayed: false, stamp },
+                            );
                         }
                         return self.after_violation(conn, violation, count, now);
                     }
@@ -558,15 +570,15 @@ impl ShardCore {
                 Some(p) => p.stream.stamp_in(key.as_bytes()),
                 None => match self.groups.get_mut(key.as_bytes()) {
                     Some(g) => {
-                        let last = self.conns[conn].sent.get(key.as_bytes()).copied().unwrap_or(0);
-                        let first = McastHeader::parse(&run).map_or(last, |h| h.seq);
-                        g.sent.entry(self.conns[conn].session).or_insert((first, last)).1 = last;
+                        // The run is frames head.seq ..= expect - 1 (count > 0 set `expect`).
+                        let last = expect.map_or(head.seq, |e| e - 1);
+                        g.sent.entry(self.conns[conn].session).or_insert((head.seq, last)).1 = last;
                         g.send_view
                     }
                     None => 0,
                 },
             };
-            let arrival = Arrival { resent: false, stamp };
+            let arrival = Arrival { resent: false, relayed: false, stamp };
             if from_peer.is_none() {
                 self.route_links(&key, &run, count);
             }
@@ -652,17 +664,13 @@ impl ShardCore {
         // change, or after this shard forgot the group) may be owed to members that other
         // shards still have, or will have: every other shard gets it, and those without
         // members of that view drop it.
-        let g = self.groups.get(group.as_bytes());
-        let all: Vec<u16>;
-        let shards = match g {
-            Some(g) if arrival.stamp == g.send_view || arrival.stamp == 0 => &g.remote_shards,
+        let (routed, every): (&[u16], bool) = match self.groups.get(group.as_bytes()) {
+            Some(g) if arrival.stamp == g.send_view || arrival.stamp == 0 => (&g.remote_shards, false),
             None if arrival.stamp == 0 => return,
-            _ => {
-                all = (0..self.nshards).filter(|&s| s != self.id).collect();
-                &all
-            }
+            _ => (&[], true),
         };
-        for &s in shards {
+        let others = (0..self.nshards).filter(|&s| every && s != self.id);
+        for s in routed.iter().copied().chain(others) {
             self.in_flight[s as usize] += run.len();
             let msg = ShardMsg::Deliver {
                 from: self.id,
