@@ -100,7 +100,7 @@ impl ShardCore {
         // A frame may start a track only if sent under a view with this shard's members.
         let may_start = arrival.stamp >= g.since;
         let resent = arrival.resent;
-        let ordered = self.keeps_order(run, arrival);
+        let ordered = keeps_order(&self.link_settles, now, run, arrival);
         let tracks = self.remote.entry(key.clone()).or_default();
         // The common case, checked with one lookup: one sender, numbers in a row, right after
         // the last one delivered, nothing held.
@@ -188,7 +188,7 @@ impl ShardCore {
     /// timeouts (a view that never comes here must not hold its runs for good; one that is
     /// late, because this server was cut off from the one ordering views, comes within that).
     pub(super) fn hold_early(&mut self, group: &[u8], run: &Bytes, count: u32, arrival: Arrival) {
-        if self.keeps_order(run, arrival) {
+        if keeps_order(&self.link_settles, self.clock, run, arrival) {
             self.settle_tentative(group, run);
         }
         let since = self.clock;
@@ -197,18 +197,6 @@ impl ShardCore {
         if g.early.len() > MAX_EARLY {
             self.release_early(group, |_| true);
         }
-    }
-
-    /// Whether `run` came by the path that keeps its senders' order: over the direct link
-    /// from their server, and not so soon after that link came up that frames sent before
-    /// by a relay may still be on their way.
-    fn keeps_order(&self, run: &[u8], arrival: Arrival) -> bool {
-        let settles = |h: McastHeader| self.link_settles.get(&h.sender.node()).copied();
-        let settled = match McastHeader::parse(run).ok().and_then(settles) {
-            Some(at) => self.clock.is_some_and(|now| now >= at),
-            None => true,
-        };
-        !arrival.relayed && settled
     }
 
     /// A run that came over the direct link is held for its view: every earlier frame of
@@ -450,6 +438,28 @@ fn single_sender_run(run: &[u8]) -> Option<(SessionId, u64, u64)> {
         at += size;
     }
     found
+}
+
+/// Whether `run` came by the path that keeps its senders' order: over the direct link from
+/// their server, and not so soon after that link came back that frames sent before by a
+/// relay may still be on their way (`settles`: until when, per server). Cheap in the common
+/// case: no parse while no link came back lately.
+fn keeps_order(
+    settles: &HashMap<NodeTag, Instant>,
+    now: Option<Instant>,
+    run: &[u8],
+    arrival: Arrival,
+) -> bool {
+    if arrival.relayed {
+        return false;
+    }
+    if settles.is_empty() {
+        return true;
+    }
+    match McastHeader::parse(run).ok().and_then(|h| settles.get(&h.sender.node())) {
+        Some(&at) => now.is_some_and(|now| now >= at),
+        None => true,
+    }
 }
 
 /// The senders of the MCAST frames in `run`, one per frame.
