@@ -624,12 +624,6 @@ impl ShardCore {
     pub(super) fn deliver_run(&mut self, group: &[u8], run: &Bytes, count: u32, arrival: Arrival) {
         let me = self.identity.node_tag;
         let remote = McastHeader::parse(run).is_ok_and(|h| h.sender.node() != me);
-        // Another shard's run sent under a view before this shard's members came was not
-        // for them (the same rule as `accept_remote`'s for other servers' runs).
-        let since = self.groups.get(group).map_or(0, |g| g.since);
-        if !remote && arrival.stamp != 0 && arrival.stamp < since {
-            return;
-        }
         let filtered;
         let (run, count) = match remote.then(|| self.accept_remote(group, run, arrival)).flatten() {
             None => (run, count),
@@ -640,6 +634,11 @@ impl ShardCore {
             }
         };
         let Some(g) = self.groups.get(group) else { return };
+        // Another shard's run sent under a view before this shard's members came was not
+        // for them (the same rule as `accept_remote`'s for other servers' runs).
+        if !remote && arrival.stamp != 0 && arrival.stamp < g.since {
+            return;
+        }
         let high_water = self.limits.high_water();
         for &member in &g.local {
             let queued = Self::enqueue(
