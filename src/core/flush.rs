@@ -63,17 +63,21 @@ pub(crate) type Marks = HashMap<GroupName, HashMap<(NodeTag, u16), MarkIn>>;
 
 impl ShardCore {
     /// This shard now routes `group` by `view_id`: marks it to the other shards here and to
-    /// the servers with members in the view before (`old_nodes`) or this one.
+    /// the servers with members in the view before (`old`: its id and servers) or this one.
     pub(super) fn send_marks(&mut self, group: &GroupName, view_id: u64, old: (u64, Vec<NodeTag>)) {
-        let (stamp, mut old_nodes) = old;
+        let (stamp, old_nodes) = old;
         let me = self.identity.node_tag;
         let Some(g) = self.groups.get_mut(group.as_bytes()) else { return };
-        // Everything in `sent` went under the view routed until now (`stamp`).
+        // Everything in `sent` went under the view routed until now (`stamp`), so only the
+        // servers with members in it were owed any of it. The others get the mark without
+        // ends (it still chains their marks): that view may be one of another partition, whose
+        // id they cannot tell from one of their own.
         let ends: Vec<SenderEnd> =
             g.sent.drain().map(|(sender, (first, seq))| SenderEnd { sender, first, seq, stamp }).collect();
+        let mut to: Vec<(NodeTag, bool)> = old_nodes.iter().map(|&n| (n, true)).collect();
         for n in &g.nodes {
             if !old_nodes.contains(n) {
-                old_nodes.push(*n);
+                to.push((*n, false));
             }
         }
         let (shard, shards) = (self.id, self.nshards);
@@ -95,12 +99,13 @@ impl ShardCore {
         if chunks.is_empty() {
             chunks.push(&[]);
         }
-        let last = chunks.len() - 1;
-        for tag in old_nodes {
+        let no_ends: [&[SenderEnd]; 1] = [&[]];
+        for (tag, owed) in to {
             let Some(g) = self.groups.get_mut(group.as_bytes()) else { return };
             let prev = g.marked.insert(tag, view_id).unwrap_or(0);
+            let chunks = if owed { &chunks[..] } else { &no_ends[..] };
             for (i, c) in chunks.iter().enumerate() {
-                let more = i < last;
+                let more = i + 1 < chunks.len();
                 let mark =
                     PeerMark { group: group.clone(), view_id, prev, shard, shards, more, ends: c.to_vec() };
                 self.send_to_link(tag, Frame::PeerMark(mark).to_bytes(), 1);
