@@ -158,11 +158,25 @@ impl ShardCore {
             let me = self.identity.node_tag;
             let stays =
                 p.members.iter().any(|m| m.session.node() == me && self.sessions.contains_key(&m.session));
+            // A view with members of a server lost since it was ordered is superseded: the
+            // next configuration orders one without them. Members here skip it (the servers
+            // cut off from each other would install it apart, each with what reached it).
+            let cut_off = p.members.iter().any(|m| !self.mesh.reachable.contains(&m.session.node()));
+            if cut_off && (stays || !g.local.is_empty()) {
+                if g.pending.len() > 1 {
+                    tracing::trace!(node = %self.identity.node_name, shard = self.id, view_id, "skipping a view with members of a lost server");
+                    self.groups.get_mut(group).and_then(|g| g.pending.pop_front());
+                    continue;
+                }
+                if !overdue {
+                    break; // the view that supersedes it comes with the next configuration
+                }
+            }
             let waits = !g.local.is_empty() && stays;
             if waits {
                 // Runs held for a view between the installed one and this one, which this
                 // shard skipped (a newer came first), belong to the installed one.
-                self.release_early(group, |e| e.arrival.stamp < view_id);
+                self.release_early(group, view_id - 1);
                 self.settle_by_marks(group, view_id);
             }
             let Some(key) = self.groups.key(group) else { break };

@@ -56,7 +56,6 @@ pub struct Group {
 #[derive(Debug)]
 pub struct Early {
     pub run: Bytes,
-    pub count: u32,
     pub arrival: super::Arrival,
     pub since: Option<Instant>,
 }

@@ -15,7 +15,7 @@
 //! its sender's server (the one path that keeps order), the marks before the next view
 //! say where the track starts, or the hold time passes. Never does I/O.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -187,15 +187,15 @@ impl ShardCore {
     /// message only after the view it was sent in, or after `HOLD_LINK_TIMEOUTS` link
     /// timeouts (a view that never comes here must not hold its runs for good; one that is
     /// late, because this server was cut off from the one ordering views, comes within that).
-    pub(super) fn hold_early(&mut self, group: &[u8], run: &Bytes, count: u32, arrival: Arrival) {
+    pub(super) fn hold_early(&mut self, group: &[u8], run: &Bytes, arrival: Arrival) {
         if keeps_order(&self.link_settles, self.clock, run, arrival) {
             self.settle_tentative(group, run);
         }
         let since = self.clock;
         let Some(g) = self.groups.get_mut(group) else { return };
-        g.early.push_back(Early { run: run.clone(), count, arrival, since });
+        g.early.push_back(Early { run: run.clone(), arrival, since });
         if g.early.len() > MAX_EARLY {
-            self.release_early(group, |_| true);
+            self.release_early(group, u64::MAX);
         }
     }
 
@@ -223,36 +223,31 @@ impl ShardCore {
         self.deliver_built(group, o);
     }
 
-    /// Delivers, in the order they came, the held runs of `group` for which `due` holds,
-    /// except those behind a run of one of their senders that stays (no sender's frames pass
-    /// its earlier ones). Others' runs stay: a run of a later view released with an earlier
-    /// view's would reach the members before its view.
-    pub(super) fn release_early(&mut self, group: &[u8], due: impl Fn(&Early) -> bool) {
+    /// Delivers the held runs of `group` sent under view `through` or an earlier one. Others'
+    /// stay: a run of a later view released with an earlier view's would reach the members
+    /// before its view. (A sender's views only grow, so what goes of each sender's frames
+    /// is all of them up to a number, and none of them passes an earlier one.)
+    pub(super) fn release_early(&mut self, group: &[u8], through: u64) {
         let Some(g) = self.groups.get_mut(group) else { return };
-        if !g.early.iter().any(&due) {
+        if !g.early.iter().any(|e| e.arrival.stamp <= through) {
             return;
         }
-        let mut staying: Vec<SessionId> = Vec::new();
-        let mut released = Vec::new();
-        for e in std::mem::take(&mut g.early) {
-            let blocked = !staying.is_empty() && run_senders(&e.run).any(|s| staying.contains(&s));
-            if due(&e) && !blocked {
-                released.push(e);
-            } else {
-                for s in run_senders(&e.run) {
-                    if !staying.contains(&s) {
-                        staying.push(s);
-                    }
-                }
-                g.early.push_back(e);
+        let (released, kept): (VecDeque<Early>, VecDeque<Early>) =
+            std::mem::take(&mut g.early).into_iter().partition(|e| e.arrival.stamp <= through);
+        g.early = kept;
+        // A resend may have come after a later frame of its sender that took a new path;
+        // each sender's frames go in number order, so the later frame does not start a track
+        // above the resent one (which would be dropped as delivered). Frame by frame: a run
+        // may carry several senders, so no order of whole runs keeps every sender's.
+        let mut frames: Vec<(SessionId, u64, Bytes, Arrival)> = Vec::new();
+        for e in &released {
+            for (h, at, size) in mcast_frames(&e.run) {
+                frames.push((h.sender, h.seq, e.run.slice(at..at + size), e.arrival));
             }
         }
-        // A resend may have come after a later frame of its sender that took a new path;
-        // each sender's runs go in number order, so the later frame does not start a track
-        // above the resent one (which would be dropped as delivered).
-        released.sort_by_key(|e| McastHeader::parse(&e.run).map(|h| (h.sender, h.seq)).ok());
-        for e in released {
-            self.deliver_run(group, &e.run, e.count, e.arrival);
+        frames.sort_by_key(|&(sender, seq, ..)| (sender, seq));
+        for (_, _, frame, arrival) in frames {
+            self.deliver_run(group, &frame, 1, arrival);
         }
     }
 
@@ -263,8 +258,15 @@ impl ShardCore {
         let limit = self.limits.link_timeout * HOLD_LINK_TIMEOUTS;
         let waiting: Vec<GroupName> = self.groups.names_with_early();
         for group in waiting {
-            let overdue = |e: &Early| e.since.is_some_and(|s| now.duration_since(s) >= limit);
-            self.release_early(group.as_bytes(), overdue);
+            // With the overdue runs go those of the same views or earlier ones that came
+            // later (a resend that a later frame passed).
+            let overdue = self.groups.get(group.as_bytes()).and_then(|g| {
+                let late = g.early.iter().filter(|e| e.since.is_some_and(|s| now.duration_since(s) >= limit));
+                late.map(|e| e.arrival.stamp).max()
+            });
+            if let Some(through) = overdue {
+                self.release_early(group.as_bytes(), through);
+            }
         }
         let mut due = Vec::new();
         for (group, senders) in &self.remote {
@@ -283,7 +285,9 @@ impl ShardCore {
     }
 
     /// Server `node` is no longer reachable: whatever its senders' frames held here wait
-    /// for will not come, and anything after the last delivered may be missing.
+    /// for will not come, and anything after the last delivered may be missing. (The views
+    /// this lets through are tried by the caller once every lost server's senders ended: a
+    /// view let through by the first would come before the frames of the next.)
     pub(super) fn server_unreachable(&mut self, node: NodeTag) {
         let mut doomed = Vec::new();
         for (group, senders) in &self.remote {
@@ -294,7 +298,6 @@ impl ShardCore {
         for (group, sender) in doomed {
             self.flush_sender(&group, sender, Some(u64::MAX));
         }
-        self.try_install_all();
     }
 
     /// Delivers `sender`'s held frames to `group`'s members here, with a gap notice before
@@ -462,15 +465,21 @@ fn keeps_order(
     }
 }
 
-/// The senders of the MCAST frames in `run`, one per frame.
-fn run_senders(run: &[u8]) -> impl Iterator<Item = SessionId> + '_ {
+/// The MCAST frames of `run`: each one's header, start and size (up to the first that is
+/// not one, which a checked run does not have).
+fn mcast_frames(run: &[u8]) -> impl Iterator<Item = (McastHeader, usize, usize)> + '_ {
     let mut at = 0;
     std::iter::from_fn(move || {
         let size = proto::frame_len(run.get(at..)?, usize::MAX).ok().flatten()?;
         let h = McastHeader::parse(run.get(at..at + size)?).ok()?;
         at += size;
-        Some(h.sender)
+        Some((h, at - size, size))
     })
+}
+
+/// The senders of the MCAST frames in `run`, one per frame.
+fn run_senders(run: &[u8]) -> impl Iterator<Item = SessionId> + '_ {
+    mcast_frames(run).map(|(h, ..)| h.sender)
 }
 
 /// Whole frames in `b`.

@@ -208,11 +208,15 @@ impl ShardCore {
         let departed: Vec<NodeTag> = self.mesh.reachable.difference(&reachable).copied().collect();
         self.mesh.reachable = reachable;
         self.mesh.next_hop = next_hop;
-        for node in departed {
+        for &node in &departed {
             tracing::debug!(me = me.0, shard = self.id, node = node.0, "server no longer reachable");
             self.sync_in.remove(&node);
             self.applied.retain(|(tag, _), _| *tag != node);
             self.server_unreachable(node);
+        }
+        if !departed.is_empty() {
+            // A flush no longer waits for the lost servers' marks or senders.
+            self.try_install_all();
         }
         self.pay_sync_owed();
         self.maybe_announce();

@@ -610,7 +610,7 @@ impl ShardCore {
             return;
         }
         if arrival.stamp > g.view_id {
-            self.hold_early(group, run, count, arrival);
+            self.hold_early(group, run, arrival);
             return;
         }
         self.deliver_run(group, run, count, arrival);

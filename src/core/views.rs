@@ -273,7 +273,7 @@ impl ShardCore {
             self.send_frame(conn, frame.clone());
         }
         // Runs that were sent under this view, or an older one, follow it.
-        self.release_early(name.as_bytes(), |e| e.arrival.stamp <= view_id);
+        self.release_early(name.as_bytes(), view_id);
     }
 
     /// On the ordering server: whether a membership message from `origin` with `version`
