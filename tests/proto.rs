@@ -117,21 +117,24 @@ fn frame() -> impl Strategy<Value = Frame> {
             group(),
             any::<(u64, u64)>(),
             1u16..64,
-            any::<bool>(),
+            any::<(bool, bool)>(),
             proptest::collection::vec(any::<(u64, u64, u64, u64)>(), 0..4)
         )
-            .prop_map(|(group, (view_id, prev), shards, more, ends)| Frame::PeerMark(PeerMark {
-                group,
-                view_id,
-                prev,
-                shard: shards - 1,
-                shards,
-                more,
-                ends: ends
-                    .into_iter()
-                    .map(|(s, first, seq, stamp)| SenderEnd { sender: SessionId(s), first, seq, stamp })
-                    .collect(),
-            })),
+            .prop_map(|(group, (view_id, prev), shards, (more, lost), ends)| Frame::PeerMark(
+                PeerMark {
+                    group,
+                    view_id,
+                    prev,
+                    shard: shards - 1,
+                    shards,
+                    more,
+                    lost,
+                    ends: ends
+                        .into_iter()
+                        .map(|(s, first, seq, stamp)| SenderEnd { sender: SessionId(s), first, seq, stamp })
+                        .collect(),
+                }
+            )),
         (
             1u16..64,
             any::<u16>(),

@@ -88,6 +88,7 @@ impl ShardCore {
             shard,
             shards,
             more: false,
+            lost: false,
             ends: vec![],
         });
         for s in (0..shards).filter(|&s| s != shard) {
@@ -100,15 +101,32 @@ impl ShardCore {
             chunks.push(&[]);
         }
         let no_ends: [&[SenderEnd]; 1] = [&[]];
+        // What this shard delivered of lost servers' senders goes first, flagged LOST.
+        let lost = self.lost_ends(group);
         for (tag, owed) in to {
             let Some(g) = self.groups.get_mut(group.as_bytes()) else { return };
             let prev = g.marked.insert(tag, view_id).unwrap_or(0);
+            let mark = |more, lost, ends: &[SenderEnd]| {
+                let ends = ends.to_vec();
+                Frame::PeerMark(PeerMark {
+                    group: group.clone(),
+                    view_id,
+                    prev,
+                    shard,
+                    shards,
+                    more,
+                    lost,
+                    ends,
+                })
+            };
+            let lost_chunks = if owed { lost.chunks(per_frame.max(1)).collect() } else { vec![] };
+            for c in lost_chunks {
+                self.send_to_link(tag, mark(true, true, c).to_bytes(), 1);
+            }
             let chunks = if owed { &chunks[..] } else { &no_ends[..] };
             for (i, c) in chunks.iter().enumerate() {
                 let more = i + 1 < chunks.len();
-                let mark =
-                    PeerMark { group: group.clone(), view_id, prev, shard, shards, more, ends: c.to_vec() };
-                self.send_to_link(tag, Frame::PeerMark(mark).to_bytes(), 1);
+                self.send_to_link(tag, mark(more, false, c).to_bytes(), 1);
             }
         }
     }
@@ -122,11 +140,14 @@ impl ShardCore {
         tracing::trace!(node = %self.identity.node_name, shard = self.id, origin = origin.0, from = mark.shard, group = %mark.group, view = mark.view_id, prev = mark.prev, ends = mark.ends.len(), "mark");
         let m = self.marks.entry(mark.group.clone()).or_default().entry((origin, mark.shard)).or_default();
         m.shards = mark.shards;
-        // Its senders' ends count at once (they only add to what a view waits for).
-        for e in &mark.ends {
-            let end = m.ends.entry((e.sender, e.stamp)).or_insert((e.first, e.seq));
-            *end = (end.0.min(e.first), end.1.max(e.seq));
+        // Its senders' ends count at once (they only add to what a view waits for). A lost
+        // server's sender's end says nothing of where its frames start here (first: none).
+        for e in mark.ends.iter().filter(|e| !mark.lost || e.seq > 0) {
+            let first = if mark.lost { u64::MAX } else { e.first };
+            let end = m.ends.entry((e.sender, e.stamp)).or_insert((first, e.seq));
+            *end = (end.0.min(first), end.1.max(e.seq));
         }
+
         if !mark.more {
             // It completes the views up to its own only if the one before it came (or this
             // shard keeps none from there: it forgot them with the group, or never had
@@ -140,6 +161,9 @@ impl ShardCore {
             } else if m.ahead.len() < MAX_AHEAD {
                 m.ahead.insert(mark.prev, mark.view_id);
             }
+        }
+        if mark.lost && origin != self.identity.node_tag {
+            self.pass_on_lost(origin, mark);
         }
         self.try_install(mark.group.as_bytes());
     }
@@ -190,6 +214,7 @@ impl ShardCore {
             }
             tracing::trace!(node = %self.identity.node_name, shard = self.id, group = %key, view_id, waits, "installing a view");
             let Some(p) = self.groups.get_mut(group).and_then(|g| g.pending.pop_front()) else { break };
+            self.end_lost_senders(&key);
             self.install_view(key.clone(), p);
             self.prune_marks(&key);
         }
@@ -251,7 +276,7 @@ impl ShardCore {
         let mut starts: HashMap<SessionId, u64> = HashMap::new();
         for m in self.marks.get(group).into_iter().flat_map(|m| m.values()) {
             for (&(sender, stamp), &(first, _)) in &m.ends {
-                if stamp >= since && stamp < view_id {
+                if stamp >= since && stamp < view_id && first != u64::MAX {
                     let f = starts.entry(sender).or_insert(first);
                     *f = (*f).min(first);
                 }

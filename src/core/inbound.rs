@@ -58,6 +58,10 @@ pub(crate) struct SenderTrack {
     pub(super) tentative: bool,
     /// When the last frame came.
     seen: Option<Instant>,
+    /// The sender's server was lost and its end waits for the next view (see
+    /// `survivors.rs`), since `lost_at`.
+    pub(super) lost: bool,
+    pub(super) lost_at: Option<Instant>,
 }
 
 /// Per group, per remote sender.
@@ -279,30 +283,32 @@ impl ShardCore {
         for (group, sender) in due {
             self.flush_sender(&group, sender, None);
         }
+        self.expire_lost(now);
         self.prune_senders(now);
         self.link_settles.retain(|_, at| *at > now);
         self.try_install_all();
     }
 
-    /// Server `node` is no longer reachable: whatever its senders' frames held here wait
-    /// for will not come, and anything after the last delivered may be missing. (The views
-    /// this lets through are tried by the caller once every lost server's senders ended: a
-    /// view let through by the first would come before the frames of the next.)
+    /// Server `node` is no longer reachable: what its senders' frames held here wait for
+    /// may still come from another survivor, before the next view (see `survivors.rs`);
+    /// then anything after the last delivered may be missing. (The views this lets through
+    /// are tried by the caller once every lost server is marked: a view let through by the
+    /// first would not wait for the next one's senders.)
     pub(super) fn server_unreachable(&mut self, node: NodeTag) {
-        let mut doomed = Vec::new();
-        for (group, senders) in &self.remote {
-            for sender in senders.keys().filter(|s| s.node() == node) {
-                doomed.push((group.clone(), *sender));
+        let now = self.clock;
+        for senders in self.remote.values_mut() {
+            for (_, t) in senders.iter_mut().filter(|(s, _)| s.node() == node) {
+                if !t.lost {
+                    t.lost = true;
+                    t.lost_at = now;
+                }
             }
-        }
-        for (group, sender) in doomed {
-            self.flush_sender(&group, sender, Some(u64::MAX));
         }
     }
 
     /// Delivers `sender`'s held frames to `group`'s members here, with a gap notice before
     /// each hole; with `end`, then reports everything after as possibly missing.
-    fn flush_sender(&mut self, group: &GroupName, sender: SessionId, end: Option<u64>) {
+    pub(super) fn flush_sender(&mut self, group: &GroupName, sender: SessionId, end: Option<u64>) {
         let Some(t) = self.remote.get_mut(group).and_then(|s| s.get_mut(&sender)) else { return };
         // A tentative start is taken as it is: nothing below it is known to be missing.
         t.tentative = false;
@@ -357,7 +363,9 @@ impl ShardCore {
             return;
         }
         let frames = o.bytes.freeze();
-        let local = self.groups.get(group.as_bytes()).map(|g| g.local.clone()).unwrap_or_default();
+        let Some(g) = self.groups.get(group.as_bytes()) else { return };
+        let (local, view) = (g.local.clone(), g.view_id);
+        self.keep_delivered(group.clone(), frames.clone(), view);
         for conn in local {
             self.send_frames(conn, frames.clone(), o.count);
         }

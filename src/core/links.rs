@@ -459,11 +459,19 @@ fn check_peer_frame(frame: &Frame, tag: NodeTag) -> Result<(), String> {
         Frame::PeerMark(m) if m.view_id == 0 || m.view_id >= MAX_COUNTER => {
             Err(format!("PEER_MARK view id {} out of range", m.view_id))
         }
+        Frame::PeerMark(m) if m.lost && !m.more => Err("PEER_MARK of lost senders that ends its view".into()),
         Frame::PeerMark(m) => m.ends.iter().try_for_each(|e| {
-            if e.first > e.seq || e.seq >= MAX_COUNTER || e.stamp >= MAX_COUNTER {
+            // (A lost sender's `first` is where the lister stands, not a range's start.)
+            let range = m.lost || e.first <= e.seq;
+            if !range || e.first >= MAX_COUNTER || e.seq >= MAX_COUNTER || e.stamp >= MAX_COUNTER {
                 return Err("PEER_MARK sequence number or view id out of range".into());
             }
-            own(e.sender, "PEER_MARK")
+            match m.lost {
+                // Senders of servers it lost: never its own.
+                true if e.sender.node() == tag => Err("PEER_MARK lists its own session as lost".into()),
+                true => Ok(()),
+                false => own(e.sender, "PEER_MARK"),
+            }
         }),
         _ => Ok(()),
     }

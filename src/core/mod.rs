@@ -17,6 +17,7 @@ mod operator;
 mod outbox;
 mod relay;
 mod shard;
+mod survivors;
 mod views;
 
 pub use auth::ClusterSecret;

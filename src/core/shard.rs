@@ -164,6 +164,8 @@ pub struct ShardCore {
     pub(super) mesh: Mesh,
     /// What this shard delivered from each remote sender (duplicates, holes).
     pub(super) remote: Tracks,
+    /// Remote frames delivered lately, for survivors that lack them (see `survivors.rs`).
+    pub(super) delivered: super::survivors::Delivered,
     /// Per server whose link came up lately: until when frames over it may still pass
     /// earlier ones that took a relay (see `inbound.rs`).
     pub(super) link_settles: HashMap<NodeTag, Instant>,
@@ -229,6 +231,7 @@ impl ShardCore {
             draining: false,
             mesh,
             remote: Tracks::default(),
+            delivered: Default::default(),
             link_settles: HashMap::new(),
             linked_before: HashSet::new(),
             sync_in: HashMap::new(),
@@ -633,12 +636,17 @@ impl ShardCore {
                 (&filtered, n)
             }
         };
-        let Some(g) = self.groups.get(group) else { return };
+        let Some((key, g)) = self.groups.key_value(group) else { return };
         // Another shard's run sent under a view before this shard's members came was not
         // for them (the same rule as `accept_remote`'s for other servers' runs).
         if !remote && arrival.stamp != 0 && arrival.stamp < g.since {
             return;
         }
+        let view = g.view_id;
+        if remote {
+            self.keep_delivered(key, run.clone(), view);
+        }
+        let Some(g) = self.groups.get(group) else { return };
         let high_water = self.limits.high_water();
         for &member in &g.local {
             let queued = Self::enqueue(

@@ -333,6 +333,9 @@ pub struct PeerStamp {
 /// under. `prev` is the view of the previous mark that shard sent to the receiving server
 /// for the group (0: none), so that marks that overtake one another are applied in order.
 /// `more`: further marks of the same view follow with more senders (flag `MARK_MORE`).
+/// `lost`: the ends are not the sending server's sessions but those of servers it can no
+/// longer reach, each with the last number it delivered (flag `MARK_LOST`; such a mark
+/// always has `more` set, the mark of the shard's own senders follows).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerMark {
     pub group: GroupName,
@@ -341,6 +344,7 @@ pub struct PeerMark {
     pub shard: u16,
     pub shards: u16,
     pub more: bool,
+    pub lost: bool,
     pub ends: Vec<SenderEnd>,
 }
 
@@ -356,6 +360,8 @@ pub struct SenderEnd {
 
 /// Flag bit of a PEER_MARK frame: more marks of the same view follow.
 pub const MARK_MORE: u8 = 0x01;
+/// Flag bit of a PEER_MARK frame: its ends are of senders of lost servers.
+pub const MARK_LOST: u8 = 0x02;
 /// Bytes of a PEER_MARK before its group name, and per sender listed.
 pub const MARK_FIXED: usize = HEADER_LEN + 21;
 pub const MARK_END_LEN: usize = 32;

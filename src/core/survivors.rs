@@ -1,0 +1,170 @@
+//! What survivors owe each other of a lost server's multicasts.
+//!
+//! When a server is lost, each of the others delivered what reached it of its senders'
+//! frames: one may have more than another (the last frames were in flight on links that
+//! died). Members that move together to the next view must have delivered the same in the
+//! old one, so before that view:
+//!
+//! - each shard keeps the remote frames it delivered lately (`Delivered`, within
+//!   `resend_buffer` bytes);
+//! - a lost server's sender's track is not ended at once (`SenderTrack::lost`): its end
+//!   waits for the next view, or `HOLD_LINK_TIMEOUTS` link timeouts if none comes;
+//! - the marks of the next view carry, in a PEER_MARK with flag LOST, the last number this
+//!   shard delivered of each such sender; a shard that delivered more sends the others the
+//!   frames they lack, as relayed resends of their origin; the flush waits for the highest
+//!   number any survivor listed, like for any sender it waits for;
+//! - just before the view is delivered, each such sender's end is reported to the members
+//!   as a gap from the next number on, as before.
+//!
+//! Never does I/O.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::proto::{self, GroupName, McastHeader, NodeTag, PeerMark, SenderEnd};
+
+use super::inbound::HOLD_LINK_TIMEOUTS;
+use super::{Envelope, ShardCore};
+
+/// Remote runs this shard delivered, oldest first.
+#[derive(Debug, Default)]
+pub(crate) struct Delivered {
+    runs: VecDeque<Kept>,
+    bytes: usize,
+}
+
+#[derive(Debug)]
+struct Kept {
+    group: GroupName,
+    run: Bytes,
+    /// The view installed here when it was delivered.
+    view: u64,
+}
+
+impl ShardCore {
+    /// Remembers a run of remote frames just delivered to `group`'s members here (within
+    /// `resend_buffer` bytes: the oldest are forgotten first).
+    pub(super) fn keep_delivered(&mut self, group: GroupName, run: Bytes, view: u64) {
+        let d = &mut self.delivered;
+        d.bytes += run.len();
+        d.runs.push_back(Kept { group, run, view });
+        while d.bytes > self.limits.resend_buffer {
+            let Some(old) = d.runs.pop_front() else { break };
+            d.bytes -= old.run.len();
+        }
+    }
+
+    /// The lost servers' senders of `group` whose end waits here, for a PEER_MARK with flag
+    /// LOST: each with the installed view (`stamp`), the last number delivered here (`first`:
+    /// where this shard stands) and the highest delivered in that view (`seq`, 0 if none:
+    /// what members moving on from it must have). Only frames of the same view are passed
+    /// on: another view may be one of another partition, whose members were not owed them.
+    pub(super) fn lost_ends(&self, group: &GroupName) -> Vec<SenderEnd> {
+        let Some(g) = self.groups.get(group.as_bytes()) else { return vec![] };
+        let Some(tracks) = self.remote.get(group.as_bytes()) else { return vec![] };
+        let mut ends: BTreeMap<_, _> = tracks
+            .iter()
+            .filter(|(s, t)| t.lost && !t.tentative && t.last > 0 && !self.mesh.reachable.contains(&s.node()))
+            .map(|(&sender, t)| (sender, SenderEnd { sender, first: t.last, seq: 0, stamp: g.view_id }))
+            .collect();
+        if ends.is_empty() {
+            return vec![];
+        }
+        for k in self.delivered.runs.iter().filter(|k| k.view == g.view_id && k.group == *group) {
+            for (h, ..) in multicasts(&k.run) {
+                if let Some(e) = ends.get_mut(&h.sender) {
+                    e.seq = e.seq.max(h.seq);
+                }
+            }
+        }
+        ends.into_values().collect()
+    }
+
+    /// A PEER_MARK with flag LOST from server `origin`: sends it the frames this shard
+    /// delivered of each listed sender after where it stands, in the view it names
+    /// (relayed, as resends of their own server), as far as it kept them.
+    pub(super) fn pass_on_lost(&mut self, origin: NodeTag, mark: &PeerMark) {
+        for e in &mark.ends {
+            let node = e.sender.node();
+            if node == self.identity.node_tag || self.mesh.reachable.contains(&node) {
+                continue;
+            }
+            let Some(t) = self.remote.get(mark.group.as_bytes()).and_then(|s| s.get(&e.sender)) else {
+                continue;
+            };
+            if t.tentative || t.last <= e.first {
+                continue;
+            }
+            let (after, upto, view) = (e.first, t.last, e.stamp);
+            let mut frames: BTreeMap<u64, Bytes> = BTreeMap::new();
+            for k in self.delivered.runs.iter().filter(|k| k.view == view && k.group == mark.group) {
+                for (h, at, size) in multicasts(&k.run) {
+                    if h.sender == e.sender && h.seq > after && h.seq <= upto {
+                        frames.entry(h.seq).or_insert_with(|| k.run.slice(at..at + size));
+                    }
+                }
+            }
+            if frames.is_empty() {
+                continue;
+            }
+            tracing::debug!(node = %self.identity.node_name, shard = self.id, to = origin.0, sender = %e.sender, from = after + 1, upto, kept = frames.len(), "passing on a lost server's frames");
+            let mut run = BytesMut::new();
+            for f in frames.values() {
+                run.extend_from_slice(f);
+            }
+            let count = frames.len() as u32;
+            self.stats.resent += u64::from(count);
+            let envelope = Envelope { origin: node, dest: origin, hops: 0, resent: true, stamp: view };
+            self.route(envelope, run.freeze(), count);
+        }
+    }
+
+    /// Before a view of `group` is delivered here: the lost servers' senders whose end
+    /// waited end now (a gap from the next number on), unless their server came back.
+    pub(super) fn end_lost_senders(&mut self, group: &GroupName) {
+        let Some(tracks) = self.remote.get_mut(group.as_bytes()) else { return };
+        let mut ending = Vec::new();
+        for (&sender, t) in tracks.iter_mut().filter(|(_, t)| t.lost) {
+            t.lost = false;
+            if !self.mesh.reachable.contains(&sender.node()) {
+                ending.push(sender);
+            }
+        }
+        for sender in ending {
+            self.flush_sender(group, sender, Some(u64::MAX));
+        }
+    }
+
+    /// Lost servers' senders whose end waited `HOLD_LINK_TIMEOUTS` link timeouts for a view
+    /// that did not come end now.
+    pub(super) fn expire_lost(&mut self, now: Instant) {
+        let limit = self.limits.link_timeout * HOLD_LINK_TIMEOUTS;
+        let due: Vec<GroupName> = self
+            .remote
+            .iter()
+            .filter(|(_, s)| {
+                s.values().any(|t| t.lost && t.lost_at.is_some_and(|at| now.duration_since(at) >= limit))
+            })
+            .map(|(g, _)| g.clone())
+            .collect();
+        for group in due {
+            self.end_lost_senders(&group);
+        }
+    }
+}
+
+/// The MCAST frames of `run` (each one's header, start and size), past the gap notices a
+/// rebuilt run may carry among them.
+fn multicasts(run: &[u8]) -> impl Iterator<Item = (McastHeader, usize, usize)> + '_ {
+    let mut at = 0;
+    std::iter::from_fn(move || loop {
+        let size = proto::frame_len(run.get(at..)?, usize::MAX).ok().flatten()?;
+        let frame = run.get(at..at + size)?;
+        at += size;
+        if let Ok(h) = McastHeader::parse(frame) {
+            return Some((h, at - size, size));
+        }
+    })
+}
