@@ -17,8 +17,10 @@
 //! end with a gap notice), and so does `HOLD_LINK_TIMEOUTS` link timeouts: then every
 //! listed number not reached is reported as a gap, exactly. Never does I/O.
 //!
-//! Not covered: of a server that is lost, each survivor keeps what reached it; the
-//! survivors do not exchange those messages before the view that drops it.
+//! Of a server that is lost, the survivors pass on to each other what they delivered of
+//! its senders in the same view before the next one (`survivors.rs`). A view whose
+//! members include a lost server's is skipped for the one the next configuration orders
+//! without them (or delivered after `HOLD_LINK_TIMEOUTS` link timeouts if none comes).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -35,6 +37,10 @@ const MAX_MARKED_GROUPS: usize = 1 << 16;
 /// Marks kept per shard that overtook the one before them (a bound).
 const MAX_AHEAD: usize = 64;
 
+/// Lost servers' senders remembered per shard from LOST marks of views not yet complete (a
+/// bound; one forgotten is passed on whole instead).
+const MAX_LISTED: usize = 4096;
+
 /// What one shard of another server (or of this one) marked for one group.
 #[derive(Debug, Default)]
 pub(crate) struct MarkIn {
@@ -46,6 +52,9 @@ pub(crate) struct MarkIn {
     ends: HashMap<(SessionId, u64), (u64, u64)>,
     /// Marks that came before the one they follow: view by previous view.
     ahead: BTreeMap<u64, u64>,
+    /// The lost servers' senders its LOST marks listed, by view, until that view's mark
+    /// is complete (see `survivors.rs`).
+    lost_listed: Vec<(u64, SessionId)>,
 }
 
 /// What a flush waits for (for the trace log).
@@ -162,8 +171,22 @@ impl ShardCore {
                 m.ahead.insert(mark.prev, mark.view_id);
             }
         }
-        if mark.lost && origin != self.identity.node_tag {
-            self.pass_on_lost(origin, mark);
+        if mark.lost && m.lost_listed.len() < MAX_LISTED {
+            m.lost_listed.extend(mark.ends.iter().map(|e| (mark.view_id, e.sender)));
+        }
+        let unlisted = (!mark.more).then(|| {
+            let listed: Vec<SessionId> =
+                m.lost_listed.iter().filter(|(v, _)| *v == mark.view_id).map(|(_, s)| *s).collect();
+            m.lost_listed.retain(|(v, _)| *v > mark.view_id);
+            listed
+        });
+        if origin != self.identity.node_tag {
+            if mark.lost {
+                self.pass_on_lost(origin, mark);
+            }
+            if let Some(listed) = unlisted {
+                self.pass_on_unlisted(origin, mark, &listed);
+            }
         }
         self.try_install(mark.group.as_bytes());
     }

@@ -2,7 +2,7 @@
 //! already delivered is dropped (a resend after a lost link, or a copy that took two
 //! paths), one that arrives early is held until the frames before it arrive, and a hole
 //! that does not fill within three link timeouts, or whose sender's server is no longer
-//! reachable, is reported to the members as a gap naming the missing sequence numbers.
+//! reachable (at the next view: see `survivors.rs`), is reported to the members as a gap naming the missing sequence numbers.
 //!
 //! Only shards with local members of a group track it. While a shard has no members of a
 //! group it is sent nothing for it, so its tracks are dropped when the last member leaves,

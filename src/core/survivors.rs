@@ -23,8 +23,9 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 
-use crate::proto::{self, GroupName, McastHeader, NodeTag, PeerMark, SenderEnd};
+use crate::proto::{self, Frame, GroupName, McastHeader, NodeTag, PeerMark, SenderEnd, SessionId};
 
+use super::inbound::SenderTrack;
 use super::inbound::HOLD_LINK_TIMEOUTS;
 use super::{Envelope, ShardCore};
 
@@ -64,22 +65,37 @@ impl ShardCore {
     pub(super) fn lost_ends(&self, group: &GroupName) -> Vec<SenderEnd> {
         let Some(g) = self.groups.get(group.as_bytes()) else { return vec![] };
         let Some(tracks) = self.remote.get(group.as_bytes()) else { return vec![] };
+        let lost = |t: &SenderTrack| t.lost && !t.tentative && t.last > 0;
         let mut ends: BTreeMap<_, _> = tracks
             .iter()
-            .filter(|(s, t)| t.lost && !t.tentative && t.last > 0 && !self.mesh.reachable.contains(&s.node()))
+            .filter(|(s, t)| lost(t) && !self.mesh.reachable.contains(&s.node()))
             .map(|(&sender, t)| (sender, SenderEnd { sender, first: t.last, seq: 0, stamp: g.view_id }))
             .collect();
-        if ends.is_empty() {
-            return vec![];
-        }
-        for k in self.delivered.runs.iter().filter(|k| k.view == g.view_id && k.group == *group) {
-            for (h, ..) in multicasts(&k.run) {
-                if let Some(e) = ends.get_mut(&h.sender) {
-                    e.seq = e.seq.max(h.seq);
+        if !ends.is_empty() {
+            for (sender, seq) in self.lost_delivered_in(group, g.view_id) {
+                if let Some(e) = ends.get_mut(&sender) {
+                    e.seq = seq;
                 }
             }
         }
         ends.into_values().collect()
+    }
+
+    /// The highest number of each lost server's sender this shard delivered to `group` in
+    /// view `view`, as far as it kept them.
+    fn lost_delivered_in(&self, group: &GroupName, view: u64) -> BTreeMap<SessionId, u64> {
+        let me = self.identity.node_tag;
+        let mut last = BTreeMap::new();
+        for k in self.delivered.runs.iter().filter(|k| k.view == view && k.group == *group) {
+            for (h, ..) in multicasts(&k.run) {
+                let node = h.sender.node();
+                if node != me && !self.mesh.reachable.contains(&node) {
+                    let seq = last.entry(h.sender).or_insert(0);
+                    *seq = h.seq.max(*seq);
+                }
+            }
+        }
+        last
     }
 
     /// A PEER_MARK with flag LOST from server `origin`: sends it the frames this shard
@@ -97,27 +113,62 @@ impl ShardCore {
             if t.tentative || t.last <= e.first {
                 continue;
             }
-            let (after, upto, view) = (e.first, t.last, e.stamp);
-            let mut frames: BTreeMap<u64, Bytes> = BTreeMap::new();
-            for k in self.delivered.runs.iter().filter(|k| k.view == view && k.group == mark.group) {
-                for (h, at, size) in multicasts(&k.run) {
-                    if h.sender == e.sender && h.seq > after && h.seq <= upto {
-                        frames.entry(h.seq).or_insert_with(|| k.run.slice(at..at + size));
-                    }
+            let upto = t.last;
+            self.pass_on(origin, &mark.group, e.sender, (e.first, upto), e.stamp);
+        }
+    }
+
+    /// Sends server `to` the frames of `sender` (of a lost server) numbered after `range.0`
+    /// up to `range.1` that this shard delivered to `group` in view `view`, as far as it
+    /// kept them: relayed, as resends of their own server.
+    fn pass_on(&mut self, to: NodeTag, group: &GroupName, sender: SessionId, range: (u64, u64), view: u64) {
+        let (after, upto) = range;
+        let mut frames: BTreeMap<u64, Bytes> = BTreeMap::new();
+        for k in self.delivered.runs.iter().filter(|k| k.view == view && k.group == *group) {
+            for (h, at, size) in multicasts(&k.run) {
+                if h.sender == sender && h.seq > after && h.seq <= upto {
+                    frames.entry(h.seq).or_insert_with(|| k.run.slice(at..at + size));
                 }
             }
-            if frames.is_empty() {
-                continue;
+        }
+        if frames.is_empty() {
+            return;
+        }
+        tracing::debug!(node = %self.identity.node_name, shard = self.id, to = to.0, %sender, from = after + 1, upto, kept = frames.len(), "passing on a lost server's frames");
+        let mut run = BytesMut::new();
+        for f in frames.values() {
+            run.extend_from_slice(f);
+        }
+        let count = frames.len() as u32;
+        self.stats.resent += u64::from(count);
+        let envelope = Envelope { origin: sender.node(), dest: to, hops: 0, resent: true, stamp: view };
+        self.route(envelope, run.freeze(), count);
+    }
+
+    /// The mark of server `origin`'s shard for a view is complete, and it listed in LOST
+    /// marks only `listed`: it has no track of this shard's other lost senders (it got
+    /// none of their frames, or its members came after them). If it had members in the
+    /// view installed here, it was owed what this shard delivered of them in that view:
+    /// all of it is passed on (what it already has is dropped there as copies).
+    pub(super) fn pass_on_unlisted(&mut self, origin: NodeTag, mark: &PeerMark, listed: &[SessionId]) {
+        let Some(g) = self.groups.get(mark.group.as_bytes()) else { return };
+        // The view both move on from: the installed one, or the one before it if this shard
+        // already installed the one marked.
+        let (view, frame) = match g.view_id >= mark.view_id {
+            true => (g.before.0, g.before.1.clone()),
+            false => (g.view_id, g.installed.clone()),
+        };
+        let members_there = match proto::parse_whole(frame) {
+            Ok(Frame::View(v)) => v.members.iter().any(|m| m.session.node() == origin),
+            _ => false,
+        };
+        if !members_there {
+            return;
+        }
+        for (sender, upto) in self.lost_delivered_in(&mark.group, view) {
+            if !listed.contains(&sender) {
+                self.pass_on(origin, &mark.group, sender, (0, upto), view);
             }
-            tracing::debug!(node = %self.identity.node_name, shard = self.id, to = origin.0, sender = %e.sender, from = after + 1, upto, kept = frames.len(), "passing on a lost server's frames");
-            let mut run = BytesMut::new();
-            for f in frames.values() {
-                run.extend_from_slice(f);
-            }
-            let count = frames.len() as u32;
-            self.stats.resent += u64::from(count);
-            let envelope = Envelope { origin: node, dest: origin, hops: 0, resent: true, stamp: view };
-            self.route(envelope, run.freeze(), count);
         }
     }
 
