@@ -156,7 +156,6 @@ impl ShardCore {
             let end = m.ends.entry((e.sender, e.stamp)).or_insert((first, e.seq));
             *end = (end.0.min(first), end.1.max(e.seq));
         }
-
         if !mark.more {
             // It completes the views up to its own only if the one before it came (or this
             // shard keeps none from there: it forgot them with the group, or never had
@@ -223,7 +222,7 @@ impl ShardCore {
             if waits {
                 // Runs held for a view between the installed one and this one, which this
                 // shard skipped (a newer came first), belong to the installed one.
-                self.release_early(group, view_id - 1);
+                self.release_early(group, view_id.saturating_sub(1));
                 self.settle_by_marks(group, view_id);
             }
             let Some(key) = self.groups.key(group) else { break };

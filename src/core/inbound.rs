@@ -2,7 +2,8 @@
 //! already delivered is dropped (a resend after a lost link, or a copy that took two
 //! paths), one that arrives early is held until the frames before it arrive, and a hole
 //! that does not fill within three link timeouts, or whose sender's server is no longer
-//! reachable (at the next view: see `survivors.rs`), is reported to the members as a gap naming the missing sequence numbers.
+//! reachable (at the next view: see `survivors.rs`), is reported to the members as a gap
+//! naming the missing sequence numbers.
 //!
 //! Only shards with local members of a group track it. While a shard has no members of a
 //! group it is sent nothing for it, so its tracks are dropped when the last member leaves,
@@ -473,15 +474,17 @@ fn keeps_order(
     }
 }
 
-/// The MCAST frames of `run`: each one's header, start and size (up to the first that is
-/// not one, which a checked run does not have).
-fn mcast_frames(run: &[u8]) -> impl Iterator<Item = (McastHeader, usize, usize)> + '_ {
+/// The MCAST frames of `run` (each one's header, start and size), past the gap notices a
+/// rebuilt run may carry among them.
+pub(super) fn mcast_frames(run: &[u8]) -> impl Iterator<Item = (McastHeader, usize, usize)> + '_ {
     let mut at = 0;
-    std::iter::from_fn(move || {
+    std::iter::from_fn(move || loop {
         let size = proto::frame_len(run.get(at..)?, usize::MAX).ok().flatten()?;
-        let h = McastHeader::parse(run.get(at..at + size)?).ok()?;
+        let frame = run.get(at..at + size)?;
         at += size;
-        Some((h, at - size, size))
+        if let Ok(h) = McastHeader::parse(frame) {
+            return Some((h, at - size, size));
+        }
     })
 }
 

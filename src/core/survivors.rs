@@ -23,10 +23,9 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 
-use crate::proto::{self, Frame, GroupName, McastHeader, NodeTag, PeerMark, SenderEnd, SessionId};
+use crate::proto::{self, Frame, GroupName, NodeTag, PeerMark, SenderEnd, SessionId};
 
-use super::inbound::SenderTrack;
-use super::inbound::HOLD_LINK_TIMEOUTS;
+use super::inbound::{mcast_frames, SenderTrack, HOLD_LINK_TIMEOUTS};
 use super::{Envelope, ShardCore};
 
 /// Remote runs this shard delivered, oldest first.
@@ -87,7 +86,7 @@ impl ShardCore {
         let me = self.identity.node_tag;
         let mut last = BTreeMap::new();
         for k in self.delivered.runs.iter().filter(|k| k.view == view && k.group == *group) {
-            for (h, ..) in multicasts(&k.run) {
+            for (h, ..) in mcast_frames(&k.run) {
                 let node = h.sender.node();
                 if node != me && !self.mesh.reachable.contains(&node) {
                     let seq = last.entry(h.sender).or_insert(0);
@@ -125,7 +124,7 @@ impl ShardCore {
         let (after, upto) = range;
         let mut frames: BTreeMap<u64, Bytes> = BTreeMap::new();
         for k in self.delivered.runs.iter().filter(|k| k.view == view && k.group == *group) {
-            for (h, at, size) in multicasts(&k.run) {
+            for (h, at, size) in mcast_frames(&k.run) {
                 if h.sender == sender && h.seq > after && h.seq <= upto {
                     frames.entry(h.seq).or_insert_with(|| k.run.slice(at..at + size));
                 }
@@ -204,18 +203,4 @@ impl ShardCore {
             self.end_lost_senders(&group);
         }
     }
-}
-
-/// The MCAST frames of `run` (each one's header, start and size), past the gap notices a
-/// rebuilt run may carry among them.
-fn multicasts(run: &[u8]) -> impl Iterator<Item = (McastHeader, usize, usize)> + '_ {
-    let mut at = 0;
-    std::iter::from_fn(move || loop {
-        let size = proto::frame_len(run.get(at..)?, usize::MAX).ok().flatten()?;
-        let frame = run.get(at..at + size)?;
-        at += size;
-        if let Ok(h) = McastHeader::parse(frame) {
-            return Some((h, at - size, size));
-        }
-    })
 }
