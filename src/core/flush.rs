@@ -18,9 +18,7 @@
 //! listed number not reached is reported as a gap, exactly. Never does I/O.
 //!
 //! Of a server that is lost, the survivors pass on to each other what they delivered of
-//! its senders in the same view before the next one (`survivors.rs`). A view whose
-//! members include a lost server's is skipped for the one the next configuration orders
-//! without them (or delivered after `HOLD_LINK_TIMEOUTS` link timeouts if none comes).
+//! its senders in the same view before the next one (`survivors.rs`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -37,10 +35,6 @@ const MAX_MARKED_GROUPS: usize = 1 << 16;
 /// Marks kept per shard that overtook the one before them (a bound).
 const MAX_AHEAD: usize = 64;
 
-/// Lost servers' senders remembered per shard from LOST marks of views not yet complete (a
-/// bound; one forgotten is passed on whole instead).
-const MAX_LISTED: usize = 4096;
-
 /// What one shard of another server (or of this one) marked for one group.
 #[derive(Debug, Default)]
 pub(crate) struct MarkIn {
@@ -52,9 +46,6 @@ pub(crate) struct MarkIn {
     ends: HashMap<(SessionId, u64), (u64, u64)>,
     /// Marks that came before the one they follow: view by previous view.
     ahead: BTreeMap<u64, u64>,
-    /// The lost servers' senders its LOST marks listed, by view, until that view's mark
-    /// is complete (see `survivors.rs`).
-    lost_listed: Vec<(u64, SessionId)>,
 }
 
 /// What a flush waits for (for the trace log).
@@ -170,22 +161,8 @@ impl ShardCore {
                 m.ahead.insert(mark.prev, mark.view_id);
             }
         }
-        if mark.lost && m.lost_listed.len() < MAX_LISTED {
-            m.lost_listed.extend(mark.ends.iter().map(|e| (mark.view_id, e.sender)));
-        }
-        let unlisted = (!mark.more).then(|| {
-            let listed: Vec<SessionId> =
-                m.lost_listed.iter().filter(|(v, _)| *v == mark.view_id).map(|(_, s)| *s).collect();
-            m.lost_listed.retain(|(v, _)| *v > mark.view_id);
-            listed
-        });
-        if origin != self.identity.node_tag {
-            if mark.lost {
-                self.pass_on_lost(origin, mark);
-            }
-            if let Some(listed) = unlisted {
-                self.pass_on_unlisted(origin, mark, &listed);
-            }
+        if mark.lost && origin != self.identity.node_tag {
+            self.pass_on_lost(origin, mark);
         }
         self.try_install(mark.group.as_bytes());
     }
@@ -204,20 +181,6 @@ impl ShardCore {
             let me = self.identity.node_tag;
             let stays =
                 p.members.iter().any(|m| m.session.node() == me && self.sessions.contains_key(&m.session));
-            // A view with members of a server lost since it was ordered is superseded: the
-            // next configuration orders one without them. Members here skip it (the servers
-            // cut off from each other would install it apart, each with what reached it).
-            let cut_off = p.members.iter().any(|m| !self.mesh.reachable.contains(&m.session.node()));
-            if cut_off && (stays || !g.local.is_empty()) {
-                if g.pending.len() > 1 {
-                    tracing::trace!(node = %self.identity.node_name, shard = self.id, view_id, "skipping a view with members of a lost server");
-                    self.groups.get_mut(group).and_then(|g| g.pending.pop_front());
-                    continue;
-                }
-                if !overdue {
-                    break; // the view that supersedes it comes with the next configuration
-                }
-            }
             let waits = !g.local.is_empty() && stays;
             if waits {
                 // Runs held for a view between the installed one and this one, which this

@@ -48,8 +48,6 @@ pub struct Group {
     /// The VIEW frame installed last here, to ignore a copy of it (a server whose link
     /// comes up may be sent a group's current view more than once).
     pub installed: Bytes,
-    /// The view installed before it, and its frame (see `survivors.rs`).
-    pub before: (u64, Bytes),
     /// Present on the owner shard only.
     pub owned: Option<Owned>,
 }

@@ -23,7 +23,7 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 
-use crate::proto::{self, Frame, GroupName, NodeTag, PeerMark, SenderEnd, SessionId};
+use crate::proto::{GroupName, NodeTag, PeerMark, SenderEnd, SessionId};
 
 use super::inbound::{mcast_frames, SenderTrack, HOLD_LINK_TIMEOUTS};
 use super::{Envelope, ShardCore};
@@ -142,33 +142,6 @@ impl ShardCore {
         self.stats.resent += u64::from(count);
         let envelope = Envelope { origin: sender.node(), dest: to, hops: 0, resent: true, stamp: view };
         self.route(envelope, run.freeze(), count);
-    }
-
-    /// The mark of server `origin`'s shard for a view is complete, and it listed in LOST
-    /// marks only `listed`: it has no track of this shard's other lost senders (it got
-    /// none of their frames, or its members came after them). If it had members in the
-    /// view installed here, it was owed what this shard delivered of them in that view:
-    /// all of it is passed on (what it already has is dropped there as copies).
-    pub(super) fn pass_on_unlisted(&mut self, origin: NodeTag, mark: &PeerMark, listed: &[SessionId]) {
-        let Some(g) = self.groups.get(mark.group.as_bytes()) else { return };
-        // The view both move on from: the installed one, or the one before it if this shard
-        // already installed the one marked.
-        let (view, frame) = match g.view_id >= mark.view_id {
-            true => (g.before.0, g.before.1.clone()),
-            false => (g.view_id, g.installed.clone()),
-        };
-        let members_there = match proto::parse_whole(frame) {
-            Ok(Frame::View(v)) => v.members.iter().any(|m| m.session.node() == origin),
-            _ => false,
-        };
-        if !members_there {
-            return;
-        }
-        for (sender, upto) in self.lost_delivered_in(&mark.group, view) {
-            if !listed.contains(&sender) {
-                self.pass_on(origin, &mark.group, sender, (0, upto), view);
-            }
-        }
     }
 
     /// Before a view of `group` is delivered here: the lost servers' senders whose end

@@ -256,7 +256,6 @@ impl ShardCore {
             }
             self.retired.insert(group.clone(), view_id);
         } else {
-            g.before = (g.view_id, std::mem::replace(&mut g.installed, frame.clone()));
             g.view_id = view_id;
             if local.is_empty() {
                 g.since = 0;
@@ -268,6 +267,7 @@ impl ShardCore {
             }
             g.local = local;
             g.members = members.len();
+            g.installed = frame.clone();
         }
         for conn in recipients {
             self.send_frame(conn, frame.clone());
