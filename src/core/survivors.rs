@@ -9,10 +9,11 @@
 //!   `resend_buffer` bytes);
 //! - a lost server's sender's track is not ended at once (`SenderTrack::lost`): its end
 //!   waits for the next view, or `HOLD_LINK_TIMEOUTS` link timeouts if none comes;
-//! - the marks of the next view carry, in a PEER_MARK with flag LOST, the last number this
-//!   shard delivered of each such sender; a shard that delivered more sends the others the
-//!   frames they lack, as relayed resends of their origin; the flush waits for the highest
-//!   number any survivor listed, like for any sender it waits for;
+//! - the marks of the next view carry, in a PEER_MARK with flag LOST, where this shard
+//!   stands with each such sender and the highest number it delivered in its installed
+//!   view; a shard that delivered more in that same view sends the lister the frames it
+//!   lacks, as relayed resends of their origin; the flush waits for the highest number
+//!   any survivor listed, like for any sender it waits for;
 //! - just before the view is delivered, each such sender's end is reported to the members
 //!   as a gap from the next number on, as before.
 //!
