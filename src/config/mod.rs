@@ -74,7 +74,8 @@ pub struct ServerConfig {
     /// `idle_timeout` takes effect.
     pub link_timeout: Duration,
     /// `resend_buffer` (msgc): bytes of multicasts per peer link kept until acknowledged,
-    /// to resend by another path when the link is lost. Default 16 MiB.
+    /// to resend by another path when the link is lost; and per shard, of other servers'
+    /// multicasts kept after delivery, for survivors of their server. Default 16 MiB.
     pub resend_buffer: usize,
     /// `handshake_timeout` (msgc): seconds a connection has to complete its handshake.
     /// Default 10.
