@@ -134,6 +134,10 @@ impl GroupTable {
     pub fn key_value(&self, name: &[u8]) -> Option<(GroupName, &Group)> {
         self.groups.get_key_value(name).map(|(k, g)| (k.clone(), g))
     }
+    /// The same without cloning the name (for the per-run path).
+    pub fn key_value_ref(&self, name: &[u8]) -> Option<(&GroupName, &Group)> {
+        self.groups.get_key_value(name)
+    }
     pub fn entry(&mut self, name: GroupName) -> &mut Group {
         self.groups.entry(name).or_default()
     }

@@ -365,8 +365,8 @@ impl ShardCore {
         }
         let frames = o.bytes.freeze();
         let Some(g) = self.groups.get(group.as_bytes()) else { return };
-        let (local, view) = (g.local.clone(), g.view_id);
-        self.keep_delivered(group.clone(), frames.clone(), view);
+        let local = g.local.clone();
+        self.delivered.keep(group.clone(), frames.clone(), g.view_id, self.limits.resend_buffer);
         for conn in local {
             self.send_frames(conn, frames.clone(), o.count);
         }

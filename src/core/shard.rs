@@ -636,17 +636,15 @@ impl ShardCore {
                 (&filtered, n)
             }
         };
-        let Some((key, g)) = self.groups.key_value(group) else { return };
+        let Some((key, g)) = self.groups.key_value_ref(group) else { return };
         // Another shard's run sent under a view before this shard's members came was not
         // for them (the same rule as `accept_remote`'s for other servers' runs).
         if !remote && arrival.stamp != 0 && arrival.stamp < g.since {
             return;
         }
-        let view = g.view_id;
         if remote {
-            self.keep_delivered(key, run.clone(), view);
+            self.delivered.keep(key.clone(), run.clone(), g.view_id, self.limits.resend_buffer);
         }
-        let Some(g) = self.groups.get(group) else { return };
         let high_water = self.limits.high_water();
         for &member in &g.local {
             let queued = Self::enqueue(

@@ -44,19 +44,20 @@ struct Kept {
     view: u64,
 }
 
-impl ShardCore {
-    /// Remembers a run of remote frames just delivered to `group`'s members here (within
-    /// `resend_buffer` bytes: the oldest are forgotten first).
-    pub(super) fn keep_delivered(&mut self, group: GroupName, run: Bytes, view: u64) {
-        let d = &mut self.delivered;
-        d.bytes += run.len();
-        d.runs.push_back(Kept { group, run, view });
-        while d.bytes > self.limits.resend_buffer {
-            let Some(old) = d.runs.pop_front() else { break };
-            d.bytes -= old.run.len();
+impl Delivered {
+    /// Remembers a run of remote frames just delivered to `group`'s members in `view`,
+    /// within `limit` bytes (`resend_buffer`: the oldest are forgotten first).
+    pub(super) fn keep(&mut self, group: GroupName, run: Bytes, view: u64, limit: usize) {
+        self.bytes += run.len();
+        self.runs.push_back(Kept { group, run, view });
+        while self.bytes > limit {
+            let Some(old) = self.runs.pop_front() else { break };
+            self.bytes -= old.run.len();
         }
     }
+}
 
+impl ShardCore {
     /// The lost servers' senders of `group` whose end waits here, for a PEER_MARK with flag
     /// LOST: each with the installed view (`stamp`), the last number delivered here (`first`:
     /// where this shard stands) and the highest delivered in that view (`seq`, 0 if none:
