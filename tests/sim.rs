@@ -117,6 +117,33 @@ fn limits() -> Limits {
     }
 }
 
+/// Whether the gap notices `gaps` (first, last) together cover every number of
+/// `first..=last` (a loss may be reported in pieces, e.g. a flush's listed end and then
+/// a hole after it).
+fn covers(gaps: &[(u64, u64)], first: u64, last: u64) -> bool {
+    let mut sorted = gaps.to_vec();
+    sorted.sort();
+    let mut next = first; // the lowest number not yet covered
+    for (a, b) in sorted {
+        if a <= next && b >= next {
+            next = b.saturating_add(1);
+        }
+        if next > last {
+            return true;
+        }
+    }
+    next > last
+}
+
+#[test]
+fn gap_notices_cover_a_loss_together() {
+    assert!(covers(&[(7, 8), (9, 9)], 7, 9));
+    assert!(covers(&[(9, 9), (5, 8)], 7, 9));
+    assert!(!covers(&[(7, 7), (9, 9)], 7, 9));
+    assert!(!covers(&[(8, 9)], 7, 9));
+    assert!(!covers(&[], 7, 7));
+}
+
 fn pair(a: usize, b: usize) -> (usize, usize) {
     (a.min(b), a.max(b))
 }
@@ -351,9 +378,8 @@ impl Sim {
                                 m.group, m.seq
                             ));
                         } else if m.seq > last + 1 {
-                            let covered = cl.gaps.get(&key).is_some_and(|gaps| {
-                                gaps.iter().any(|&(first, end)| first <= last + 1 && end >= m.seq - 1)
-                            });
+                            let covered =
+                                cl.gaps.get(&key).is_some_and(|gaps| covers(gaps, last + 1, m.seq - 1));
                             if self.fault == Fault::Partial {
                                 self.violations.push(format!(
                                     "client {c}: lost {} from {}: {} -> {} while a path existed",

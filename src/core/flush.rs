@@ -18,15 +18,20 @@
 //! listed number not reached is reported as a gap, exactly. Never does I/O.
 //!
 //! Of a server that is lost, the survivors pass on to each other what they delivered of
-//! its senders in the same view before the next one (`survivors.rs`).
+//! its senders in the same view before the next one (`survivors.rs`). A view ordered
+//! before a server was lost, with that server's members, is skipped for the one the next
+//! configuration orders without them, where it changes nothing for the members here (the
+//! servers cut off from each other would install it apart, each with what reached it).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use crate::proto::{Frame, GroupName, NodeTag, PeerMark, SenderEnd, SessionId, MARK_END_LEN, MARK_FIXED};
+use crate::proto::{
+    Frame, GroupName, Member, NodeTag, PeerMark, SenderEnd, SessionId, MARK_END_LEN, MARK_FIXED,
+};
 
 use super::inbound::HOLD_LINK_TIMEOUTS;
-use super::{ShardCore, ShardMsg};
+use super::{ConnId, ShardCore, ShardMsg};
 
 /// Groups whose marks a shard keeps before it forgets them all (a bound; a forgotten mark
 /// only makes a view wait for its timeout).
@@ -181,6 +186,22 @@ impl ShardCore {
             let me = self.identity.node_tag;
             let stays =
                 p.members.iter().any(|m| m.session.node() == me && self.sessions.contains_key(&m.session));
+            // A view with members of a server lost since it was ordered is superseded: the
+            // next configuration orders one without them. Members here skip it (the servers
+            // cut off from each other would install it apart, each with what reached it),
+            // unless it adds or drops one of them: a member sees its own leave and join,
+            // because senders stopped or started sending to it by that view.
+            let cut_off = p.members.iter().any(|m| !self.mesh.reachable.contains(&m.session.node()));
+            if cut_off && !g.local.is_empty() && self.same_local(&g.local, &p.members) {
+                if g.pending.len() > 1 {
+                    tracing::trace!(node = %self.identity.node_name, shard = self.id, view_id, "skipping a view with members of a lost server");
+                    self.groups.get_mut(group).and_then(|g| g.pending.pop_front());
+                    continue;
+                }
+                if !overdue {
+                    break; // the view that supersedes it comes with the next configuration
+                }
+            }
             let waits = !g.local.is_empty() && stays;
             if waits {
                 // Runs held for a view between the installed one and this one, which this
@@ -212,6 +233,21 @@ impl ShardCore {
         for group in self.groups.names_with_pending() {
             self.try_install(group.as_bytes());
         }
+    }
+
+    /// Whether `members` lists exactly the members of this shard in `local` (of a view
+    /// installed here).
+    fn same_local(&self, local: &[ConnId], members: &[Member]) -> bool {
+        let me = self.identity.node_tag;
+        let mut listed = 0;
+        for m in members.iter().filter(|m| m.session.node() == me) {
+            match self.sessions.get(&m.session) {
+                Some(conn) if local.contains(conn) => listed += 1,
+                Some(_) => return false,
+                None => {}
+            }
+        }
+        listed == local.len()
     }
 
     /// What the flush before `view_id` still waits for: the mark of a shard (of this server

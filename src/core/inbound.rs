@@ -240,6 +240,9 @@ impl ShardCore {
         let (released, kept): (VecDeque<Early>, VecDeque<Early>) =
             std::mem::take(&mut g.early).into_iter().partition(|e| e.arrival.stamp <= through);
         g.early = kept;
+        if g.local.is_empty() {
+            return; // held for members that did not come here (the view never did)
+        }
         // A resend may have come after a later frame of its sender that took a new path;
         // each sender's frames go in number order, so the later frame does not start a track
         // above the resent one (which would be dropped as delivered). Frame by frame: a run

@@ -609,11 +609,12 @@ impl ShardCore {
     /// senders is first checked for what was delivered already or arrives early.
     pub(super) fn route_local(&mut self, group: &[u8], run: &Bytes, count: u32, arrival: Arrival) {
         let Some(g) = self.groups.get(group) else { return };
-        if g.local.is_empty() {
-            return;
-        }
+        // Also with no members here yet: the view it was sent under may bring some.
         if arrival.stamp > g.view_id {
             self.hold_early(group, run, arrival);
+            return;
+        }
+        if g.local.is_empty() {
             return;
         }
         self.deliver_run(group, run, count, arrival);
