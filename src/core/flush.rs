@@ -295,7 +295,11 @@ impl ShardCore {
         let Some((key, g)) = self.groups.key_value(group) else { return };
         let since = g.since;
         let mut starts: HashMap<SessionId, u64> = HashMap::new();
-        for m in self.marks.get(group).into_iter().flat_map(|m| m.values()) {
+        // Only marks whose chain is complete up to this view: one that overtook an earlier
+        // mark (on another path) lacks that mark's ends, whose numbers may start lower and
+        // still be on their way.
+        let complete = |m: &&MarkIn| m.view >= view_id;
+        for m in self.marks.get(group).into_iter().flat_map(|m| m.values()).filter(complete) {
             for (&(sender, stamp), &(first, _)) in &m.ends {
                 if stamp >= since && stamp < view_id && first != u64::MAX {
                     let f = starts.entry(sender).or_insert(first);
