@@ -241,7 +241,7 @@ impl ShardCore {
             std::mem::take(&mut g.early).into_iter().partition(|e| e.arrival.stamp <= through);
         g.early = kept;
         if g.local.is_empty() {
-            return; // held for members that did not come here (the view never did)
+            return; // for members that left, or that the view did not bring here
         }
         // A resend may have come after a later frame of its sender that took a new path;
         // each sender's frames go in number order, so the later frame does not start a track

@@ -259,9 +259,6 @@ impl ShardCore {
             g.view_id = view_id;
             if local.is_empty() {
                 g.since = 0;
-                // Runs held for this view or an older one were for members no longer here;
-                // a later view may bring members back.
-                g.early.retain(|e| e.arrival.stamp > view_id);
             } else if g.local.is_empty() {
                 g.since = view_id;
             }
@@ -272,7 +269,8 @@ impl ShardCore {
         for conn in recipients {
             self.send_frame(conn, frame.clone());
         }
-        // Runs that were sent under this view, or an older one, follow it.
+        // Runs that were sent under this view, or an older one, follow it (dropped if no
+        // member is here; a later view's runs stay held, it may bring members back).
         self.release_early(name.as_bytes(), view_id);
     }
 
