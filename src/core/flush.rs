@@ -219,6 +219,9 @@ impl ShardCore {
                 self.give_up_flush(&key, view_id);
             }
             tracing::trace!(node = %self.identity.node_name, shard = self.id, group = %key, view_id, waits, "installing a view");
+            if waits {
+                self.flush_held(&key);
+            }
             let Some(p) = self.groups.get_mut(group).and_then(|g| g.pending.pop_front()) else { break };
             self.end_lost_senders(&key);
             self.install_view(key.clone(), p);

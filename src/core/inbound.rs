@@ -14,7 +14,11 @@
 //! that took a path around a cut link) is tentative: an earlier frame may still come by
 //! another path, so nothing is delivered until a frame arrives over the direct link from
 //! its sender's server (the one path that keeps order), the marks before the next view
-//! say where the track starts, or the hold time passes. Never does I/O.
+//! say where the track starts, the next view is delivered (what is held then was sent in
+//! the view before), or the hold time passes. A frame sent under a view before the one
+//! installed here comes after that view's flush, which did not wait for it (its server was
+//! cut off then): it is reported missing rather than delivered in a view it was not sent
+//! in. Never does I/O.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -104,6 +108,10 @@ impl ShardCore {
         let (key, g) = self.groups.key_value(group)?;
         // A frame may start a track only if sent under a view with this shard's members.
         let may_start = arrival.stamp >= g.since;
+        // Sent under a view before the one installed here: its flush is over, so it was not
+        // listed by a mark this shard waited for (its server was cut off then). Delivering it
+        // now would put it in a view it was not sent in: it is reported missing instead.
+        let late = arrival.stamp != 0 && arrival.stamp < g.view_id;
         let resent = arrival.resent;
         let ordered = keeps_order(&self.link_settles, now, run, arrival);
         let tracks = self.remote.entry(key.clone()).or_default();
@@ -111,7 +119,7 @@ impl ShardCore {
         // the last one delivered, nothing held.
         if let Some((sender, first, last)) = single_sender_run(run) {
             if let Some(t) = tracks.get_mut(&sender) {
-                if t.last.checked_add(1) == Some(first) && t.held.is_empty() {
+                if t.last.checked_add(1) == Some(first) && t.held.is_empty() && !late {
                     t.last = last;
                     t.fresh = false;
                     t.seen = now.or(t.seen);
@@ -131,6 +139,26 @@ impl ShardCore {
             // dropped too.
             if h.seq == 0 || h.seq >= MAX_COUNTER || (!may_start && !tracks.contains_key(&h.sender)) {
                 out.get_or_insert_with(|| Rebuilt::up_to(run, at));
+                at += size;
+                continue;
+            }
+            if late {
+                let o = out.get_or_insert_with(|| Rebuilt::up_to(run, at));
+                match tracks.get_mut(&h.sender) {
+                    Some(t) if !t.tentative => {
+                        if h.seq > t.last {
+                            if may_start {
+                                gaps += o.gap(&key, h.sender, t.last + 1, h.seq);
+                            }
+                            t.last = h.seq;
+                            t.fresh = false;
+                            gaps += drain_held(t, o, &key, h.sender, 0, now);
+                        }
+                    }
+                    Some(t) if h.seq <= t.last || t.held.contains_key(&h.seq) => {}
+                    _ if may_start => gaps += o.gap(&key, h.sender, h.seq, h.seq),
+                    _ => {}
+                }
                 at += size;
                 continue;
             }
@@ -226,6 +254,20 @@ impl ShardCore {
         let mut o = Rebuilt { bytes: BytesMut::new(), count: 0 };
         self.stats.gaps += drain_held(t, &mut o, group, sender, 0, self.clock);
         self.deliver_built(group, o);
+    }
+
+    /// The flush before a view is over: what the tracks of `group` still hold was sent under
+    /// the views before it (a later view's frames wait in `Group::early`), so it is delivered
+    /// now or never in its view. No mark said where a tentative one starts (its sender's
+    /// server listed nothing for it, or was cut off), so it starts at its lowest frame, as
+    /// when its hold time passes; a hole is reported missing.
+    pub(super) fn flush_held(&mut self, group: &GroupName) {
+        let Some(tracks) = self.remote.get(group) else { return };
+        let held: Vec<SessionId> =
+            tracks.iter().filter(|(_, t)| !t.held.is_empty()).map(|(&s, _)| s).collect();
+        for sender in held {
+            self.flush_sender(group, sender, None);
+        }
     }
 
     /// Delivers the held runs of `group` sent under view `through` or an earlier one. Others'
