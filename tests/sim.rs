@@ -765,7 +765,7 @@ impl Sim {
 }
 
 /// Runs one random schedule with the given faults.
-fn run_seed(seed: u64, fault: Fault) -> Result<(), String> {
+fn run_seed(seed: u64, fault: Fault, synchrony: bool) -> Result<(), String> {
     let mut r = Rng(seed);
     let nservers = 3 + r.below(3) as usize;
     let nshards = 1 + r.below(3) as u16;
@@ -781,7 +781,7 @@ fn run_seed(seed: u64, fault: Fault) -> Result<(), String> {
         sim.step();
     }
     sim.settle_and_check(nshards);
-    if std::env::var("SIM_VSYNC").is_ok() {
+    if synchrony {
         sim.check_synchrony();
     }
     if sim.violations.is_empty() {
@@ -802,6 +802,7 @@ fn run_seed(seed: u64, fault: Fault) -> Result<(), String> {
 #[test]
 fn random_schedules_keep_the_contract() {
     let var = |k: &str| std::env::var(k).ok().map(|v| v.parse::<u64>().expect("a number"));
+    let synchrony = std::env::var("SIM_VSYNC").is_ok();
     if let Some(seed) = var("SIM_SEED") {
         if std::env::var("SIM_LOG").is_ok() {
             let _ = tracing_subscriber::fmt()
@@ -810,7 +811,7 @@ fn random_schedules_keep_the_contract() {
                 .try_init();
         }
         for fault in [Fault::Partial, Fault::Crash, Fault::Severe] {
-            if let Err(e) = run_seed(seed, fault) {
+            if let Err(e) = run_seed(seed, fault, synchrony) {
                 panic!("{e}");
             }
         }
@@ -822,7 +823,7 @@ fn random_schedules_keep_the_contract() {
     for (fault, count) in [(Fault::Partial, seeds), (Fault::Severe, seeds), (Fault::Crash, seeds / 4)] {
         let mut broken = 0;
         for seed in first..first + count {
-            if let Err(e) = run_seed(seed, fault) {
+            if let Err(e) = run_seed(seed, fault, synchrony) {
                 broken += 1;
                 failures.push(e);
             }
@@ -835,6 +836,20 @@ fn random_schedules_keep_the_contract() {
         "{} seeds failed (first 10 below); replay with SIM_SEED=n:\n{shown}",
         failures.len()
     );
+}
+
+/// Severe schedules that broke virtual synchrony until a fix, checked for it on every run
+/// so that they stay fixed (the full sweep with `SIM_VSYNC=1` does not pass yet: see the
+/// README's limits): frames held at a skipped view (61, 199), resent frames of a view from
+/// before a partition (223), a flush that waited on a server that joined after its view
+/// was ordered (272), and others found with them.
+#[test]
+fn fixed_synchrony_breaks_stay_fixed() {
+    for seed in [29, 61, 199, 223, 272, 355, 374] {
+        if let Err(e) = run_seed(seed, Fault::Severe, true) {
+            panic!("{e}");
+        }
+    }
 }
 
 #[test]

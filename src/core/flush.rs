@@ -271,7 +271,11 @@ impl ShardCore {
             tracks.and_then(|t| t.get(sender)).is_some_and(|t| t.last >= seq && !t.tentative)
         };
         let owed = |stamp: u64| stamp >= g.since && stamp < view_id;
-        for &tag in &self.mesh.config.members {
+        // The servers of the configuration that ordered the view: those that installed it
+        // elsewhere waited for these, not for servers that joined since (a heal), whose
+        // ends would make this shard deliver what the others did not.
+        let config = self.mesh.config_of(view_id).unwrap_or(&self.mesh.config);
+        for &tag in &config.members {
             if tag == me || !self.mesh.reachable.contains(&tag) {
                 continue;
             }

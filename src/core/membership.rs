@@ -21,6 +21,10 @@ use super::{ShardCore, ShardMsg};
 /// configuration always has a higher id than every view of an earlier one.
 pub const EPOCH_SHIFT: u32 = 20;
 
+/// Configurations remembered after the next is installed (a bound; a view of a forgotten
+/// one waits on the servers of the installed one).
+const PAST_CONFIGS: usize = 16;
+
 /// A configuration: the servers that reach each other, numbered by a growing epoch, and
 /// the one among them that orders group views.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,6 +44,9 @@ pub(crate) struct Mesh {
     pub own_version: u64,
     /// The installed configuration.
     pub config: Config,
+    /// The configurations installed before it, oldest first (at most `PAST_CONFIGS`): a
+    /// view still waiting for its flush belongs to the one that ordered it.
+    pub past: VecDeque<Config>,
     /// Servers reachable now over up links, directly or through others (self included).
     pub reachable: BTreeSet<NodeTag>,
     /// First hop towards each reachable server without a direct link.
@@ -62,11 +69,21 @@ impl Mesh {
             topo: HashMap::new(),
             own_version: 0,
             config,
+            past: VecDeque::new(),
             reachable: BTreeSet::from([me]),
             next_hop: HashMap::new(),
             edges: BTreeSet::new(),
             config_sent: None,
         }
+    }
+}
+
+impl Mesh {
+    /// The configuration that ordered view `view_id`, if this server installed it and still
+    /// remembers it.
+    pub fn config_of(&self, view_id: u64) -> Option<&Config> {
+        let epoch = view_id >> EPOCH_SHIFT;
+        std::iter::once(&self.config).chain(self.past.iter().rev()).find(|c| c.epoch == epoch)
     }
 }
 
@@ -380,7 +397,11 @@ impl ShardCore {
             leader = config.leader.0,
             "configuration installed"
         );
-        self.mesh.config = (*config).clone();
+        let old = std::mem::replace(&mut self.mesh.config, (*config).clone());
+        if self.mesh.past.len() == PAST_CONFIGS {
+            self.mesh.past.pop_front();
+        }
+        self.mesh.past.push_back(old);
         // Servers left out are waited for no longer.
         self.marks.values_mut().for_each(|m| m.retain(|(tag, _), _| config.members.contains(tag)));
         self.try_install_all();

@@ -103,6 +103,11 @@ impl ShardCore {
     /// delivered of each listed sender after where it stands, in the view it names
     /// (relayed, as resends of their own server), as far as it kept them.
     pub(super) fn pass_on_lost(&mut self, origin: NodeTag, mark: &PeerMark) {
+        // Only within the configuration that ordered the view marked: a server outside it
+        // was cut off from its members, who move on without what it delivered.
+        if self.mesh.config_of(mark.view_id).is_none() {
+            return;
+        }
         for e in &mark.ends {
             let node = e.sender.node();
             if node == self.identity.node_tag || self.mesh.reachable.contains(&node) {
