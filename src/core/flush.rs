@@ -124,6 +124,14 @@ impl ShardCore {
                     ends,
                 })
             };
+            if owed {
+                // Ahead of the marks, all of it, and to every server owed it: one with no track
+                // of a lost sender (none of its frames reached there) could not even say what
+                // it lacks. What a server has already is dropped there as copies.
+                for e in lost.iter().filter(|e| e.seq > 0) {
+                    self.pass_on(tag, group, e.sender, (0, e.seq), e.stamp);
+                }
+            }
             let lost_chunks = if owed { lost.chunks(per_frame.max(1)).collect() } else { vec![] };
             for c in lost_chunks {
                 self.send_to_link(tag, mark(true, true, c).to_bytes(), 1);
@@ -165,9 +173,6 @@ impl ShardCore {
             } else if m.ahead.len() < MAX_AHEAD {
                 m.ahead.insert(mark.prev, mark.view_id);
             }
-        }
-        if mark.lost && origin != self.identity.node_tag {
-            self.pass_on_lost(origin, mark);
         }
         self.try_install(mark.group.as_bytes());
     }

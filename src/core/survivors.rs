@@ -9,11 +9,13 @@
 //!   `resend_buffer` bytes);
 //! - a lost server's sender's track is not ended at once (`SenderTrack::lost`): its end
 //!   waits for the next view, or `HOLD_LINK_TIMEOUTS` link timeouts if none comes;
-//! - the marks of the next view carry, in a PEER_MARK with flag LOST, where this shard
-//!   stands with each such sender and the highest number it delivered in its installed
-//!   view; a shard that delivered more in that same view sends the lister the frames it
-//!   lacks, as relayed resends of their origin; the flush waits for the highest number
-//!   any survivor listed, like for any sender it waits for;
+//! - with its marks of the next view, each shard sends every server that had members in
+//!   its installed view the frames of such senders it delivered in that view, as relayed
+//!   resends of their origin (a server with none of a sender's frames could not even ask
+//!   for them; what one has already is dropped there as copies), and in a PEER_MARK with
+//!   flag LOST, where it stands with each such sender and the highest number it delivered
+//!   in that view; the flush waits for the highest number any survivor listed, like for
+//!   any sender it waits for;
 //! - just before the view is delivered, each such sender's end is reported to the members
 //!   as a gap from the next number on, as before.
 //!
@@ -24,7 +26,7 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 
-use crate::proto::{GroupName, NodeTag, PeerMark, SenderEnd, SessionId};
+use crate::proto::{GroupName, NodeTag, SenderEnd, SessionId};
 
 use super::inbound::{mcast_frames, SenderTrack, HOLD_LINK_TIMEOUTS};
 use super::{Envelope, ShardCore};
@@ -99,35 +101,17 @@ impl ShardCore {
         last
     }
 
-    /// A PEER_MARK with flag LOST from server `origin`: sends it the frames this shard
-    /// delivered of each listed sender after where it stands, in the view it names
-    /// (relayed, as resends of their own server), as far as it kept them.
-    pub(super) fn pass_on_lost(&mut self, origin: NodeTag, mark: &PeerMark) {
-        // Only within the configuration that ordered the view marked: a server outside it
-        // was cut off from its members, who move on without what it delivered.
-        if self.mesh.config_of(mark.view_id).is_none() {
-            return;
-        }
-        for e in &mark.ends {
-            let node = e.sender.node();
-            if node == self.identity.node_tag || self.mesh.reachable.contains(&node) {
-                continue;
-            }
-            let Some(t) = self.remote.get(mark.group.as_bytes()).and_then(|s| s.get(&e.sender)) else {
-                continue;
-            };
-            if t.tentative || t.last <= e.first {
-                continue;
-            }
-            let upto = t.last;
-            self.pass_on(origin, &mark.group, e.sender, (e.first, upto), e.stamp);
-        }
-    }
-
     /// Sends server `to` the frames of `sender` (of a lost server) numbered after `range.0`
     /// up to `range.1` that this shard delivered to `group` in view `view`, as far as it
     /// kept them: relayed, as resends of their own server.
-    fn pass_on(&mut self, to: NodeTag, group: &GroupName, sender: SessionId, range: (u64, u64), view: u64) {
+    pub(super) fn pass_on(
+        &mut self,
+        to: NodeTag,
+        group: &GroupName,
+        sender: SessionId,
+        range: (u64, u64),
+        view: u64,
+    ) {
         let (after, upto) = range;
         let mut frames: BTreeMap<u64, Bytes> = BTreeMap::new();
         for k in self.delivered.runs.iter().filter(|k| k.view == view && k.group == *group) {
