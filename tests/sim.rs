@@ -842,11 +842,12 @@ fn random_schedules_keep_the_contract() {
 /// so that they stay fixed (the full sweep with `SIM_VSYNC=1` does not pass yet: see the
 /// README's limits): frames held at a skipped view (61, 199), resent frames of a view from
 /// before a partition (223), a flush that waited on a server that joined after its view
-/// was ordered (272), a survivor that got none of a lost sender's frames (303), and others
-/// found with them.
+/// was ordered (272), a survivor that got none of a lost sender's frames (303), a resend
+/// that came after its server's loss had ended the sender's track (925), and others found
+/// with them.
 #[test]
 fn fixed_synchrony_breaks_stay_fixed() {
-    for seed in [29, 61, 199, 223, 272, 303, 355, 374] {
+    for seed in [29, 61, 199, 223, 272, 303, 355, 374, 925] {
         if let Err(e) = run_seed(seed, Fault::Severe, true) {
             panic!("{e}");
         }

@@ -194,8 +194,17 @@ impl ShardCore {
                 continue;
             }
             let o = out.get_or_insert_with(|| Rebuilt::up_to(run, at));
-            if h.seq <= t.last || (t.fresh && resent && !in_order) {
+            if h.seq <= t.last || (t.fresh && resent && !in_order && !may_start) {
                 // Delivered already, or a resend where this shard has no starting point.
+            } else if t.fresh && resent && !in_order {
+                // A resend sent under a view with members here, after its server's loss
+                // ended the track: it starts again, tentatively (an earlier one may follow).
+                t.fresh = false;
+                t.tentative = true;
+                t.last = h.seq - 1;
+                t.start = h.seq;
+                t.held.insert(h.seq, run.slice(at..at + size));
+                t.held_since = t.held_since.or(now);
             } else if in_order {
                 o.push(frame);
                 t.last = h.seq;
