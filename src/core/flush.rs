@@ -108,6 +108,7 @@ impl ShardCore {
         let no_ends: [&[SenderEnd]; 1] = [&[]];
         // What this shard delivered of lost servers' senders goes first, flagged LOST.
         let lost = self.lost_ends(group);
+        let passed = self.lost_runs(group, &lost);
         for (tag, owed) in to {
             let Some(g) = self.groups.get_mut(group.as_bytes()) else { return };
             let prev = g.marked.insert(tag, view_id).unwrap_or(0);
@@ -128,8 +129,8 @@ impl ShardCore {
                 // Ahead of the marks, all of it, and to every server owed it: one with no track
                 // of a lost sender (none of its frames reached there) could not even say what
                 // it lacks. What a server has already is dropped there as copies.
-                for e in lost.iter().filter(|e| e.seq > 0) {
-                    self.pass_on(tag, group, e.sender, (0, e.seq), e.stamp);
+                for (sender, run, count, view) in &passed {
+                    self.pass_on(tag, *sender, run.clone(), *count, *view);
                 }
             }
             let lost_chunks = if owed { lost.chunks(per_frame.max(1)).collect() } else { vec![] };

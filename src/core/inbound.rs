@@ -145,17 +145,15 @@ impl ShardCore {
             if late {
                 let o = out.get_or_insert_with(|| Rebuilt::up_to(run, at));
                 match tracks.get_mut(&h.sender) {
-                    Some(t) if !t.tentative => {
-                        if h.seq > t.last {
-                            if may_start {
-                                gaps += o.gap(&key, h.sender, t.last + 1, h.seq);
-                            }
-                            t.last = h.seq;
-                            t.fresh = false;
-                            gaps += drain_held(t, o, &key, h.sender, 0, now);
+                    Some(t) if !t.tentative && h.seq > t.last => {
+                        if may_start {
+                            gaps += o.gap(&key, h.sender, t.last + 1, h.seq);
                         }
+                        t.last = h.seq;
+                        t.fresh = false;
+                        gaps += drain_held(t, o, &key, h.sender, 0, now);
                     }
-                    Some(t) if h.seq <= t.last || t.held.contains_key(&h.seq) => {}
+                    Some(t) if !t.tentative || h.seq <= t.last || t.held.contains_key(&h.seq) => {}
                     _ if may_start => gaps += o.gap(&key, h.sender, h.seq, h.seq),
                     _ => {}
                 }

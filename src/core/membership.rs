@@ -76,9 +76,7 @@ impl Mesh {
             config_sent: None,
         }
     }
-}
 
-impl Mesh {
     /// The configuration that ordered view `view_id`, if this server installed it and still
     /// remembers it.
     pub fn config_of(&self, view_id: u64) -> Option<&Config> {

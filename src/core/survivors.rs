@@ -101,38 +101,41 @@ impl ShardCore {
         last
     }
 
-    /// Sends server `to` the frames of `sender` (of a lost server) numbered after `range.0`
-    /// up to `range.1` that this shard delivered to `group` in view `view`, as far as it
-    /// kept them: relayed, as resends of their own server.
-    pub(super) fn pass_on(
-        &mut self,
-        to: NodeTag,
+    /// The frames of the lost servers' senders in `ends` (from [`Self::lost_ends`]) that this
+    /// shard delivered to `group` in its installed view, up to the highest each end names,
+    /// as far as it kept them: one run per sender, in number order, with its frame count and
+    /// that view.
+    pub(super) fn lost_runs(
+        &self,
         group: &GroupName,
-        sender: SessionId,
-        range: (u64, u64),
-        view: u64,
-    ) {
-        let (after, upto) = range;
-        let mut frames: BTreeMap<u64, Bytes> = BTreeMap::new();
+        ends: &[SenderEnd],
+    ) -> Vec<(SessionId, Bytes, u32, u64)> {
+        let Some(view) = ends.first().map(|e| e.stamp) else { return vec![] };
+        let upto: BTreeMap<SessionId, u64> = ends.iter().map(|e| (e.sender, e.seq)).collect();
+        let mut frames: BTreeMap<SessionId, BTreeMap<u64, Bytes>> = BTreeMap::new();
         for k in self.delivered.runs.iter().filter(|k| k.view == view && k.group == *group) {
             for (h, at, size) in mcast_frames(&k.run) {
-                if h.sender == sender && h.seq > after && h.seq <= upto {
-                    frames.entry(h.seq).or_insert_with(|| k.run.slice(at..at + size));
+                if upto.get(&h.sender).is_some_and(|&last| h.seq <= last) {
+                    let kept = frames.entry(h.sender).or_default();
+                    kept.entry(h.seq).or_insert_with(|| k.run.slice(at..at + size));
                 }
             }
         }
-        if frames.is_empty() {
-            return;
-        }
-        tracing::debug!(node = %self.identity.node_name, shard = self.id, to = to.0, %sender, from = after + 1, upto, kept = frames.len(), "passing on a lost server's frames");
-        let mut run = BytesMut::new();
-        for f in frames.values() {
-            run.extend_from_slice(f);
-        }
-        let count = frames.len() as u32;
+        let runs = frames.into_iter().map(|(sender, frames)| {
+            let mut run = BytesMut::new();
+            frames.values().for_each(|f| run.extend_from_slice(f));
+            (sender, run.freeze(), frames.len() as u32, view)
+        });
+        runs.collect()
+    }
+
+    /// Sends server `to` a run of `sender`'s frames (of a lost server) delivered here in view
+    /// `view`: relayed, as a resend of their own server.
+    pub(super) fn pass_on(&mut self, to: NodeTag, sender: SessionId, run: Bytes, count: u32, view: u64) {
+        tracing::debug!(node = %self.identity.node_name, shard = self.id, to = to.0, %sender, count, "passing on a lost server's frames");
         self.stats.resent += u64::from(count);
         let envelope = Envelope { origin: sender.node(), dest: to, hops: 0, resent: true, stamp: view };
-        self.route(envelope, run.freeze(), count);
+        self.route(envelope, run, count);
     }
 
     /// Before a view of `group` is delivered here: the lost servers' senders whose end
