@@ -21,7 +21,7 @@
 //!
 //! Never does I/O.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
@@ -102,20 +102,20 @@ impl ShardCore {
     }
 
     /// The frames of the lost servers' senders in `ends` (from [`Self::lost_ends`]) that this
-    /// shard delivered to `group` in its installed view, up to the highest each end names,
-    /// as far as it kept them: one run per sender, in number order, with its frame count and
-    /// that view.
+    /// shard delivered to `group` in its installed view, as far as it kept them (each end's
+    /// `seq` is the highest of them): one run per sender, in number order, with its frame
+    /// count and that view.
     pub(super) fn lost_runs(
         &self,
         group: &GroupName,
         ends: &[SenderEnd],
     ) -> Vec<(SessionId, Bytes, u32, u64)> {
         let Some(view) = ends.first().map(|e| e.stamp) else { return vec![] };
-        let upto: BTreeMap<SessionId, u64> = ends.iter().map(|e| (e.sender, e.seq)).collect();
+        let lost: BTreeSet<SessionId> = ends.iter().map(|e| e.sender).collect();
         let mut frames: BTreeMap<SessionId, BTreeMap<u64, Bytes>> = BTreeMap::new();
         for k in self.delivered.runs.iter().filter(|k| k.view == view && k.group == *group) {
             for (h, at, size) in mcast_frames(&k.run) {
-                if upto.get(&h.sender).is_some_and(|&last| h.seq <= last) {
+                if lost.contains(&h.sender) {
                     let kept = frames.entry(h.sender).or_default();
                     kept.entry(h.seq).or_insert_with(|| k.run.slice(at..at + size));
                 }
