@@ -251,3 +251,28 @@ fn limits_are_checked_before_the_body_arrives() {
     v.extend_from_slice(&[0u8; 3]);
     assert!(matches!(decode(&mut v, 4096), Err(ProtoError::Malformed(_))));
 }
+
+/// PEER_RELAY keeps its RESENT and PASSED flags through the codec, and a flag bit it does
+/// not define is refused.
+#[test]
+fn relay_flags_roundtrip_and_unknown_ones_are_refused() {
+    let inner = Frame::PeerAck(7).to_bytes();
+    for (resent, passed) in [(false, false), (true, false), (true, true)] {
+        let f = Frame::PeerRelay(PeerRelay {
+            origin: NodeTag(1001),
+            dest: NodeTag(2001),
+            hops: 2,
+            resent,
+            passed,
+            frames: inner.clone(),
+        });
+        let bytes = f.to_bytes();
+        assert_eq!(bytes[5], (u8::from(resent) * RELAY_RESENT) | (u8::from(passed) * RELAY_PASSED));
+        let mut buf = BytesMut::from(&bytes[..]);
+        assert_eq!(decode(&mut buf, MAX).unwrap(), Some(f));
+    }
+    let mut bytes = BytesMut::from(&relay_header(NodeTag(1), NodeTag(2), 1, true, true, inner.len())[..]);
+    bytes.extend_from_slice(&inner);
+    bytes[5] |= 0x04;
+    assert!(matches!(decode(&mut bytes, MAX), Err(ProtoError::Malformed(_))));
+}

@@ -113,6 +113,20 @@ impl ShardCore {
         // now would put it in a view it was not sent in: it is reported missing instead.
         let late = arrival.stamp != 0 && arrival.stamp < g.view_id;
         let resent = arrival.resent;
+        // A server's own resend under a view before one this shard already marked whose
+        // configuration left that server out (it was cut off, and resent when a path came
+        // back): members moving on to that view deliver of the lost server's frames only what
+        // survivors delivered before and pass on, flagged, so this copy is dropped. (If no
+        // survivor passes it on, it is reported missing with the next hole or the end.)
+        if resent && !arrival.passed && arrival.stamp != 0 {
+            let origin = McastHeader::parse(run).map(|h| h.sender.node()).ok();
+            let left_out = |view: u64| {
+                self.mesh.config_of(view).is_some_and(|c| origin.is_some_and(|o| !c.members.contains(&o)))
+            };
+            if g.pending.iter().any(|p| arrival.stamp < p.view_id && left_out(p.view_id)) {
+                return Some((Bytes::new(), 0));
+            }
+        }
         let ordered = keeps_order(&self.link_settles, now, run, arrival);
         let tracks = self.remote.entry(key.clone()).or_default();
         // The common case, checked with one lookup: one sender, numbers in a row, right after
@@ -334,7 +348,7 @@ impl ShardCore {
             }
         }
         for (group, sender) in due {
-            self.flush_sender(&group, sender, None);
+            self.expire_sender(&group, sender, now);
         }
         self.expire_lost(now);
         self.prune_senders(now);
@@ -357,6 +371,22 @@ impl ShardCore {
                 }
             }
         }
+    }
+
+    /// `sender`'s frames held here waited their time. A tentative track starts at its lowest
+    /// frame; a hole after what follows it in order is a later one (it may still be on a
+    /// slow path), which waits its own time from now. Otherwise the hole is reported.
+    fn expire_sender(&mut self, group: &GroupName, sender: SessionId, now: Instant) {
+        let Some(t) = self.remote.get_mut(group).and_then(|s| s.get_mut(&sender)) else { return };
+        if !t.tentative {
+            self.flush_sender(group, sender, None);
+            return;
+        }
+        t.tentative = false;
+        t.held_since = None;
+        let mut o = Rebuilt { bytes: BytesMut::new(), count: 0 };
+        self.stats.gaps += drain_held(t, &mut o, group, sender, 0, Some(now));
+        self.deliver_built(group, o);
     }
 
     /// Delivers `sender`'s held frames to `group`'s members here, with a gap notice before

@@ -238,6 +238,7 @@ impl ShardCore {
         self.links.push(info);
         self.flood_own_topo(Some(tag));
         self.recompute_mesh();
+        self.resend_relayed_to(tag);
     }
 
     /// Sends the ordering server `leader` this shard's state: its sessions' memberships,

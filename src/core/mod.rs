@@ -73,6 +73,8 @@ pub struct Envelope {
     pub hops: u8,
     /// A resend after a lost link.
     pub resent: bool,
+    /// See [`crate::proto::PeerRelay::passed`].
+    pub passed: bool,
     /// For multicasts of the origin's own sessions, the view of their group it had
     /// installed when it sent them (written as a PEER_STAMP before them); 0 for other frames
     /// and for relayed ones, which carry their PEER_STAMP inside.
@@ -84,6 +86,8 @@ pub struct Envelope {
 pub struct Arrival {
     /// See [`Envelope::resent`].
     pub resent: bool,
+    /// See [`Envelope::passed`].
+    pub passed: bool,
     /// It came in a PEER_RELAY (not over the direct link from its sender's server, the one
     /// path whose frames arrive in the order they were sent).
     pub relayed: bool,

@@ -36,10 +36,8 @@ const MAX_STAMPED_GROUPS: usize = 1 << 16;
 pub(crate) struct Unacked {
     /// Link bytes sent up to and including this run.
     pub end: u64,
-    pub origin: NodeTag,
-    pub dest: NodeTag,
-    /// See [`Envelope::stamp`].
-    pub stamp: u64,
+    /// How it was sent (resent with the same origin, destination, stamp and flags).
+    pub envelope: Envelope,
     pub frames: Bytes,
     pub count: u32,
 }
@@ -73,14 +71,18 @@ impl ShardCore {
     /// Sends frames of this server to server `dest`, directly or relayed.
     pub(super) fn send_to_link(&mut self, dest: NodeTag, frames: Bytes, count: u32) {
         let me = self.identity.node_tag;
-        self.route(Envelope { origin: me, dest, hops: 0, resent: false, stamp: 0 }, frames, count);
+        self.route(
+            Envelope { origin: me, dest, hops: 0, resent: false, passed: false, stamp: 0 },
+            frames,
+            count,
+        );
     }
 
     /// Sends a run of this server's sessions' multicasts, sent under view `stamp` of their
     /// group, to server `dest`.
     pub(super) fn send_mcast(&mut self, dest: NodeTag, run: Bytes, count: u32, stamp: u64) {
         let me = self.identity.node_tag;
-        self.route(Envelope { origin: me, dest, hops: 0, resent: false, stamp }, run, count);
+        self.route(Envelope { origin: me, dest, hops: 0, resent: false, passed: false, stamp }, run, count);
     }
 
     /// Sends `origin`'s frames towards `dest`: over the direct link if it is up, else to the
@@ -190,7 +192,7 @@ impl ShardCore {
             }
             let chunk = frames.slice(start..end);
             let len = stamp.len() + chunk.len();
-            let header = relay_header(e.origin, e.dest, e.hops.saturating_add(1), e.resent, len);
+            let header = relay_header(e.origin, e.dest, e.hops.saturating_add(1), e.resent, e.passed, len);
             self.send_frames(conn, Bytes::copy_from_slice(&header), 0);
             if !stamp.is_empty() {
                 self.send_frames(conn, stamp.clone(), 0);
@@ -208,8 +210,7 @@ impl ShardCore {
         let Some(p) = self.conns.get_mut(conn).and_then(|c| c.peer.as_mut()) else { return };
         let s = &mut p.stream;
         s.unacked_bytes += frames.len();
-        let (origin, dest, stamp) = (e.origin, e.dest, e.stamp);
-        s.unacked.push_back(Unacked { end: s.sent, origin, dest, stamp, frames, count });
+        s.unacked.push_back(Unacked { end: s.sent, envelope: e, frames, count });
         while s.unacked_bytes > limit {
             let Some(old) = s.unacked.pop_front() else { break };
             s.unacked_bytes -= old.frames.len();
@@ -252,13 +253,33 @@ impl ShardCore {
         self.send_frame(conn, frame);
     }
 
+    /// A link to `tag` came up: what this shard's other links carry towards `tag` by relay
+    /// and is not acknowledged yet goes again over it, ahead of what is sent from now on.
+    /// (A relay may be stalled, a paused server say: its frames would otherwise arrive
+    /// after later ones of the same senders that took the new link, and be dropped as
+    /// delivered.) Receivers drop the copies they already have.
+    pub(super) fn resend_relayed_to(&mut self, tag: NodeTag) {
+        let mut pending = Vec::new();
+        for (_, c) in self.conns.iter() {
+            let Some(p) = c.peer.as_ref().filter(|p| p.tag != tag) else { continue };
+            pending.extend(p.stream.unacked.iter().filter(|u| u.envelope.dest == tag).map(|u| {
+                let e = Envelope { dest: tag, hops: 0, resent: true, ..u.envelope };
+                (e, u.frames.clone(), u.count)
+            }));
+        }
+        for (e, frames, count) in pending {
+            self.stats.resent += u64::from(count);
+            self.route(e, frames, count);
+        }
+    }
+
     /// A lost link's unacknowledged multicasts go out again by another path, if the servers
     /// they were for are still reachable (`LinkDown` was handled first, so routes avoid it).
     pub(super) fn resend_unacked(&mut self, unacked: VecDeque<Unacked>) {
         let mut resent = 0u64;
         for u in unacked {
             resent += u64::from(u.count);
-            let e = Envelope { origin: u.origin, dest: u.dest, hops: 0, resent: true, stamp: u.stamp };
+            let e = Envelope { hops: 0, resent: true, ..u.envelope };
             self.route(e, u.frames, u.count);
         }
         if resent > 0 {
@@ -283,7 +304,8 @@ impl ShardCore {
                 return Ok(Flow::Read);
             }
             // (Its PEER_STAMP, if any, is inside.)
-            let e = Envelope { origin: r.origin, dest: r.dest, hops: r.hops, resent: r.resent, stamp: 0 };
+            let (origin, dest, hops, resent, passed) = (r.origin, r.dest, r.hops, r.resent, r.passed);
+            let e = Envelope { origin, dest, hops, resent, passed, stamp: 0 };
             self.route(e, r.frames, 1);
             return Ok(Flow::Read);
         }
@@ -291,7 +313,7 @@ impl ShardCore {
             return Err("PEER_RELAY from this server to itself".into());
         }
         let frames = r.frames;
-        let mut arrival = Arrival { resent: r.resent, relayed: true, stamp: 0 };
+        let mut arrival = Arrival { resent: r.resent, passed: r.passed, relayed: true, stamp: 0 };
         let mut at = 0;
         while at < frames.len() {
             let size = match proto::frame_len(&frames[at..], usize::MAX) {

@@ -537,7 +537,7 @@ impl ShardCore {
                                 g,
                                 run,
                                 count,
-                                Arrival { resent: false, relayed: false, stamp },
+                                Arrival { resent: false, passed: false, relayed: false, stamp },
                             );
                         }
                         return self.after_violation(conn, violation, count, now);
@@ -581,7 +581,7 @@ impl ShardCore {
                     None => 0,
                 },
             };
-            let arrival = Arrival { resent: false, relayed: false, stamp };
+            let arrival = Arrival { resent: false, passed: false, relayed: false, stamp };
             if from_peer.is_none() {
                 self.route_links(&key, &run, count);
             }

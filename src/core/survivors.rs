@@ -134,7 +134,8 @@ impl ShardCore {
     pub(super) fn pass_on(&mut self, to: NodeTag, sender: SessionId, run: Bytes, count: u32, view: u64) {
         tracing::debug!(node = %self.identity.node_name, shard = self.id, to = to.0, %sender, count, "passing on a lost server's frames");
         self.stats.resent += u64::from(count);
-        let envelope = Envelope { origin: sender.node(), dest: to, hops: 0, resent: true, stamp: view };
+        let envelope =
+            Envelope { origin: sender.node(), dest: to, hops: 0, resent: true, passed: true, stamp: view };
         self.route(envelope, run, count);
     }
 

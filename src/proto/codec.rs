@@ -275,7 +275,14 @@ pub fn encode(frame: &Frame, dst: &mut BytesMut) {
         }
         Frame::PeerRelay(r) => {
             dst.truncate(start);
-            dst.extend_from_slice(&relay_header(r.origin, r.dest, r.hops, r.resent, r.frames.len()));
+            dst.extend_from_slice(&relay_header(
+                r.origin,
+                r.dest,
+                r.hops,
+                r.resent,
+                r.passed,
+                r.frames.len(),
+            ));
             dst.extend_from_slice(&r.frames);
             return;
         }
@@ -294,12 +301,13 @@ pub fn relay_header(
     dest: NodeTag,
     hops: u8,
     resent: bool,
+    passed: bool,
     len: usize,
 ) -> [u8; RELAY_HEADER] {
     let mut h = [0u8; RELAY_HEADER];
     h[..4].copy_from_slice(&((RELAY_HEADER - 4 + len) as u32).to_be_bytes());
     h[4] = kind::PEER_RELAY;
-    h[5] = if resent { RELAY_RESENT } else { 0 };
+    h[5] = if resent { RELAY_RESENT } else { 0 } | if passed { RELAY_PASSED } else { 0 };
     h[6..10].copy_from_slice(&origin.0.to_be_bytes());
     h[10..14].copy_from_slice(&dest.0.to_be_bytes());
     h[14] = hops;
@@ -605,7 +613,7 @@ pub fn parse_whole(frame: Bytes) -> Result<Frame, ProtoError> {
             Ok(Frame::PeerAck(be_u64(body)))
         }
         kind::PEER_RELAY => {
-            if flags & !RELAY_RESENT != 0 {
+            if flags & !(RELAY_RESENT | RELAY_PASSED) != 0 {
                 return Err(ProtoError::Malformed("reserved flag bits set"));
             }
             if f.len() < RELAY_HEADER {
@@ -615,11 +623,13 @@ pub fn parse_whole(frame: Bytes) -> Result<Frame, ProtoError> {
             let dest = NodeTag(u32::from_be_bytes([f[10], f[11], f[12], f[13]]));
             let hops = f[14];
             let resent = flags & RELAY_RESENT != 0;
+            let passed = flags & RELAY_PASSED != 0;
             Ok(Frame::PeerRelay(PeerRelay {
                 origin,
                 dest,
                 hops,
                 resent,
+                passed,
                 frames: frame.slice(RELAY_HEADER..),
             }))
         }

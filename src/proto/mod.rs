@@ -310,11 +310,16 @@ pub struct PeerRelay {
     /// Sent again after a link was lost (flag `RELAY_RESENT`): a receiver that had no
     /// members of the group before takes no new starting point from it.
     pub resent: bool,
+    /// A lost server's multicasts that a survivor passes on (flag `RELAY_PASSED`, with
+    /// `RELAY_RESENT`): not sent by `origin` itself.
+    pub passed: bool,
     pub frames: Bytes,
 }
 
 /// Flag bit of a PEER_RELAY frame: its frames are a resend (see [`PeerRelay::resent`]).
 pub const RELAY_RESENT: u8 = 0x01;
+/// Flag bit of a PEER_RELAY frame: a survivor passes them on (see [`PeerRelay::passed`]).
+pub const RELAY_PASSED: u8 = 0x02;
 
 /// Bytes of a PEER_RELAY frame before the frames it carries.
 pub const RELAY_HEADER: usize = HEADER_LEN + 9;
