@@ -1,7 +1,8 @@
 //! Getting frames to another server whatever the state of the direct link: over the link
 //! while it is up, else relayed by a server linked to both (PEER_RELAY); and a bounded
 //! per-link buffer of the multicasts a link carried but the other side has not yet
-//! acknowledged (PEER_ACK), resent by another path when the link is lost.
+//! acknowledged (PEER_ACK), resent by another path when the link is lost, and over a new
+//! link to their destination when one comes up.
 //!
 //! Receivers drop what they already delivered by the senders' own sequence numbers (see
 //! `inbound.rs`), so a resend never duplicates. Membership frames are not resent: a lost
