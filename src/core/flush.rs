@@ -107,8 +107,7 @@ impl ShardCore {
         }
         let no_ends: [&[SenderEnd]; 1] = [&[]];
         // What this shard delivered of lost servers' senders goes first, flagged LOST.
-        let lost = self.lost_ends(group);
-        let passed = self.lost_runs(group, &lost);
+        let (lost, passed) = self.lost_senders(group);
         for (tag, owed) in to {
             let Some(g) = self.groups.get_mut(group.as_bytes()) else { return };
             let prev = g.marked.insert(tag, view_id).unwrap_or(0);

@@ -348,7 +348,7 @@ impl ShardCore {
             }
         }
         for (group, sender) in due {
-            self.expire_sender(&group, sender, now);
+            self.expire_sender(&group, sender);
         }
         self.expire_lost(now);
         self.prune_senders(now);
@@ -375,18 +375,15 @@ impl ShardCore {
 
     /// `sender`'s frames held here waited their time. A tentative track starts at its lowest
     /// frame; a hole after what follows it in order is a later one (it may still be on a
-    /// slow path), which waits its own time from now. Otherwise the hole is reported.
-    fn expire_sender(&mut self, group: &GroupName, sender: SessionId, now: Instant) {
-        let Some(t) = self.remote.get_mut(group).and_then(|s| s.get_mut(&sender)) else { return };
-        if !t.tentative {
+    /// slow path), which waits its own time from now (`settle_track` restarts the hold
+    /// clock on progress). Otherwise the hole is reported.
+    fn expire_sender(&mut self, group: &GroupName, sender: SessionId) {
+        let tentative = self.remote.get(group).and_then(|s| s.get(&sender)).is_some_and(|t| t.tentative);
+        if tentative {
+            self.settle_track(group, sender, u64::MAX);
+        } else {
             self.flush_sender(group, sender, None);
-            return;
         }
-        t.tentative = false;
-        t.held_since = None;
-        let mut o = Rebuilt { bytes: BytesMut::new(), count: 0 };
-        self.stats.gaps += drain_held(t, &mut o, group, sender, 0, Some(now));
-        self.deliver_built(group, o);
     }
 
     /// Delivers `sender`'s held frames to `group`'s members here, with a gap notice before

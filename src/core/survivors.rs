@@ -23,7 +23,7 @@
 //!
 //! Never does I/O.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
@@ -61,74 +61,51 @@ impl Delivered {
     }
 }
 
+/// A run of one lost server's sender's frames to pass on: the sender, the frames, their
+/// count and the view they were delivered in.
+pub(super) type PassOn = (SessionId, Bytes, u32, u64);
+
 impl ShardCore {
     /// The lost servers' senders of `group` whose end waits here, for a PEER_MARK with flag
     /// LOST: each with the installed view (`stamp`), the last number delivered here (`first`:
     /// where this shard stands) and the highest delivered in that view (`seq`, 0 if none:
-    /// what members moving on from it must have). Only frames of the same view are passed
-    /// on: another view may be one of another partition, whose members were not owed them.
-    pub(super) fn lost_ends(&self, group: &GroupName) -> Vec<SenderEnd> {
-        let Some(g) = self.groups.get(group.as_bytes()) else { return vec![] };
-        let Some(tracks) = self.remote.get(group.as_bytes()) else { return vec![] };
+    /// what members moving on from it must have). With them, the frames of theirs this
+    /// shard delivered in that view, as far as it kept them, to pass on: one run per sender,
+    /// in number order, with its frame count and that view. Only frames of the same view
+    /// are passed on: another view may be one of another partition, whose members were not
+    /// owed them.
+    pub(super) fn lost_senders(&self, group: &GroupName) -> (Vec<SenderEnd>, Vec<PassOn>) {
+        let Some(g) = self.groups.get(group.as_bytes()) else { return (vec![], vec![]) };
+        let Some(tracks) = self.remote.get(group.as_bytes()) else { return (vec![], vec![]) };
+        let view = g.view_id;
         let lost = |t: &SenderTrack| t.lost && !t.tentative && t.last > 0;
         let mut ends: BTreeMap<_, _> = tracks
             .iter()
             .filter(|(s, t)| lost(t) && !self.mesh.reachable.contains(&s.node()))
-            .map(|(&sender, t)| (sender, SenderEnd { sender, first: t.last, seq: 0, stamp: g.view_id }))
+            .map(|(&sender, t)| (sender, SenderEnd { sender, first: t.last, seq: 0, stamp: view }))
             .collect();
-        if !ends.is_empty() {
-            for (sender, seq) in self.lost_delivered_in(group, g.view_id) {
-                if let Some(e) = ends.get_mut(&sender) {
-                    e.seq = seq;
-                }
-            }
+        if ends.is_empty() {
+            return (vec![], vec![]);
         }
-        ends.into_values().collect()
-    }
-
-    /// The highest number of each lost server's sender this shard delivered to `group` in
-    /// view `view`, as far as it kept them.
-    fn lost_delivered_in(&self, group: &GroupName, view: u64) -> BTreeMap<SessionId, u64> {
-        let me = self.identity.node_tag;
-        let mut last = BTreeMap::new();
-        for k in self.delivered.runs.iter().filter(|k| k.view == view && k.group == *group) {
-            for (h, ..) in mcast_frames(&k.run) {
-                let node = h.sender.node();
-                if node != me && !self.mesh.reachable.contains(&node) {
-                    let seq = last.entry(h.sender).or_insert(0);
-                    *seq = h.seq.max(*seq);
-                }
-            }
-        }
-        last
-    }
-
-    /// The frames of the lost servers' senders in `ends` (from [`Self::lost_ends`]) that this
-    /// shard delivered to `group` in its installed view, as far as it kept them (each end's
-    /// `seq` is the highest of them): one run per sender, in number order, with its frame
-    /// count and that view.
-    pub(super) fn lost_runs(
-        &self,
-        group: &GroupName,
-        ends: &[SenderEnd],
-    ) -> Vec<(SessionId, Bytes, u32, u64)> {
-        let Some(view) = ends.first().map(|e| e.stamp) else { return vec![] };
-        let lost: BTreeSet<SessionId> = ends.iter().map(|e| e.sender).collect();
         let mut frames: BTreeMap<SessionId, BTreeMap<u64, Bytes>> = BTreeMap::new();
         for k in self.delivered.runs.iter().filter(|k| k.view == view && k.group == *group) {
             for (h, at, size) in mcast_frames(&k.run) {
-                if lost.contains(&h.sender) {
+                if ends.contains_key(&h.sender) {
                     let kept = frames.entry(h.sender).or_default();
                     kept.entry(h.seq).or_insert_with(|| k.run.slice(at..at + size));
                 }
             }
         }
-        let runs = frames.into_iter().map(|(sender, frames)| {
+        let mut runs = Vec::with_capacity(frames.len());
+        for (sender, frames) in frames {
+            if let (Some(e), Some((&seq, _))) = (ends.get_mut(&sender), frames.last_key_value()) {
+                e.seq = seq;
+            }
             let mut run = BytesMut::new();
             frames.values().for_each(|f| run.extend_from_slice(f));
-            (sender, run.freeze(), frames.len() as u32, view)
-        });
-        runs.collect()
+            runs.push((sender, run.freeze(), frames.len() as u32, view));
+        }
+        (ends.into_values().collect(), runs)
     }
 
     /// Sends server `to` a run of `sender`'s frames (of a lost server) delivered here in view
