@@ -117,11 +117,11 @@ fn frame() -> impl Strategy<Value = Frame> {
             group(),
             any::<(u64, u64)>(),
             1u16..64,
-            any::<(bool, bool)>(),
+            any::<(bool, bool, bool, bool)>(),
             proptest::collection::vec(any::<(u64, u64, u64, u64)>(), 0..4)
         )
-            .prop_map(|(group, (view_id, prev), shards, (more, lost), ends)| Frame::PeerMark(
-                PeerMark {
+            .prop_map(|(group, (view_id, prev), shards, (more, lost, ask, answer), ends)| {
+                Frame::PeerMark(PeerMark {
                     group,
                     view_id,
                     prev,
@@ -129,12 +129,14 @@ fn frame() -> impl Strategy<Value = Frame> {
                     shards,
                     more,
                     lost,
+                    ask,
+                    answer,
                     ends: ends
                         .into_iter()
                         .map(|(s, first, seq, stamp)| SenderEnd { sender: SessionId(s), first, seq, stamp })
                         .collect(),
-                }
-            )),
+                })
+            }),
         (
             1u16..64,
             any::<u16>(),

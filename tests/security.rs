@@ -11,7 +11,7 @@ use common::*;
 use msgc::core::{ClusterSecret, Limits};
 use msgc::proto::{
     Cause, ErrorCode, Frame, GroupName, Handshake, Member, Name, NodeTag, PeerAuth, PeerJoin, PeerLeave,
-    PeerState, Role, SessionId, View,
+    PeerMark, PeerState, Role, SenderEnd, SessionId, View,
 };
 use msgc::runtime::{PeerSpec, ServerHandle};
 
@@ -201,6 +201,52 @@ fn forged_and_out_of_range_peer_frames_are_refused() {
     }));
     expect_fatal(&mut link, ErrorCode::BadSender);
     wait_for("violations counted", || server.stats().peer_violations >= 4 && server.stats().links_down >= 3);
+}
+
+#[test]
+fn every_shard_answers_a_survivors_question_and_a_malformed_one_is_refused() {
+    let server = start_node("victim", 2, limits());
+    let fake = FakePeer::new(&server, "victim");
+    let mut link = fake.accept();
+    wait_for("link up", || server.stats().links_up >= 1);
+    let ask = |ends: Vec<SenderEnd>| {
+        Frame::PeerMark(PeerMark {
+            group: GroupName::new("g").unwrap(),
+            view_id: 9,
+            prev: 8,
+            shard: 0,
+            shards: 1,
+            more: false,
+            lost: false,
+            ask: true,
+            answer: false,
+            ends,
+        })
+    };
+    // Nothing of a lost server was delivered here (there is no group g): each of the two
+    // shards answers once, with no ends, for the view asked.
+    link.send(&ask(vec![]));
+    let mut answered = Vec::new();
+    for _ in 0..1000 {
+        if answered.len() == 2 {
+            break;
+        }
+        match link.next_within(Duration::from_secs(5)) {
+            Ok(Some(Frame::PeerMark(m))) if m.answer => {
+                assert_eq!((m.view_id, m.prev, m.more, m.ends.len()), (9, 8, false, 0), "{m:?}");
+                answered.push(m.shard);
+            }
+            Ok(Some(_)) => {}
+            other => panic!("expected the shards' answers, got {other:?} after {answered:?}"),
+        }
+    }
+    answered.sort_unstable();
+    assert_eq!(answered, vec![0, 1]);
+    // A question that lists senders is no question: the link is closed.
+    let end = SenderEnd { sender: SessionId::new(NodeTag(0xbeef), 1), first: 1, seq: 1, stamp: 8 };
+    link.send(&ask(vec![end]));
+    expect_fatal(&mut link, ErrorCode::BadSender);
+    wait_for("violation counted", || server.stats().peer_violations >= 1);
 }
 
 #[test]

@@ -869,10 +869,12 @@ fn random_schedules_keep_the_contract() {
 /// was ordered (272; again once links resend on coming up, by a cut-off server's own
 /// resend), a survivor that got none of a lost sender's frames (303), a resend that came
 /// after its server's loss had ended the sender's track (925), a frame stuck behind a paused
-/// relay that a later one overtook on a new link (2880), and others found with them.
+/// relay that a later one overtook on a new link (2880), a server lost while a flush waited
+/// for its marks, whose senders' last frames only some survivors had delivered, and no
+/// later view dropped members of its (281, 2116), and others found with them.
 #[test]
 fn fixed_synchrony_breaks_stay_fixed() {
-    for seed in [29, 61, 199, 223, 272, 303, 355, 374, 925, 2880] {
+    for seed in [29, 61, 199, 223, 272, 281, 303, 355, 374, 925, 2116, 2880] {
         if let Err(e) = run_seed(seed, Fault::Severe, true) {
             panic!("{e}");
         }

@@ -51,6 +51,9 @@ pub(crate) struct MarkIn {
     ends: HashMap<(SessionId, u64), (u64, u64)>,
     /// Marks that came before the one they follow: view by previous view.
     ahead: BTreeMap<u64, u64>,
+    /// The newest view whose flush's question (about lost servers' senders) it answered
+    /// completely since it was last asked.
+    pub(super) answered: u64,
 }
 
 /// What a flush waits for (for the trace log).
@@ -59,6 +62,8 @@ pub(crate) struct MarkIn {
 enum Awaited {
     /// The mark of this shard of this server.
     Mark(NodeTag, u16),
+    /// The answer of this shard of this server to the question about lost servers' senders.
+    Answer(NodeTag, u16),
     /// This sender's frames up to this number.
     Sender(SessionId, u64),
 }
@@ -94,14 +99,16 @@ impl ShardCore {
             shards,
             more: false,
             lost: false,
+            ask: false,
+            answer: false,
             ends: vec![],
         });
         for s in (0..shards).filter(|&s| s != shard) {
             self.outgoing[s as usize].push(ShardMsg::Mark { origin: me, mark: local.clone() });
         }
         // As many marks as the senders need, each within a frame.
-        let per_frame = (self.limits.max_frame - MARK_FIXED - group.len()) / MARK_END_LEN;
-        let mut chunks: Vec<&[SenderEnd]> = ends.chunks(per_frame.max(1)).collect();
+        let per_frame = self.ends_per_mark(group);
+        let mut chunks: Vec<&[SenderEnd]> = ends.chunks(per_frame).collect();
         if chunks.is_empty() {
             chunks.push(&[]);
         }
@@ -121,6 +128,8 @@ impl ShardCore {
                     shards,
                     more,
                     lost,
+                    ask: false,
+                    answer: false,
                     ends,
                 })
             };
@@ -132,7 +141,7 @@ impl ShardCore {
                     self.pass_on(tag, *sender, run.clone(), *count, *view);
                 }
             }
-            let lost_chunks = if owed { lost.chunks(per_frame.max(1)).collect() } else { vec![] };
+            let lost_chunks = if owed { lost.chunks(per_frame).collect() } else { vec![] };
             for c in lost_chunks {
                 self.send_to_link(tag, mark(true, true, c).to_bytes(), 1);
             }
@@ -144,23 +153,38 @@ impl ShardCore {
         }
     }
 
+    /// The number of senders' ends that fit in one PEER_MARK of `group`.
+    pub(super) fn ends_per_mark(&self, group: &GroupName) -> usize {
+        ((self.limits.max_frame - MARK_FIXED - group.len()) / MARK_END_LEN).max(1)
+    }
+
     /// A mark from shard `mark.shard` of server `origin` (another shard of this server
-    /// when `origin` is this one: those come in order).
+    /// when `origin` is this one: those come in order), or a question or answer about lost
+    /// servers' senders (`survivors.rs`).
     pub(super) fn record_mark(&mut self, origin: NodeTag, mark: &PeerMark) {
+        if mark.ask {
+            self.answer_ask(origin, mark);
+            return;
+        }
         if self.marks.len() >= MAX_MARKED_GROUPS && !self.marks.contains_key(mark.group.as_bytes()) {
             self.marks.clear();
         }
-        tracing::trace!(node = %self.identity.node_name, shard = self.id, origin = origin.0, from = mark.shard, group = %mark.group, view = mark.view_id, prev = mark.prev, ends = mark.ends.len(), "mark");
+        tracing::trace!(node = %self.identity.node_name, shard = self.id, origin = origin.0, from = mark.shard, group = %mark.group, view = mark.view_id, prev = mark.prev, ends = mark.ends.len(), answer = mark.answer, "mark");
         let m = self.marks.entry(mark.group.clone()).or_default().entry((origin, mark.shard)).or_default();
         m.shards = mark.shards;
         // Its senders' ends count at once (they only add to what a view waits for). A lost
-        // server's sender's end says nothing of where its frames start here (first: none).
+        // server's sender's end in a mark says nothing of where its frames start here
+        // (first: none); in an answer, it is the lowest number delivered in the view asked.
         for e in mark.ends.iter().filter(|e| !mark.lost || e.seq > 0) {
             let first = if mark.lost { u64::MAX } else { e.first };
             let end = m.ends.entry((e.sender, e.stamp)).or_insert((first, e.seq));
             *end = (end.0.min(first), end.1.max(e.seq));
         }
-        if !mark.more {
+        if mark.answer {
+            if !mark.more {
+                m.answered = m.answered.max(mark.view_id);
+            }
+        } else if !mark.more {
             // It completes the views up to its own only if the one before it came (or this
             // shard keeps none from there: it forgot them with the group, or never had
             // members to wait for).
@@ -209,6 +233,7 @@ impl ShardCore {
             }
             let waits = !g.local.is_empty() && stays;
             if waits {
+                self.ask_survivors(group, view_id);
                 // Runs held for a view between the installed one and this one, which this
                 // shard skipped (a newer came first), belong to the installed one.
                 self.release_early(group, view_id.saturating_sub(1));
@@ -276,6 +301,7 @@ impl ShardCore {
             tracks.and_then(|t| t.get(sender)).is_some_and(|t| t.last >= seq && !t.tentative)
         };
         let owed = |stamp: u64| stamp >= g.since && stamp < view_id;
+        let asked = g.pending.front().is_some_and(|p| p.asked != 0);
         // The servers of the configuration that ordered the view: those that installed it
         // elsewhere waited for these, not for servers that joined since (a heal), whose
         // ends would make this shard deliver what the others did not.
@@ -289,6 +315,9 @@ impl ShardCore {
                 let Some(m) = marks.get(&(tag, shard)).filter(|m| m.view >= view_id) else {
                     return Some(Awaited::Mark(tag, shard));
                 };
+                if asked && m.answered < view_id {
+                    return Some(Awaited::Answer(tag, shard));
+                }
                 if let Some((&(s, _), &(_, seq))) =
                     m.ends.iter().find(|(&(s, stamp), &(_, seq))| owed(stamp) && !reached(&s, seq))
                 {

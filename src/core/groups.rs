@@ -69,6 +69,9 @@ pub struct Pending {
     pub leaver: Option<SessionId>,
     /// When it came.
     pub since: Option<Instant>,
+    /// The epoch of the configuration installed here when its flush last asked the others
+    /// what they delivered of lost servers' senders (0: never; see `survivors.rs`).
+    pub asked: u64,
 }
 
 /// The owner shard's replica of a group's membership.

@@ -461,13 +461,20 @@ fn check_peer_frame(frame: &Frame, tag: NodeTag) -> Result<(), String> {
             Err(format!("PEER_MARK view id {} out of range", m.view_id))
         }
         Frame::PeerMark(m) if m.lost && !m.more => Err("PEER_MARK of lost senders that ends its view".into()),
+        Frame::PeerMark(m) if m.ask && (m.more || m.lost || m.answer || !m.ends.is_empty()) => {
+            Err("PEER_MARK question with other flags or ends".into())
+        }
+        Frame::PeerMark(m) if (m.ask || m.answer) && (m.prev == 0 || m.prev >= m.view_id) => {
+            Err("PEER_MARK question or answer about a view not before the one awaited".into())
+        }
+        Frame::PeerMark(m) if m.answer && m.lost => Err("PEER_MARK answer flagged LOST".into()),
         Frame::PeerMark(m) => m.ends.iter().try_for_each(|e| {
             // (A lost sender's `first` is where the lister stands, not a range's start.)
             let range = m.lost || e.first <= e.seq;
             if !range || e.first >= MAX_COUNTER || e.seq >= MAX_COUNTER || e.stamp >= MAX_COUNTER {
                 return Err("PEER_MARK sequence number or view id out of range".into());
             }
-            match m.lost {
+            match m.lost || m.answer {
                 // Senders of servers it lost: never its own.
                 true if e.sender.node() == tag => Err("PEER_MARK lists its own session as lost".into()),
                 true => Ok(()),

@@ -18,6 +18,12 @@
 //!   flag LOST, where it stands with each such sender and the highest number it delivered
 //!   in that view; the flush waits for the highest number any survivor listed, like for
 //!   any sender it waits for;
+//! - a flush that waits here for a view ordered before the loss gets no such marks (no view
+//!   drops the lost server's members if it had none, and the others may have delivered
+//!   the view already), so the shard asks the other survivors' shards what they delivered
+//!   of lost servers' senders in the view installed here (`ask_survivors`); each answers
+//!   at once with those frames, passed on, then their numbers (`answer_ask`), and the
+//!   flush waits for all answers and numbers;
 //! - just before the view is delivered, each such sender's end is reported to the members
 //!   as a gap from the next number on, as before.
 //!
@@ -28,7 +34,7 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 
-use crate::proto::{GroupName, NodeTag, SenderEnd, SessionId};
+use crate::proto::{Frame, GroupName, NodeTag, PeerMark, SenderEnd, SessionId};
 
 use super::inbound::{mcast_frames, SenderTrack, HOLD_LINK_TIMEOUTS};
 use super::{Envelope, ShardCore};
@@ -87,25 +93,122 @@ impl ShardCore {
         if ends.is_empty() {
             return (vec![], vec![]);
         }
+        let mut runs = Vec::new();
+        for (sender, frames) in self.kept_in(group, view, |s| ends.contains_key(&s)) {
+            if let (Some(e), Some((&seq, _))) = (ends.get_mut(&sender), frames.last_key_value()) {
+                e.seq = seq;
+            }
+            runs.push((sender, joined(&frames), frames.len() as u32, view));
+        }
+        (ends.into_values().collect(), runs)
+    }
+
+    /// The frames of the senders `of` picks that this shard delivered to `group` in `view`,
+    /// as far as it kept them: per sender, by number.
+    fn kept_in(
+        &self,
+        group: &GroupName,
+        view: u64,
+        of: impl Fn(SessionId) -> bool,
+    ) -> BTreeMap<SessionId, BTreeMap<u64, Bytes>> {
         let mut frames: BTreeMap<SessionId, BTreeMap<u64, Bytes>> = BTreeMap::new();
         for k in self.delivered.runs.iter().filter(|k| k.view == view && k.group == *group) {
             for (h, at, size) in mcast_frames(&k.run) {
-                if ends.contains_key(&h.sender) {
+                if of(h.sender) {
                     let kept = frames.entry(h.sender).or_default();
                     kept.entry(h.seq).or_insert_with(|| k.run.slice(at..at + size));
                 }
             }
         }
-        let mut runs = Vec::with_capacity(frames.len());
-        for (sender, frames) in frames {
-            if let (Some(e), Some((&seq, _))) = (ends.get_mut(&sender), frames.last_key_value()) {
-                e.seq = seq;
+        frames
+    }
+
+    /// The flush before `view_id` of `group` waits here, and servers of the configuration
+    /// that ordered it are lost. Their senders' last frames may have reached only some of
+    /// the survivors, and those may have delivered them and the view already: nothing else
+    /// would tell this shard (a view that drops the lost servers' members comes only if
+    /// they had any). So it asks every shard of the other survivors of that configuration
+    /// what they delivered of such senders in the view installed here, once per
+    /// configuration installed here, and the flush waits for every answer.
+    pub(super) fn ask_survivors(&mut self, group: &[u8], view_id: u64) {
+        let me = self.identity.node_tag;
+        let epoch = self.mesh.config.epoch;
+        let config = self.mesh.config_of(view_id).unwrap_or(&self.mesh.config);
+        let reachable = &self.mesh.reachable;
+        if config.members.iter().all(|t| *t == me || reachable.contains(t)) {
+            // All back: their marks tell what this shard owes (an answer to a question
+            // asked before is not waited for, but counts if it comes).
+            if let Some(p) = self.groups.get_mut(group).and_then(|g| g.pending.front_mut()) {
+                p.asked = 0;
             }
-            let mut run = BytesMut::new();
-            frames.values().for_each(|f| run.extend_from_slice(f));
-            runs.push((sender, run.freeze(), frames.len() as u32, view));
+            return;
         }
-        (ends.into_values().collect(), runs)
+        let survivors: Vec<NodeTag> =
+            config.members.iter().copied().filter(|t| *t != me && reachable.contains(t)).collect();
+        let Some((key, g)) = self.groups.key_value(group) else { return };
+        let installed = g.view_id;
+        if g.pending.front().is_none_or(|p| p.asked == epoch) || installed == 0 || installed >= view_id {
+            return;
+        }
+        if let Some(p) = self.groups.get_mut(group).and_then(|g| g.pending.front_mut()) {
+            p.asked = epoch;
+        }
+        // Answers to an earlier question may lack the servers lost since.
+        self.marks.get_mut(group).into_iter().flat_map(|m| m.values_mut()).for_each(|m| m.answered = 0);
+        tracing::debug!(node = %self.identity.node_name, shard = self.id, group = %key, view_id, installed, "asking the survivors what they delivered of lost servers' senders");
+        let ask = Frame::PeerMark(PeerMark {
+            group: key,
+            view_id,
+            prev: installed,
+            shard: self.id,
+            shards: self.nshards,
+            more: false,
+            lost: false,
+            ask: true,
+            answer: false,
+            ends: vec![],
+        })
+        .to_bytes();
+        for tag in survivors {
+            self.send_to_link(tag, ask.clone(), 1);
+        }
+    }
+
+    /// Shard `ask.shard` of server `origin` asks what this shard delivered to `ask.group`
+    /// in view `ask.prev` of the senders of servers it can no longer reach: it gets those
+    /// frames, passed on as for a view that drops their members, then the answer (one or
+    /// more marks flagged ANSWER, the last without MORE; one without ends if none).
+    pub(super) fn answer_ask(&mut self, origin: NodeTag, ask: &PeerMark) {
+        let (group, view) = (&ask.group, ask.prev);
+        let lost = |s: SessionId| s.node() != origin && !self.mesh.reachable.contains(&s.node());
+        let kept = self.kept_in(group, view, lost);
+        let mut ends = Vec::with_capacity(kept.len());
+        for (sender, frames) in kept {
+            let (Some((&first, _)), Some((&seq, _))) = (frames.first_key_value(), frames.last_key_value())
+            else {
+                continue;
+            };
+            ends.push(SenderEnd { sender, first, seq, stamp: view });
+            self.pass_on(origin, sender, joined(&frames), frames.len() as u32, view);
+        }
+        tracing::debug!(node = %self.identity.node_name, shard = self.id, to = origin.0, %group, view, senders = ends.len(), "answering what this shard delivered of lost servers' senders");
+        let chunks: Vec<&[SenderEnd]> = ends.chunks(self.ends_per_mark(group)).collect();
+        let last = chunks.len().saturating_sub(1);
+        for i in 0..=last {
+            let answer = Frame::PeerMark(PeerMark {
+                group: group.clone(),
+                view_id: ask.view_id,
+                prev: view,
+                shard: self.id,
+                shards: self.nshards,
+                more: i < last,
+                lost: false,
+                ask: false,
+                answer: true,
+                ends: chunks.get(i).map_or(vec![], |c| c.to_vec()),
+            });
+            self.send_to_link(origin, answer.to_bytes(), 1);
+        }
     }
 
     /// Sends server `to` a run of `sender`'s frames (of a lost server) delivered here in view
@@ -150,4 +253,11 @@ impl ShardCore {
             self.end_lost_senders(&group);
         }
     }
+}
+
+/// Frames of one sender, by number, as one run.
+fn joined(frames: &BTreeMap<u64, Bytes>) -> Bytes {
+    let mut run = BytesMut::new();
+    frames.values().for_each(|f| run.extend_from_slice(f));
+    run.freeze()
 }

@@ -213,7 +213,7 @@ impl ShardCore {
             owned.last_frame = frame.clone();
         }
         let since = self.clock;
-        g.pending.push_back(Pending { frame, view_id, members: members.clone(), leaver, since });
+        g.pending.push_back(Pending { frame, view_id, members: members.clone(), leaver, since, asked: 0 });
         self.send_marks(&group, view_id, (old_view, old_nodes));
         self.try_install(group.as_bytes());
     }

@@ -259,7 +259,13 @@ pub fn encode(frame: &Frame, dst: &mut BytesMut) {
         }
         Frame::PeerMark(m) => {
             dst.put_u8(kind::PEER_MARK);
-            dst.put_u8(if m.more { MARK_MORE } else { 0 } | if m.lost { MARK_LOST } else { 0 });
+            let flag = |set: bool, bit: u8| if set { bit } else { 0 };
+            dst.put_u8(
+                flag(m.more, MARK_MORE)
+                    | flag(m.lost, MARK_LOST)
+                    | flag(m.ask, MARK_ASK)
+                    | flag(m.answer, MARK_ANSWER),
+            );
             dst.put_u64(m.view_id);
             dst.put_u64(m.prev);
             dst.put_u16(m.shard);
@@ -646,7 +652,7 @@ pub fn parse_whole(frame: Bytes) -> Result<Frame, ProtoError> {
             Ok(Frame::PeerStamp(PeerStamp { group: group_at(15, glen)?, view_id }))
         }
         kind::PEER_MARK => {
-            if flags & !(MARK_MORE | MARK_LOST) != 0 {
+            if flags & !(MARK_MORE | MARK_LOST | MARK_ASK | MARK_ANSWER) != 0 {
                 return Err(ProtoError::Malformed("reserved flag bits set"));
             }
             if f.len() < MARK_FIXED {
@@ -683,6 +689,8 @@ pub fn parse_whole(frame: Bytes) -> Result<Frame, ProtoError> {
                 shards,
                 more: flags & MARK_MORE != 0,
                 lost: flags & MARK_LOST != 0,
+                ask: flags & MARK_ASK != 0,
+                answer: flags & MARK_ANSWER != 0,
                 ends,
             }))
         }

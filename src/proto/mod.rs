@@ -341,6 +341,12 @@ pub struct PeerStamp {
 /// `lost`: the ends are not the sending server's sessions but those of servers it can no
 /// longer reach, each with the last number it delivered (flag `MARK_LOST`; such a mark
 /// always has `more` set, the mark of the shard's own senders follows).
+/// `ask`: not a mark but a question (flag `MARK_ASK`, nothing else set, no ends): the sending
+/// shard waits to deliver `view_id` and asks each shard here what it delivered, in view
+/// `prev` (the one installed there), of the senders of servers it can no longer reach.
+/// `answer`: the reply (flag `MARK_ANSWER`, `view_id` and `prev` as asked, `more` while
+/// further replies follow): its ends are such senders, each with the lowest (`first`) and
+/// highest number delivered in `prev`, stamped `prev`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerMark {
     pub group: GroupName,
@@ -350,6 +356,8 @@ pub struct PeerMark {
     pub shards: u16,
     pub more: bool,
     pub lost: bool,
+    pub ask: bool,
+    pub answer: bool,
     pub ends: Vec<SenderEnd>,
 }
 
@@ -367,6 +375,10 @@ pub struct SenderEnd {
 pub const MARK_MORE: u8 = 0x01;
 /// Flag bit of a PEER_MARK frame: its ends are of senders of lost servers.
 pub const MARK_LOST: u8 = 0x02;
+/// Flag bit of a PEER_MARK frame: a question about lost servers' senders (see `PeerMark`).
+pub const MARK_ASK: u8 = 0x04;
+/// Flag bit of a PEER_MARK frame: the reply to a `MARK_ASK`.
+pub const MARK_ANSWER: u8 = 0x08;
 /// Bytes of a PEER_MARK before its group name, and per sender listed.
 pub const MARK_FIXED: usize = HEADER_LEN + 21;
 pub const MARK_END_LEN: usize = 32;
