@@ -50,6 +50,10 @@ pub struct Group {
     pub installed: Bytes,
     /// Present on the owner shard only.
     pub owned: Option<Owned>,
+    /// The installed view in which this shard told (or asked) the other survivors what it
+    /// delivered of the senders of these lost servers: it delivers no more of theirs in it
+    /// but what a survivor passes on (see `survivors.rs`).
+    pub committed: Option<(u64, Vec<NodeTag>)>,
 }
 
 /// A run of multicasts held until its view is installed here.

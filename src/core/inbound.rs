@@ -127,11 +127,21 @@ impl ShardCore {
                 return Some((Bytes::new(), 0));
             }
         }
+        // Lost servers whose senders' frames of the installed view this shard told (or asked)
+        // the other survivors it has: it delivers no more of them in it, except what a
+        // survivor passes on (the others, which may have moved on, do not get them).
+        let committed: &[NodeTag] = match &g.committed {
+            Some((view, lost)) if *view == g.view_id && !arrival.passed && arrival.stamp <= *view => lost,
+            _ => &[],
+        };
+        let committed = committed.to_vec();
         let ordered = keeps_order(&self.link_settles, now, run, arrival);
         let tracks = self.remote.entry(key.clone()).or_default();
         // The common case, checked with one lookup: one sender, numbers in a row, right after
         // the last one delivered, nothing held.
-        if let Some((sender, first, last)) = single_sender_run(run) {
+        if let Some((sender, first, last)) =
+            single_sender_run(run).filter(|(s, ..)| !committed.contains(&s.node()))
+        {
             if let Some(t) = tracks.get_mut(&sender) {
                 if t.last.checked_add(1) == Some(first) && t.held.is_empty() && !late {
                     t.last = last;
@@ -151,7 +161,8 @@ impl ShardCore {
             // Out of range (never sent by an honest server): dropped, and no arithmetic on
             // it. A frame that may not start a track (see the module doc) and has none is
             // dropped too.
-            if h.seq == 0 || h.seq >= MAX_COUNTER || (!may_start && !tracks.contains_key(&h.sender)) {
+            let barred = !may_start && !tracks.contains_key(&h.sender);
+            if h.seq == 0 || h.seq >= MAX_COUNTER || barred || committed.contains(&h.sender.node()) {
                 out.get_or_insert_with(|| Rebuilt::up_to(run, at));
                 at += size;
                 continue;

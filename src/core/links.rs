@@ -461,11 +461,18 @@ fn check_peer_frame(frame: &Frame, tag: NodeTag) -> Result<(), String> {
             Err(format!("PEER_MARK view id {} out of range", m.view_id))
         }
         Frame::PeerMark(m) if m.lost && !m.more => Err("PEER_MARK of lost senders that ends its view".into()),
-        Frame::PeerMark(m) if m.ask && (m.more || m.lost || m.answer || !m.ends.is_empty()) => {
-            Err("PEER_MARK question with other flags or ends".into())
-        }
         Frame::PeerMark(m) if (m.ask || m.answer) && (m.prev == 0 || m.prev >= m.view_id) => {
             Err("PEER_MARK question or answer about a view not before the one awaited".into())
+        }
+        // A question's ends name the servers its sender lost, not senders.
+        Frame::PeerMark(m) if m.ask => {
+            let server_only = |e: &crate::proto::SenderEnd| {
+                e.sender.0 as u32 == 0 && (e.first, e.seq, e.stamp) == (0, 0, 0)
+            };
+            if m.more || m.lost || m.answer || !m.ends.iter().all(server_only) {
+                return Err("PEER_MARK question with other flags, or ends that are not servers".into());
+            }
+            Ok(())
         }
         Frame::PeerMark(m) if m.answer && m.lost => Err("PEER_MARK answer flagged LOST".into()),
         Frame::PeerMark(m) => m.ends.iter().try_for_each(|e| {

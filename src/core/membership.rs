@@ -21,6 +21,12 @@ use super::{ShardCore, ShardMsg};
 /// configuration always has a higher id than every view of an earlier one.
 pub const EPOCH_SHIFT: u32 = 20;
 
+/// Epochs are dealt out in this many slots, one per server of the `peers` table (by sorted
+/// name): servers that order at once, on two sides of a partition, never number two
+/// configurations alike, so a view id names one configuration everywhere (with more
+/// servers than slots, two may share a slot).
+const EPOCH_SLOTS: u64 = 64;
+
 /// Configurations remembered after the next is installed (a bound; a view of a forgotten
 /// one waits on the servers of the installed one).
 const PAST_CONFIGS: usize = 16;
@@ -312,7 +318,9 @@ impl ShardCore {
             self.mesh.edges = edges;
             return;
         }
-        let epoch = others_epochs.map(|(e, _)| e).chain([cfg.epoch]).max().unwrap_or(0) + 1;
+        let floor = others_epochs.map(|(e, _)| e).chain([cfg.epoch]).max().unwrap_or(0);
+        let slot = self.epoch_slot();
+        let epoch = floor + 1 + (slot + EPOCH_SLOTS - (floor + 1) % EPOCH_SLOTS) % EPOCH_SLOTS;
         let config = Config { epoch, leader: me, members: members.clone() };
         tracing::info!(
             epoch,
@@ -323,6 +331,16 @@ impl ShardCore {
         let others: Vec<NodeTag> = config.members.iter().copied().filter(|&t| t != me).collect();
         self.send_config(&config, others);
         self.broadcast(ShardMsg::Config(Arc::new(config)));
+    }
+
+    /// This server's epoch slot: its place among the `peers` table's names.
+    fn epoch_slot(&self) -> u64 {
+        let me = self.identity.node_name.as_str().to_lowercase();
+        let mut names: Vec<String> = self.peer_table.iter().map(|p| p.name.to_lowercase()).collect();
+        names.push(me.clone());
+        names.sort_unstable();
+        names.dedup();
+        names.iter().position(|n| *n == me).unwrap_or(0) as u64 % EPOCH_SLOTS
     }
 
     fn send_config(&mut self, config: &Config, to: Vec<NodeTag>) {

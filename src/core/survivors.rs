@@ -23,7 +23,8 @@
 //!   the view already), so the shard asks the other survivors' shards what they delivered
 //!   of lost servers' senders in the view installed here (`ask_survivors`); each answers
 //!   at once with those frames, passed on, then their numbers (`answer_ask`), and the
-//!   flush waits for all answers and numbers;
+//!   flush waits for all answers and numbers; having asked or answered, a shard delivers
+//!   no more of those senders in that view than survivors pass on (`Group::committed`);
 //! - just before the view is delivered, each such sender's end is reported to the members
 //!   as a gap from the next number on, as before.
 //!
@@ -36,6 +37,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::proto::{Frame, GroupName, NodeTag, PeerMark, SenderEnd, SessionId};
 
+use super::groups::Group;
 use super::inbound::{mcast_frames, SenderTrack, HOLD_LINK_TIMEOUTS};
 use super::{Envelope, ShardCore};
 
@@ -143,15 +145,16 @@ impl ShardCore {
             }
             return;
         }
-        let survivors: Vec<NodeTag> =
-            config.members.iter().copied().filter(|t| *t != me && reachable.contains(t)).collect();
+        let (survivors, lost): (Vec<NodeTag>, Vec<NodeTag>) =
+            config.members.iter().copied().filter(|t| *t != me).partition(|t| reachable.contains(t));
         let Some((key, g)) = self.groups.key_value(group) else { return };
         let installed = g.view_id;
         if g.pending.front().is_none_or(|p| p.asked == epoch) || installed == 0 || installed >= view_id {
             return;
         }
-        if let Some(p) = self.groups.get_mut(group).and_then(|g| g.pending.front_mut()) {
-            p.asked = epoch;
+        if let Some(g) = self.groups.get_mut(group) {
+            g.pending.front_mut().into_iter().for_each(|p| p.asked = epoch);
+            commit(g, installed, &lost);
         }
         // Answers to an earlier question may lack the servers lost since.
         self.marks.get_mut(group).into_iter().flat_map(|m| m.values_mut()).for_each(|m| m.answered = 0);
@@ -166,7 +169,10 @@ impl ShardCore {
             lost: false,
             ask: true,
             answer: false,
-            ends: vec![],
+            ends: lost
+                .iter()
+                .map(|&tag| SenderEnd { sender: SessionId::new(tag, 0), first: 0, seq: 0, stamp: 0 })
+                .collect(),
         })
         .to_bytes();
         for tag in survivors {
@@ -175,13 +181,23 @@ impl ShardCore {
     }
 
     /// Shard `ask.shard` of server `origin` asks what this shard delivered to `ask.group`
-    /// in view `ask.prev` of the senders of servers it can no longer reach: it gets those
-    /// frames, passed on as for a view that drops their members, then the answer (one or
-    /// more marks flagged ANSWER, the last without MORE; one without ends if none).
+    /// in view `ask.prev` of the senders of the servers it lost (listed in `ask.ends`) or
+    /// this one can no longer reach: it gets those frames, passed on as for a view that
+    /// drops their members, then the answer (one or more marks flagged ANSWER, the last
+    /// without MORE; one without ends if none). If this shard still has that view
+    /// installed, it delivers no more of those senders' frames in it than it answered.
     pub(super) fn answer_ask(&mut self, origin: NodeTag, ask: &PeerMark) {
         let (group, view) = (&ask.group, ask.prev);
-        let lost = |s: SessionId| s.node() != origin && !self.mesh.reachable.contains(&s.node());
-        let kept = self.kept_in(group, view, lost);
+        let me = self.identity.node_tag;
+        let mut lost: Vec<NodeTag> = ask.ends.iter().map(|e| e.sender.node()).collect();
+        lost.extend(self.mesh.config.members.iter().filter(|t| !self.mesh.reachable.contains(t)));
+        lost.retain(|&t| t != origin && t != me);
+        lost.sort_unstable();
+        lost.dedup();
+        if let Some(g) = self.groups.get_mut(group.as_bytes()).filter(|g| g.view_id == view) {
+            commit(g, view, &lost);
+        }
+        let kept = self.kept_in(group, view, |s| lost.contains(&s.node()));
         let mut ends = Vec::with_capacity(kept.len());
         for (sender, frames) in kept {
             let (Some((&first, _)), Some((&seq, _))) = (frames.first_key_value(), frames.last_key_value())
@@ -252,6 +268,21 @@ impl ShardCore {
         for group in due {
             self.end_lost_senders(&group);
         }
+    }
+}
+
+/// `g` delivers no more in its installed view `view` of the senders of `lost` than it has
+/// (and what survivors pass on).
+fn commit(g: &mut Group, view: u64, lost: &[NodeTag]) {
+    match &mut g.committed {
+        Some((v, servers)) if *v == view => {
+            for &t in lost {
+                if !servers.contains(&t) {
+                    servers.push(t);
+                }
+            }
+        }
+        other => *other = Some((view, lost.to_vec())),
     }
 }
 
