@@ -531,18 +531,20 @@ impl Sim {
     /// may number a configuration like that run did once no running server holds it. A
     /// real server's first epoch is its start time in ms, above its earlier run's.)
     fn check_epochs(&mut self) {
-        let mut epochs: HashMap<u64, (NodeTag, BTreeSet<NodeTag>)> = HashMap::new();
+        let mut named: HashMap<u64, (NodeTag, &BTreeSet<NodeTag>)> = HashMap::new();
+        let mut twice = Vec::new();
         for s in self.servers.iter().filter(|s| s.alive) {
-            for sh in &s.shards {
-                let c = sh.config();
-                let named = (c.leader, c.members.clone());
-                let first = epochs.entry(c.epoch).or_insert_with(|| named.clone());
-                if *first != named {
-                    let v = format!("epoch {} names two configurations: {first:?} and {named:?}", c.epoch);
-                    if !self.violations.contains(&v) {
-                        self.violations.push(v);
-                    }
+            for c in s.shards.iter().map(|sh| sh.config()) {
+                let first = *named.entry(c.epoch).or_insert((c.leader, &c.members));
+                let this = (c.leader, &c.members);
+                if first != this {
+                    twice.push(format!("epoch {} names two configurations: {first:?} and {this:?}", c.epoch));
                 }
+            }
+        }
+        for v in twice {
+            if !self.violations.contains(&v) {
+                self.violations.push(v);
             }
         }
     }
