@@ -134,7 +134,6 @@ impl ShardCore {
             Some((view, lost)) if *view == g.view_id && !arrival.passed && arrival.stamp <= *view => lost,
             _ => &[],
         };
-        let committed = committed.to_vec();
         let ordered = keeps_order(&self.link_settles, now, run, arrival);
         let tracks = self.remote.entry(key.clone()).or_default();
         // The common case, checked with one lookup: one sender, numbers in a row, right after

@@ -135,6 +135,9 @@ impl ShardCore {
     pub(super) fn ask_survivors(&mut self, group: &[u8], view_id: u64) {
         let me = self.identity.node_tag;
         let epoch = self.mesh.config.epoch;
+        let Some((key, g)) = self.groups.key_value(group) else { return };
+        let installed = g.view_id;
+        let asked = g.pending.front().map_or(epoch, |p| p.asked);
         let config = self.mesh.config_of(view_id).unwrap_or(&self.mesh.config);
         let reachable = &self.mesh.reachable;
         if config.members.iter().all(|t| *t == me || reachable.contains(t)) {
@@ -145,13 +148,11 @@ impl ShardCore {
             }
             return;
         }
-        let (survivors, lost): (Vec<NodeTag>, Vec<NodeTag>) =
-            config.members.iter().copied().filter(|t| *t != me).partition(|t| reachable.contains(t));
-        let Some((key, g)) = self.groups.key_value(group) else { return };
-        let installed = g.view_id;
-        if g.pending.front().is_none_or(|p| p.asked == epoch) || installed == 0 || installed >= view_id {
+        if asked == epoch || installed == 0 || installed >= view_id {
             return;
         }
+        let (survivors, lost): (Vec<NodeTag>, Vec<NodeTag>) =
+            config.members.iter().copied().filter(|t| *t != me).partition(|t| reachable.contains(t));
         if let Some(g) = self.groups.get_mut(group) {
             g.pending.front_mut().into_iter().for_each(|p| p.asked = epoch);
             commit(g, installed, &lost);
@@ -208,9 +209,12 @@ impl ShardCore {
             self.pass_on(origin, sender, joined(&frames), frames.len() as u32, view);
         }
         tracing::debug!(node = %self.identity.node_name, shard = self.id, to = origin.0, %group, view, senders = ends.len(), "answering what this shard delivered of lost servers' senders");
-        let chunks: Vec<&[SenderEnd]> = ends.chunks(self.ends_per_mark(group)).collect();
-        let last = chunks.len().saturating_sub(1);
-        for i in 0..=last {
+        let mut chunks: Vec<&[SenderEnd]> = ends.chunks(self.ends_per_mark(group)).collect();
+        if chunks.is_empty() {
+            chunks.push(&[]);
+        }
+        let last = chunks.len() - 1;
+        for (i, chunk) in chunks.into_iter().enumerate() {
             let answer = Frame::PeerMark(PeerMark {
                 group: group.clone(),
                 view_id: ask.view_id,
@@ -221,7 +225,7 @@ impl ShardCore {
                 lost: false,
                 ask: false,
                 answer: true,
-                ends: chunks.get(i).map_or(vec![], |c| c.to_vec()),
+                ends: chunk.to_vec(),
             });
             self.send_to_link(origin, answer.to_bytes(), 1);
         }
