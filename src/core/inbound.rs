@@ -113,19 +113,13 @@ impl ShardCore {
         // now would put it in a view it was not sent in: it is reported missing instead.
         let late = arrival.stamp != 0 && arrival.stamp < g.view_id;
         let resent = arrival.resent;
-        // A server's own resend under a view before one this shard already marked whose
-        // configuration left that server out (it was cut off, and resent when a path came
-        // back): members moving on to that view deliver of the lost server's frames only what
-        // survivors delivered before and pass on, flagged, so this copy is dropped. (If no
-        // survivor passes it on, it is reported missing with the next hole or the end.)
-        if resent && !arrival.passed && arrival.stamp != 0 {
-            let origin = McastHeader::parse(run).map(|h| h.sender.node()).ok();
-            let left_out = |view: u64| {
-                self.mesh.config_of(view).is_some_and(|c| origin.is_some_and(|o| !c.members.contains(&o)))
-            };
-            if g.pending.iter().any(|p| arrival.stamp < p.view_id && left_out(p.view_id)) {
-                return Some((Bytes::new(), 0));
-            }
+        // Sent by a server that was cut off, under a view before one this server had already
+        // marked when the run came, whose configuration leaves that server out (see
+        // `moved_past`): members moving on to that view deliver of the lost server's frames
+        // only what survivors delivered before and pass on, flagged, so this copy is dropped.
+        // (If no survivor passes it on, it is reported missing with the next hole or the end.)
+        if arrival.superseded {
+            return Some((Bytes::new(), 0));
         }
         // Lost servers whose senders' frames of the installed view this shard told (or asked)
         // the other survivors it has: it delivers no more of them in it, except what a
@@ -244,6 +238,28 @@ impl ShardCore {
         }
         self.stats.gaps += gaps;
         out.map(|o| (o.bytes.freeze(), o.count))
+    }
+
+    /// Whether a run of multicasts to `group` from another server, just arrived at this
+    /// shard, was sent under a view older than one this shard has marked (installed or
+    /// waiting) whose configuration leaves the run's server out. Members moving on to that
+    /// view deliver of a lost server's frames only what survivors had delivered before they
+    /// marked it (and pass on): the other shards here, which may install the view as soon as
+    /// this one's mark reaches them, must not deliver what comes after it, so neither does
+    /// this one. Decided once, by the shard the run reached first.
+    pub(super) fn moved_past(&self, group: &[u8], run: &[u8], arrival: Arrival) -> bool {
+        if arrival.passed || arrival.stamp == 0 {
+            return false;
+        }
+        let Some(g) = self.groups.get(group) else { return false };
+        // The common case: no view after the run's here.
+        if g.pending.is_empty() && arrival.stamp >= g.view_id {
+            return false;
+        }
+        let Ok(origin) = McastHeader::parse(run).map(|h| h.sender.node()) else { return false };
+        let left_out = |view: u64| self.mesh.config_of(view).is_some_and(|c| !c.members.contains(&origin));
+        let later = std::iter::once(g.view_id).chain(g.pending.iter().map(|p| p.view_id));
+        later.filter(|&view| arrival.stamp < view).any(left_out)
     }
 
     /// A run sent under a view of `group` newer than the one installed here (its server

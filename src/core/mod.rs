@@ -94,6 +94,9 @@ pub struct Arrival {
     /// The view of the group the sending server had installed when it sent the run (its
     /// PEER_STAMP); 0 if none came with it.
     pub stamp: u64,
+    /// When it reached this server, the shard it came to had already marked a view newer than
+    /// `stamp` whose configuration leaves its server out (see `inbound.rs`).
+    pub superseded: bool,
 }
 
 /// A link to another server that is up, as every shard of this server knows it.

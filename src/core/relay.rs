@@ -314,7 +314,7 @@ impl ShardCore {
             return Err("PEER_RELAY from this server to itself".into());
         }
         let frames = r.frames;
-        let mut arrival = Arrival { resent: r.resent, passed: r.passed, relayed: true, stamp: 0 };
+        let mut arrival = Arrival { resent: r.resent, passed: r.passed, relayed: true, ..Arrival::default() };
         let mut at = 0;
         while at < frames.len() {
             let size = match proto::frame_len(&frames[at..], usize::MAX) {
@@ -376,6 +376,8 @@ impl ShardCore {
         self.stats.msgs_in += u64::from(count);
         match self.groups.key(group.as_bytes()) {
             Some(key) => {
+                let arrival =
+                    Arrival { superseded: self.moved_past(key.as_bytes(), &run, arrival), ..arrival };
                 self.route_local(key.as_bytes(), &run, count, arrival);
                 self.route_shards(key, run, count, arrival);
             }

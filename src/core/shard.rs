@@ -533,12 +533,7 @@ impl ShardCore {
                         let stamp = self.conns[conn].peer.as_ref().map_or(0, |p| p.stream.stamp_in(name));
                         if let Ok(g) = GroupName::from_bytes(Bytes::copy_from_slice(name)) {
                             self.stats.msgs_in += u64::from(count);
-                            self.route_shards(
-                                g,
-                                run,
-                                count,
-                                Arrival { resent: false, passed: false, relayed: false, stamp },
-                            );
+                            self.route_shards(g, run, count, Arrival { stamp, ..Arrival::default() });
                         }
                         return self.after_violation(conn, violation, count, now);
                     }
@@ -581,8 +576,10 @@ impl ShardCore {
                     None => 0,
                 },
             };
-            let arrival = Arrival { resent: false, passed: false, relayed: false, stamp };
-            if from_peer.is_none() {
+            let mut arrival = Arrival { stamp, ..Arrival::default() };
+            if from_peer.is_some() {
+                arrival.superseded = self.moved_past(key.as_bytes(), &run, arrival);
+            } else {
                 self.route_links(&key, &run, count);
             }
             self.route_local(key.as_bytes(), &run, count, arrival);

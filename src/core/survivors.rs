@@ -12,9 +12,10 @@
 //! - with its marks of the next view, each shard sends every server that had members in
 //!   its installed view the frames of such senders it delivered in that view, as relayed
 //!   resends of their origin flagged PASSED (a server with none of a sender's frames
-//!   could not even ask for them; what one has already is dropped there as copies; a
-//!   resend of the lost server's own comes without the flag and is dropped once the view
-//!   that drops it is marked: see `inbound.rs`), and in a PEER_MARK with
+//!   could not even ask for them; what one has already is dropped there as copies; what
+//!   the lost server sends itself comes without the flag and is dropped if it reaches a
+//!   server that already marked a view leaving that server out: see
+//!   `ShardCore::moved_past`), and in a PEER_MARK with
 //!   flag LOST, where it stands with each such sender and the highest number it delivered
 //!   in that view; the flush waits for the highest number any survivor listed, like for
 //!   any sender it waits for;
