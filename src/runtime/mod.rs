@@ -39,7 +39,8 @@ pub struct ServerOptions {
     pub listen: Vec<SocketAddr>,
     /// Shard threads; 0 means one per core.
     pub threads: usize,
-    /// Pin each shard thread to a core.
+    /// Pin each shard thread to a core (of those this process may run on), when there is
+    /// a shard for every one of them (see `cores_to_pin`).
     pub pin_threads: bool,
     pub limits: Limits,
     /// This server's node name, as shown to clients and peers.
@@ -148,8 +149,9 @@ impl ServerHandle {
         let stats = Arc::new(Mutex::new(vec![Stats::default(); threads]));
         let (senders, receivers): (Vec<_>, Vec<_>) =
             (0..threads).map(|_| tokio::sync::mpsc::unbounded_channel()).unzip();
-        let cores =
+        let allowed =
             if opts.pin_threads { core_affinity::get_core_ids().unwrap_or_default() } else { Vec::new() };
+        let cores = cores_to_pin(threads, allowed);
         let mut handles = Vec::new();
         let (started_tx, started_rx) = std::sync::mpsc::channel();
         for (i, inbox) in receivers.into_iter().enumerate() {
@@ -390,4 +392,39 @@ fn truncate_name(name: &str) -> &str {
         end -= 1;
     }
     &name[..end]
+}
+
+/// The cores shard threads are pinned to, shard `i` to `cores[i % len]`: all of `allowed`
+/// (the cores this process may run on) when there are at least as many shards, or none.
+/// With fewer shards than cores, pinning would put the shards of every server on one host
+/// (several servers with `threads = 1`, say) on the same first cores, while the others
+/// idle: the kernel places them instead.
+fn cores_to_pin(threads: usize, allowed: Vec<core_affinity::CoreId>) -> Vec<core_affinity::CoreId> {
+    if threads >= allowed.len() {
+        allowed
+    } else {
+        tracing::info!(threads, cores = allowed.len(), "fewer shard threads than cores: not pinning them");
+        Vec::new()
+    }
+}
+
+#[cfg(test)]
+mod pin_tests {
+    use super::*;
+    use core_affinity::CoreId;
+
+    fn ids(n: usize) -> Vec<CoreId> {
+        (0..n).map(|id| CoreId { id }).collect()
+    }
+
+    #[test]
+    fn shards_are_pinned_only_when_every_allowed_core_gets_one() {
+        assert_eq!(cores_to_pin(2, ids(2)).len(), 2);
+        assert_eq!(cores_to_pin(4, ids(2)).len(), 2);
+        assert!(cores_to_pin(1, ids(2)).is_empty());
+        assert!(cores_to_pin(3, ids(8)).is_empty());
+        // A process restricted to one core (taskset) with one shard is pinned to it.
+        assert_eq!(cores_to_pin(1, vec![CoreId { id: 5 }]), vec![CoreId { id: 5 }]);
+        assert!(cores_to_pin(1, Vec::new()).is_empty());
+    }
 }
