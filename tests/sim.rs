@@ -899,11 +899,13 @@ fn random_schedules_keep_the_contract() {
 /// later view dropped members of its (281, 2116), a survivor that answered what it had of
 /// a lost server and then delivered a late frame of it in the same view (1989), two shards
 /// of one server of which one delivered a cut-off server's frame that came after the
-/// other had marked the view leaving that server out (severe 1438, crash 744), and others
-/// found with them.
+/// other had marked the view leaving that server out (severe 1438, crash 744), survivors
+/// that marked a view while they still reached, through a relay, a server its
+/// configuration had left out, and listed nothing of that server's senders (459; 157 passed
+/// with the same fix), and others found with them.
 #[test]
 fn fixed_synchrony_breaks_stay_fixed() {
-    let severe = [29, 61, 199, 223, 272, 281, 303, 355, 374, 925, 1438, 1989, 2116, 2553, 2880];
+    let severe = [29, 61, 157, 199, 223, 272, 281, 303, 355, 374, 459, 925, 1438, 1989, 2116, 2553, 2880];
     let crash = [744];
     let seeds = severe.map(|s| (s, Fault::Severe)).into_iter().chain(crash.map(|s| (s, Fault::Crash)));
     for (seed, fault) in seeds {

@@ -40,6 +40,7 @@ use crate::proto::{Frame, GroupName, NodeTag, PeerMark, SenderEnd, SessionId};
 
 use super::groups::Group;
 use super::inbound::{mcast_frames, SenderTrack, HOLD_LINK_TIMEOUTS};
+use super::membership::EPOCH_SHIFT;
 use super::{Envelope, ShardCore};
 
 /// Remote runs this shard delivered, oldest first.
@@ -127,7 +128,8 @@ impl ShardCore {
     }
 
     /// The flush before `view_id` of `group` waits here, and servers of the configuration
-    /// that ordered it are lost. Their senders' last frames may have reached only some of
+    /// that ordered it are lost, or servers of the one that ordered the installed view are
+    /// not in it. Their senders' last frames may have reached only some of
     /// the survivors, and those may have delivered them and the view already: nothing else
     /// would tell this shard (a view that drops the lost servers' members comes only if
     /// they had any). So it asks every shard of the other survivors of that configuration
@@ -141,7 +143,18 @@ impl ShardCore {
         let asked = g.pending.front().map_or(epoch, |p| p.asked);
         let config = self.mesh.config_of(view_id).unwrap_or(&self.mesh.config);
         let reachable = &self.mesh.reachable;
-        if config.members.iter().all(|t| *t == me || reachable.contains(t)) {
+        // Lost: servers of that configuration not reachable now, and servers with members in
+        // the installed view that it leaves out (a survivor may have marked the view while it
+        // still reached them through a relay, and listed nothing of theirs).
+        let gone = |t: &NodeTag| *t != me && !reachable.contains(t);
+        let left_out = |t: &NodeTag| *t != me && !config.members.contains(t);
+        let mut left: Vec<NodeTag> = Vec::new();
+        if installed >> EPOCH_SHIFT != view_id >> EPOCH_SHIFT {
+            if let Ok(Frame::View(v)) = crate::proto::parse_whole(g.installed.clone()) {
+                left = v.members.iter().map(|m| m.session.node()).filter(left_out).collect();
+            }
+        }
+        if !config.members.iter().any(gone) && left.is_empty() {
             // All back: their marks tell what this shard owes (an answer to a question
             // asked before is not waited for, but counts if it comes).
             if let Some(p) = self.groups.get_mut(group).and_then(|g| g.pending.front_mut()) {
@@ -152,8 +165,11 @@ impl ShardCore {
         if asked == epoch || installed == 0 || installed >= view_id {
             return;
         }
-        let (survivors, lost): (Vec<NodeTag>, Vec<NodeTag>) =
+        let (survivors, mut lost): (Vec<NodeTag>, Vec<NodeTag>) =
             config.members.iter().copied().filter(|t| *t != me).partition(|t| reachable.contains(t));
+        lost.extend(left);
+        lost.sort_unstable();
+        lost.dedup();
         if let Some(g) = self.groups.get_mut(group) {
             g.pending.front_mut().into_iter().for_each(|p| p.asked = epoch);
             commit(g, installed, &lost);
