@@ -95,7 +95,8 @@ pub struct Arrival {
     /// PEER_STAMP); 0 if none came with it.
     pub stamp: u64,
     /// When it reached this server, the shard it came to had already marked a view newer than
-    /// `stamp` whose configuration leaves its server out (see `inbound.rs`).
+    /// `stamp` whose configuration leaves its server out (`ShardCore::moved_past`): no shard
+    /// here delivers it.
     pub superseded: bool,
 }
 

@@ -128,8 +128,8 @@ impl ShardCore {
     }
 
     /// The flush before `view_id` of `group` waits here, and servers of the configuration
-    /// that ordered it are lost, or servers of the one that ordered the installed view are
-    /// not in it. Their senders' last frames may have reached only some of
+    /// that ordered it are lost, or that configuration leaves out servers with members in
+    /// the installed view. Their senders' last frames may have reached only some of
     /// the survivors, and those may have delivered them and the view already: nothing else
     /// would tell this shard (a view that drops the lost servers' members comes only if
     /// they had any). So it asks every shard of the other survivors of that configuration
@@ -147,6 +147,10 @@ impl ShardCore {
         // the installed view that it leaves out (a survivor may have marked the view while it
         // still reached them through a relay, and listed nothing of theirs).
         let gone = |t: &NodeTag| *t != me && !reachable.contains(t);
+        let any_gone = config.members.iter().any(gone);
+        if any_gone && asked == epoch {
+            return; // asked already, and still waiting for lost servers
+        }
         let left_out = |t: &NodeTag| *t != me && !config.members.contains(t);
         let mut left: Vec<NodeTag> = Vec::new();
         if installed >> EPOCH_SHIFT != view_id >> EPOCH_SHIFT {
@@ -154,7 +158,7 @@ impl ShardCore {
                 left = v.members.iter().map(|m| m.session.node()).filter(left_out).collect();
             }
         }
-        if !config.members.iter().any(gone) && left.is_empty() {
+        if !any_gone && left.is_empty() {
             // All back: their marks tell what this shard owes (an answer to a question
             // asked before is not waited for, but counts if it comes).
             if let Some(p) = self.groups.get_mut(group).and_then(|g| g.pending.front_mut()) {
