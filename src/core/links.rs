@@ -467,7 +467,7 @@ fn check_peer_frame(frame: &Frame, tag: NodeTag) -> Result<(), String> {
         // A question's ends name the servers its sender lost, not senders.
         Frame::PeerMark(m) if m.ask => {
             let server_only = |e: &crate::proto::SenderEnd| {
-                e.sender.0 as u32 == 0 && (e.first, e.seq, e.stamp) == (0, 0, 0)
+                e.sender == SessionId::new(e.sender.node(), 0) && (e.first, e.seq, e.stamp) == (0, 0, 0)
             };
             if m.more || m.lost || m.answer || !m.ends.iter().all(server_only) {
                 return Err("PEER_MARK question with other flags, or ends that are not servers".into());

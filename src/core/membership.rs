@@ -21,6 +21,11 @@ use super::{ShardCore, ShardMsg};
 /// configuration always has a higher id than every view of an earlier one.
 pub const EPOCH_SHIFT: u32 = 20;
 
+/// The epoch of the configuration that ordered view `view_id`.
+pub fn epoch_of(view_id: u64) -> u64 {
+    view_id >> EPOCH_SHIFT
+}
+
 /// Epochs are dealt out in this many slots, one per server of the `peers` table (by sorted
 /// name): servers that order at once, on two sides of a partition, never number two
 /// configurations alike, so a view id names one configuration everywhere (with more
@@ -86,7 +91,7 @@ impl Mesh {
     /// The configuration that ordered view `view_id`, if this server installed it and still
     /// remembers it.
     pub fn config_of(&self, view_id: u64) -> Option<&Config> {
-        let epoch = view_id >> EPOCH_SHIFT;
+        let epoch = epoch_of(view_id);
         std::iter::once(&self.config).chain(self.past.iter().rev()).find(|c| c.epoch == epoch)
     }
 }

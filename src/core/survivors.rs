@@ -40,7 +40,7 @@ use crate::proto::{Frame, GroupName, NodeTag, PeerMark, SenderEnd, SessionId};
 
 use super::groups::Group;
 use super::inbound::{mcast_frames, SenderTrack, HOLD_LINK_TIMEOUTS};
-use super::membership::EPOCH_SHIFT;
+use super::membership::epoch_of;
 use super::{Envelope, ShardCore};
 
 /// Remote runs this shard delivered, oldest first.
@@ -153,7 +153,7 @@ impl ShardCore {
         }
         let left_out = |t: &NodeTag| *t != me && !config.members.contains(t);
         let mut left: Vec<NodeTag> = Vec::new();
-        if installed >> EPOCH_SHIFT != view_id >> EPOCH_SHIFT {
+        if epoch_of(installed) != epoch_of(view_id) {
             if let Ok(Frame::View(v)) = crate::proto::parse_whole(g.installed.clone()) {
                 left = v.members.iter().map(|m| m.session.node()).filter(left_out).collect();
             }
