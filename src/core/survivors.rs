@@ -203,8 +203,8 @@ impl ShardCore {
     }
 
     /// Shard `ask.shard` of server `origin` asks what this shard delivered to `ask.group`
-    /// in view `ask.prev` of the senders of the servers it lost (listed in `ask.ends`) or
-    /// this one can no longer reach: it gets those frames, passed on as for a view that
+    /// in view `ask.prev` of the senders of the servers it lost (listed in `ask.ends`), this
+    /// one can no longer reach, or its next configuration leaves out: it gets those frames, passed on as for a view that
     /// drops their members, then the answer (one or more marks flagged ANSWER, the last
     /// without MORE; one without ends if none). If this shard still has that view
     /// installed, it delivers no more of those senders' frames in it than it answered.
@@ -213,6 +213,13 @@ impl ShardCore {
         let me = self.identity.node_tag;
         let mut lost: Vec<NodeTag> = ask.ends.iter().map(|e| e.sender.node()).collect();
         lost.extend(self.mesh.config.members.iter().filter(|t| !self.mesh.reachable.contains(t)));
+        // And servers the asker's next configuration leaves out whose senders' frames this
+        // shard delivered in that view: a sender that is no member there (the asker could
+        // not name its server) may have reached only this side.
+        if let Some(next) = self.mesh.config_of(ask.view_id) {
+            let left_out = self.kept_in(group, view, |s| !next.members.contains(&s.node()));
+            lost.extend(left_out.keys().map(|s| s.node()));
+        }
         lost.retain(|&t| t != origin && t != me);
         lost.sort_unstable();
         lost.dedup();
