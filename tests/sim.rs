@@ -907,7 +907,8 @@ fn random_schedules_keep_the_contract() {
 /// same fix), and others found with them.
 #[test]
 fn fixed_synchrony_breaks_stay_fixed() {
-    let severe = [29, 61, 64, 157, 199, 223, 272, 281, 303, 355, 374, 459, 925, 1438, 1472, 1989, 2116, 2553, 2880];
+    let severe =
+        [29, 61, 64, 157, 199, 223, 272, 281, 303, 355, 374, 459, 925, 1438, 1472, 1989, 2116, 2553, 2880];
     let crash = [744];
     let seeds = severe.map(|s| (s, Fault::Severe)).into_iter().chain(crash.map(|s| (s, Fault::Crash)));
     for (seed, fault) in seeds {
