@@ -69,6 +69,13 @@ pub(crate) struct SenderTrack {
     pub(super) lost_at: Option<Instant>,
 }
 
+impl SenderTrack {
+    /// The frames held after a hole, by number.
+    pub(super) fn held(&self) -> &BTreeMap<u64, Bytes> {
+        &self.held
+    }
+}
+
 /// Per group, per remote sender.
 pub(crate) type Tracks = HashMap<GroupName, HashMap<SessionId, SenderTrack>>;
 

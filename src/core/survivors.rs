@@ -23,7 +23,8 @@
 //!   drops the lost server's members if it had none, and the others may have delivered
 //!   the view already), so the shard asks the other survivors' shards what they delivered
 //!   of lost servers' senders in the view installed here (`ask_survivors`); each answers
-//!   at once with those frames, passed on, then their numbers (`answer_ask`), and the
+//!   at once with those frames (and those it holds behind a hole, if that view is still
+//!   installed there), passed on, then their numbers (`answer_ask`), and the
 //!   flush waits for all answers and numbers; having asked or answered, a shard delivers
 //!   no more of those senders in that view than survivors pass on (`Group::committed`);
 //! - just before the view is delivered, each such sender's end is reported to the members
@@ -204,10 +205,11 @@ impl ShardCore {
 
     /// Shard `ask.shard` of server `origin` asks what this shard delivered to `ask.group`
     /// in view `ask.prev` of the senders of the servers it lost (listed in `ask.ends`), this
-    /// one can no longer reach, or its next configuration leaves out: it gets those frames, passed on as for a view that
-    /// drops their members, then the answer (one or more marks flagged ANSWER, the last
-    /// without MORE; one without ends if none). If this shard still has that view
-    /// installed, it delivers no more of those senders' frames in it than it answered.
+    /// one can no longer reach, or its next configuration leaves out: it gets those frames,
+    /// passed on as for a view that drops their members, then the answer (one or more marks
+    /// flagged ANSWER, the last without MORE; one without ends if none). If this shard
+    /// still has that view installed, the frames it holds behind a hole count as delivered,
+    /// and it delivers no more of those senders' frames in it than it answered.
     pub(super) fn answer_ask(&mut self, origin: NodeTag, ask: &PeerMark) {
         let (group, view) = (&ask.group, ask.prev);
         let me = self.identity.node_tag;
@@ -223,10 +225,18 @@ impl ShardCore {
         lost.retain(|&t| t != origin && t != me);
         lost.sort_unstable();
         lost.dedup();
+        let mut kept = self.kept_in(group, view, |s| lost.contains(&s.node()));
         if let Some(g) = self.groups.get_mut(group.as_bytes()).filter(|g| g.view_id == view) {
             commit(g, view, &lost);
+            // Frames held here after a hole are delivered in this view once the hole is
+            // filled (survivors pass on what they have of it) or reported: they count as
+            // delivered, or the asker would move on without them.
+            for (sender, t) in self.remote.get(group.as_bytes()).into_iter().flatten() {
+                if lost.contains(&sender.node()) && !t.held().is_empty() {
+                    kept.entry(*sender).or_default().extend(t.held().iter().map(|(&n, f)| (n, f.clone())));
+                }
+            }
         }
-        let kept = self.kept_in(group, view, |s| lost.contains(&s.node()));
         let mut ends = Vec::with_capacity(kept.len());
         for (sender, frames) in kept {
             let (Some((&first, _)), Some((&seq, _))) = (frames.first_key_value(), frames.last_key_value())
