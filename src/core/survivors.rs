@@ -218,14 +218,15 @@ impl ShardCore {
         // And servers the asker's next configuration leaves out whose senders' frames this
         // shard delivered in that view: a sender that is no member there (the asker could
         // not name its server) may have reached only this side.
-        if let Some(next) = self.mesh.config_of(ask.view_id) {
-            let left_out = self.kept_in(group, view, |s| !next.members.contains(&s.node()));
-            lost.extend(left_out.keys().map(|s| s.node()));
-        }
+        let next = self.mesh.config_of(ask.view_id);
+        let owed = |t: NodeTag| {
+            t != origin && t != me && (lost.contains(&t) || next.is_some_and(|c| !c.members.contains(&t)))
+        };
+        let mut kept = self.kept_in(group, view, |s| owed(s.node()));
+        lost.extend(kept.keys().map(|s| s.node()));
         lost.retain(|&t| t != origin && t != me);
         lost.sort_unstable();
         lost.dedup();
-        let mut kept = self.kept_in(group, view, |s| lost.contains(&s.node()));
         if let Some(g) = self.groups.get_mut(group.as_bytes()).filter(|g| g.view_id == view) {
             commit(g, view, &lost);
             // Frames held here after a hole are delivered in this view once the hole is
