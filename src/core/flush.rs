@@ -7,7 +7,9 @@
 //! for each of its sessions that multicast to the group since its previous mark, the last
 //! sequence number and the view it went under. Everything after the mark carries the new
 //! view's stamp, which holds it back at every receiver until the view is delivered there
-//! (`Group::early`).
+//! (`Group::early`). A server that no path reaches gets no mark (it would be dropped on the
+//! way, and the chain of marks, each naming the one before, would break there): its ends
+//! go with the next mark it gets.
 //!
 //! A shard with members in both the installed view and the next one delivers the next one
 //! only when every other shard of the configuration's reachable servers has marked it (or
@@ -39,6 +41,8 @@ const MAX_MARKED_GROUPS: usize = 1 << 16;
 
 /// Marks kept per shard that overtook the one before them (a bound).
 const MAX_AHEAD: usize = 64;
+/// Senders' ends kept per server that no path reached (the newest).
+const MAX_UNSENT_ENDS: usize = 4096;
 
 /// What one shard of another server (or of this one) marked for one group.
 #[derive(Debug, Default)]
@@ -106,18 +110,31 @@ impl ShardCore {
         for s in (0..shards).filter(|&s| s != shard) {
             self.outgoing[s as usize].push(ShardMsg::Mark { origin: me, mark: local.clone() });
         }
-        // As many marks as the senders need, each within a frame.
         let per_frame = self.ends_per_mark(group);
-        let mut chunks: Vec<&[SenderEnd]> = ends.chunks(per_frame).collect();
-        if chunks.is_empty() {
-            chunks.push(&[]);
-        }
-        let no_ends: [&[SenderEnd]; 1] = [&[]];
         // What this shard delivered of lost servers' senders goes first, flagged LOST.
         let (lost, passed) = self.lost_senders(group);
         for (tag, owed) in to {
             let Some(g) = self.groups.get_mut(group.as_bytes()) else { return };
+            let mut owed_ends = g.unsent.remove(&tag).unwrap_or_default();
+            if owed {
+                owed_ends.extend_from_slice(&ends);
+            }
+            if !self.mesh.reachable.contains(&tag) {
+                // No path reaches it: the mark would be dropped on the way. It stays out of
+                // the chain (the next one names the mark before it), and its ends go with the
+                // next: they say what this shard's senders sent it under the views before.
+                if !owed_ends.is_empty() {
+                    let keep = owed_ends.len().saturating_sub(MAX_UNSENT_ENDS);
+                    g.unsent.insert(tag, owed_ends.split_off(keep));
+                }
+                continue;
+            }
             let prev = g.marked.insert(tag, view_id).unwrap_or(0);
+            // As many marks as the senders need, each within a frame.
+            let mut chunks: Vec<&[SenderEnd]> = owed_ends.chunks(per_frame).collect();
+            if chunks.is_empty() {
+                chunks.push(&[]);
+            }
             let mark = |more, lost, ends: &[SenderEnd]| {
                 let ends = ends.to_vec();
                 Frame::PeerMark(PeerMark {
@@ -145,7 +162,6 @@ impl ShardCore {
             for c in lost_chunks {
                 self.send_to_link(tag, mark(true, true, c).to_bytes(), 1);
             }
-            let chunks = if owed { &chunks[..] } else { &no_ends[..] };
             for (i, c) in chunks.iter().enumerate() {
                 let more = i + 1 < chunks.len();
                 self.send_to_link(tag, mark(more, false, c).to_bytes(), 1);

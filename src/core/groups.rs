@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use crate::proto::{GroupName, Member, NodeTag, SessionId};
+use crate::proto::{GroupName, Member, NodeTag, SenderEnd, SessionId};
 
 use super::ConnId;
 
@@ -40,6 +40,9 @@ pub struct Group {
     pub sent: HashMap<SessionId, (u64, u64)>,
     /// The view of the last mark this shard sent each server for the group.
     pub marked: HashMap<NodeTag, u64>,
+    /// Senders' ends owed to servers that no path reached when they were marked, for
+    /// their next mark (see `flush.rs`).
+    pub unsent: HashMap<NodeTag, Vec<SenderEnd>>,
     /// The view that gave this shard its first member after it had none (0 without).
     pub since: u64,
     /// Runs from other servers sent under a view this shard has not installed yet, in the
@@ -50,10 +53,10 @@ pub struct Group {
     pub installed: Bytes,
     /// Present on the owner shard only.
     pub owned: Option<Owned>,
-    /// The installed view in which this shard told (or asked) the other survivors what it
-    /// delivered of the senders of these lost servers: it delivers no more of theirs in it
-    /// but what a survivor passes on (see `survivors.rs`).
-    pub committed: Option<(u64, Vec<NodeTag>)>,
+    /// Views (the installed one, or ones still to come) in which this shard told (or asked)
+    /// the other survivors what it delivered of the senders of these lost servers: it
+    /// delivers no more of theirs in them but what a survivor passes on (see `survivors.rs`).
+    pub committed: Vec<(u64, Vec<NodeTag>)>,
 }
 
 /// A run of multicasts held until its view is installed here.

@@ -131,8 +131,8 @@ impl ShardCore {
         // Lost servers whose senders' frames of the installed view this shard told (or asked)
         // the other survivors it has: it delivers no more of them in it, except what a
         // survivor passes on (the others, which may have moved on, do not get them).
-        let committed: &[NodeTag] = match &g.committed {
-            Some((view, lost)) if *view == g.view_id && !arrival.passed && arrival.stamp <= *view => lost,
+        let committed: &[NodeTag] = match g.committed.iter().find(|(view, _)| *view == g.view_id) {
+            Some((view, lost)) if !arrival.passed && arrival.stamp <= *view => lost,
             _ => &[],
         };
         let ordered = keeps_order(&self.link_settles, now, run, arrival);

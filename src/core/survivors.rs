@@ -26,7 +26,8 @@
 //!   at once with those frames (and those it holds behind a hole, if that view is still
 //!   installed there), passed on, then their numbers (`answer_ask`), and the
 //!   flush waits for all answers and numbers; having asked or answered, a shard delivers
-//!   no more of those senders in that view than survivors pass on (`Group::committed`);
+//!   no more of those senders in that view (also if it has yet to install it) than
+//!   survivors pass on (`Group::committed`);
 //! - just before the view is delivered, each such sender's end is reported to the members
 //!   as a gap from the next number on, as before.
 //!
@@ -208,8 +209,9 @@ impl ShardCore {
     /// one can no longer reach, or its next configuration leaves out: it gets those frames,
     /// passed on as for a view that drops their members, then the answer (one or more marks
     /// flagged ANSWER, the last without MORE; one without ends if none). If this shard
-    /// still has that view installed, the frames it holds behind a hole count as delivered,
-    /// and it delivers no more of those senders' frames in it than it answered.
+    /// still has that view installed, the frames it holds behind a hole count as delivered;
+    /// if it has it installed or still to come, it delivers no more of those senders' frames
+    /// in it than it answered.
     pub(super) fn answer_ask(&mut self, origin: NodeTag, ask: &PeerMark) {
         let (group, view) = (&ask.group, ask.prev);
         let me = self.identity.node_tag;
@@ -227,8 +229,13 @@ impl ShardCore {
         lost.retain(|&t| t != origin && t != me);
         lost.sort_unstable();
         lost.dedup();
-        if let Some(g) = self.groups.get_mut(group.as_bytes()).filter(|g| g.view_id == view) {
+        // A view still to come here is committed to as well: the asker moves on from it with
+        // what this shard answers, so the frames held for it must not add to that.
+        let installed = self.groups.get_mut(group.as_bytes()).filter(|g| g.view_id <= view).map(|g| {
             commit(g, view, &lost);
+            g.view_id
+        });
+        if installed == Some(view) {
             // Frames held here after a hole are delivered in this view once the hole is
             // filled (survivors pass on what they have of it) or reported: they count as
             // delivered, or the asker would move on without them.
@@ -314,18 +321,20 @@ impl ShardCore {
     }
 }
 
-/// `g` delivers no more in its installed view `view` of the senders of `lost` than it has
-/// (and what survivors pass on).
+/// `g` delivers no more in `view` (installed, or still to come) of the senders of `lost`
+/// than it has (and what survivors pass on).
 fn commit(g: &mut Group, view: u64, lost: &[NodeTag]) {
-    match &mut g.committed {
-        Some((v, servers)) if *v == view => {
+    let installed = g.view_id;
+    g.committed.retain(|(v, _)| *v >= installed);
+    match g.committed.iter_mut().find(|(v, _)| *v == view) {
+        Some((_, servers)) => {
             for &t in lost {
                 if !servers.contains(&t) {
                     servers.push(t);
                 }
             }
         }
-        other => *other = Some((view, lost.to_vec())),
+        None => g.committed.push((view, lost.to_vec())),
     }
 }
 
