@@ -80,9 +80,9 @@ pub(super) type PassOn = (SessionId, Bytes, u32, u64);
 impl ShardCore {
     /// The lost servers' senders of `group` whose end waits here, for a PEER_MARK with flag
     /// LOST: each with the installed view (`stamp`), the last number delivered here (`first`:
-    /// where this shard stands) and the highest delivered in that view (`seq`, 0 if none:
-    /// what members moving on from it must have). With them, the frames of theirs this
-    /// shard delivered in that view, as far as it kept them, to pass on: one run per sender,
+    /// where this shard stands) and the highest delivered or held in that view (`seq`, 0 if
+    /// none: what members moving on from it must have). With them, the frames of theirs this
+    /// shard delivered in that view, as far as it kept them, and holds, to pass on: one run per sender,
     /// in number order, with its frame count and that view. Only frames of the same view
     /// are passed on: another view may be one of another partition, whose members were not
     /// owed them.
@@ -90,7 +90,7 @@ impl ShardCore {
         let Some(g) = self.groups.get(group.as_bytes()) else { return (vec![], vec![]) };
         let Some(tracks) = self.remote.get(group.as_bytes()) else { return (vec![], vec![]) };
         let view = g.view_id;
-        let lost = |t: &SenderTrack| t.lost && !t.tentative && t.last > 0;
+        let lost = |t: &SenderTrack| t.lost && (!t.tentative && t.last > 0 || !t.held().is_empty());
         let mut ends: BTreeMap<_, _> = tracks
             .iter()
             .filter(|(s, t)| lost(t) && !self.mesh.reachable.contains(&s.node()))
@@ -100,7 +100,15 @@ impl ShardCore {
             return (vec![], vec![]);
         }
         let mut runs = Vec::new();
-        for (sender, frames) in self.kept_in(group, view, |s| ends.contains_key(&s)) {
+        let mut frames = self.kept_in(group, view, |s| ends.contains_key(&s));
+        // Frames held (after a hole, or on a track a relayed frame started) are delivered in
+        // this view too, before the next one at the latest (`flush_held`): they count.
+        for (sender, t) in tracks.iter().filter(|(s, _)| ends.contains_key(s)) {
+            if !t.held().is_empty() {
+                frames.entry(*sender).or_default().extend(t.held().iter().map(|(&n, f)| (n, f.clone())));
+            }
+        }
+        for (sender, frames) in frames {
             if let (Some(e), Some((&seq, _))) = (ends.get_mut(&sender), frames.last_key_value()) {
                 e.seq = seq;
             }
