@@ -45,6 +45,11 @@ use super::inbound::{mcast_frames, SenderTrack, HOLD_LINK_TIMEOUTS};
 use super::membership::epoch_of;
 use super::{Envelope, ShardCore};
 
+/// Views of a group a shard commits to at once (the installed one and ones still to come):
+/// a bound against a peer that asks about views without end. Past it, an answer about yet
+/// another view still to come commits nothing (this shard delivers in it what comes).
+const MAX_COMMITTED: usize = 64;
+
 /// Remote runs this shard delivered, oldest first.
 #[derive(Debug, Default)]
 pub(crate) struct Delivered {
@@ -342,7 +347,19 @@ fn commit(g: &mut Group, view: u64, lost: &[NodeTag]) {
                 }
             }
         }
-        None => g.committed.push((view, lost.to_vec())),
+        None => {
+            if g.committed.len() >= MAX_COMMITTED {
+                if view != installed {
+                    return;
+                }
+                // The installed view always counts: the farthest one still to come gives way.
+                let far = g.committed.iter().enumerate().max_by_key(|(_, (v, _))| *v).map(|(i, _)| i);
+                if let Some(i) = far {
+                    g.committed.swap_remove(i);
+                }
+            }
+            g.committed.push((view, lost.to_vec()));
+        }
     }
 }
 
@@ -351,4 +368,47 @@ fn joined(frames: &BTreeMap<u64, Bytes>) -> Bytes {
     let mut run = BytesMut::new();
     frames.values().for_each(|f| run.extend_from_slice(f));
     run.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn committed_views(g: &Group) -> Vec<u64> {
+        let mut views: Vec<u64> = g.committed.iter().map(|(v, _)| *v).collect();
+        views.sort_unstable();
+        views
+    }
+
+    #[test]
+    fn commits_are_kept_per_view_and_bounded() {
+        let (a, b) = (NodeTag(7), NodeTag(9));
+        let mut g = Group { view_id: 100, ..Default::default() };
+        commit(&mut g, 100, &[a]);
+        commit(&mut g, 103, &[a]);
+        commit(&mut g, 103, &[b, a]);
+        assert_eq!(committed_views(&g), [100, 103]);
+        let servers = &g.committed.iter().find(|(v, _)| *v == 103).unwrap().1;
+        assert_eq!(servers, &[a, b], "servers merge without repeats");
+
+        // Installing a later view forgets the commits below it.
+        g.view_id = 103;
+        commit(&mut g, 104, &[a]);
+        assert_eq!(committed_views(&g), [103, 104]);
+
+        // Views still to come are bounded; the installed view always gets in.
+        for v in 105..105 + MAX_COMMITTED as u64 {
+            commit(&mut g, v, &[a]);
+        }
+        assert_eq!(g.committed.len(), MAX_COMMITTED);
+        assert!(!committed_views(&g).contains(&(104 + MAX_COMMITTED as u64)));
+        let farthest = 105 + MAX_COMMITTED as u64;
+        g.committed.retain(|(v, _)| *v != 103);
+        commit(&mut g, farthest, &[a]);
+        assert_eq!(g.committed.len(), MAX_COMMITTED);
+        commit(&mut g, 103, &[b]);
+        assert_eq!(g.committed.len(), MAX_COMMITTED);
+        assert!(committed_views(&g).contains(&103));
+        assert!(!committed_views(&g).contains(&farthest), "the farthest gave way");
+    }
 }
