@@ -33,7 +33,7 @@
 //!
 //! Never does I/O.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
@@ -108,11 +108,7 @@ impl ShardCore {
         let mut frames = self.kept_in(group, view, |s| ends.contains_key(&s));
         // Frames held (after a hole, or on a track a relayed frame started) are delivered in
         // this view too, before the next one at the latest (`flush_held`): they count.
-        for (sender, t) in tracks.iter().filter(|(s, _)| ends.contains_key(s)) {
-            if !t.held().is_empty() {
-                frames.entry(*sender).or_default().extend(t.held().iter().map(|(&n, f)| (n, f.clone())));
-            }
-        }
+        add_held(&mut frames, tracks, |s| ends.contains_key(&s));
         for (sender, frames) in frames {
             if let (Some(e), Some((&seq, _))) = (ends.get_mut(&sender), frames.last_key_value()) {
                 e.seq = seq;
@@ -252,10 +248,8 @@ impl ShardCore {
             // Frames held here after a hole are delivered in this view once the hole is
             // filled (survivors pass on what they have of it) or reported: they count as
             // delivered, or the asker would move on without them.
-            for (sender, t) in self.remote.get(group.as_bytes()).into_iter().flatten() {
-                if lost.contains(&sender.node()) && !t.held().is_empty() {
-                    kept.entry(*sender).or_default().extend(t.held().iter().map(|(&n, f)| (n, f.clone())));
-                }
+            if let Some(tracks) = self.remote.get(group.as_bytes()) {
+                add_held(&mut kept, tracks, |s| lost.contains(&s.node()));
             }
         }
         let mut ends = Vec::with_capacity(kept.len());
@@ -360,6 +354,18 @@ fn commit(g: &mut Group, view: u64, lost: &[NodeTag]) {
             }
             g.committed.push((view, lost.to_vec()));
         }
+    }
+}
+
+/// Adds to `frames` (per sender, by number) the frames that `tracks` hold of the senders
+/// `of` picks: after a hole, or on a track a relayed frame started.
+fn add_held(
+    frames: &mut BTreeMap<SessionId, BTreeMap<u64, Bytes>>,
+    tracks: &HashMap<SessionId, SenderTrack>,
+    of: impl Fn(SessionId) -> bool,
+) {
+    for (&sender, t) in tracks.iter().filter(|(&s, t)| of(s) && !t.held().is_empty()) {
+        frames.entry(sender).or_default().extend(t.held().iter().map(|(&n, f)| (n, f.clone())));
     }
 }
 
