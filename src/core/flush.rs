@@ -112,7 +112,7 @@ impl ShardCore {
         }
         let per_frame = self.ends_per_mark(group);
         // What this shard delivered of lost servers' senders goes first, flagged LOST.
-        let (lost, passed) = self.lost_senders(group);
+        let (lost, passed) = self.lost_senders(group, view_id);
         for (tag, owed) in to {
             let Some(g) = self.groups.get_mut(group.as_bytes()) else { return };
             let mut owed_ends = g.unsent.remove(&tag).unwrap_or_default();

@@ -83,15 +83,29 @@ impl Delivered {
 pub(super) type PassOn = (SessionId, Bytes, u32, u64);
 
 impl ShardCore {
-    /// The lost servers' senders of `group` whose end waits here, for a PEER_MARK with flag
-    /// LOST: each with the installed view (`stamp`), the last number delivered here (`first`:
-    /// where this shard stands) and the highest delivered or held in that view (`seq`, 0 if
-    /// none: what members moving on from it must have). With them, the frames of theirs this
-    /// shard delivered in that view, as far as it kept them, and holds, to pass on: one run per sender,
-    /// in number order, with its frame count and that view. Only frames of the same view
-    /// are passed on: another view may be one of another partition, whose members were not
-    /// owed them.
-    pub(super) fn lost_senders(&self, group: &GroupName) -> (Vec<SenderEnd>, Vec<PassOn>) {
+    /// The lost servers' senders of `group` whose end waits here, for the PEER_MARKs of view
+    /// `marking` with flag LOST: each with the installed view (`stamp`), the last number
+    /// delivered here (`first`: where this shard stands) and the highest delivered or held
+    /// in that view (`seq`, 0 if none: what members moving on from it must have). With them,
+    /// the frames of theirs this shard delivered in that view, as far as it kept them, and
+    /// holds, to pass on: one run per sender, in number order, with its frame count and that
+    /// view. Only frames of the same view are passed on: another view may be one of another
+    /// partition, whose members were not owed them. Frames of any unreachable server's
+    /// senders held for a view still to come before `marking` are listed and passed on too,
+    /// under that view (`early_of_lost`).
+    pub(super) fn lost_senders(&self, group: &GroupName, marking: u64) -> (Vec<SenderEnd>, Vec<PassOn>) {
+        let (mut ends, mut runs) = self.lost_in_installed(group);
+        for ((stamp, sender), frames) in self.early_of_lost(group, marking) {
+            if let Some((&seq, _)) = frames.last_key_value() {
+                ends.push(SenderEnd { sender, first: 0, seq, stamp });
+                runs.push((sender, joined(&frames), frames.len() as u32, stamp));
+            }
+        }
+        (ends, runs)
+    }
+
+    /// [`Self::lost_senders`] in the installed view.
+    fn lost_in_installed(&self, group: &GroupName) -> (Vec<SenderEnd>, Vec<PassOn>) {
         let Some(g) = self.groups.get(group.as_bytes()) else { return (vec![], vec![]) };
         let Some(tracks) = self.remote.get(group.as_bytes()) else { return (vec![], vec![]) };
         let view = g.view_id;
@@ -116,6 +130,34 @@ impl ShardCore {
             runs.push((sender, joined(&frames), frames.len() as u32, view));
         }
         (ends.into_values().collect(), runs)
+    }
+
+    /// The frames of unreachable servers' senders that `group` holds for views still to come
+    /// before `marking` (`Group::early`: they came before this shard learned of `marking`),
+    /// per view and sender, by number. This shard delivers them when it installs their view
+    /// (no flag set on arrival drops them), so members moving on from that view must have
+    /// them too: the mark lists them under that view and passes them on. Those of a server
+    /// this shard committed for their view (`commit`) are dropped then, and left out.
+    fn early_of_lost(
+        &self,
+        group: &GroupName,
+        marking: u64,
+    ) -> BTreeMap<(u64, SessionId), BTreeMap<u64, Bytes>> {
+        let mut frames: BTreeMap<(u64, SessionId), BTreeMap<u64, Bytes>> = BTreeMap::new();
+        let Some(g) = self.groups.get(group.as_bytes()) else { return frames };
+        let committed =
+            |stamp: u64, t: NodeTag| g.committed.iter().any(|(v, lost)| *v >= stamp && lost.contains(&t));
+        for e in g.early.iter().filter(|e| !e.arrival.superseded && e.arrival.stamp < marking) {
+            let stamp = e.arrival.stamp;
+            for (h, at, size) in mcast_frames(&e.run) {
+                let t = h.sender.node();
+                if !self.mesh.reachable.contains(&t) && !committed(stamp, t) {
+                    let kept = frames.entry((stamp, h.sender)).or_default();
+                    kept.entry(h.seq).or_insert_with(|| e.run.slice(at..at + size));
+                }
+            }
+        }
+        frames
     }
 
     /// The frames of the senders `of` picks that this shard delivered to `group` in `view`,
