@@ -914,12 +914,15 @@ fn random_schedules_keep_the_contract() {
 /// that held a lost server's frame on a track a relayed frame started, listed nothing of
 /// it, and delivered it with the next view (2690), a survivor that held a lost server's
 /// frames for a view it had yet to install when it marked the next one, listed nothing of
-/// them, and delivered them in that view (260, 5942, 6221), and others found with them.
+/// them, and delivered them in that view (260, 5942, 6221), a server cut off from the one
+/// ordering views that installed, apart, a view adding a member of its own, having
+/// delivered less than the other side (744, 2149, 4243, 4952; 3964 with the fix before),
+/// and others found with them.
 #[test]
 fn fixed_synchrony_breaks_stay_fixed() {
     let severe = [
-        29, 61, 64, 157, 199, 223, 256, 260, 272, 281, 303, 355, 374, 383, 459, 735, 925, 1232, 1262, 1438,
-        1472, 1491, 1989, 2116, 2489, 2553, 2690, 2880, 3422, 3956, 5942, 6221,
+        29, 61, 64, 157, 199, 223, 256, 260, 272, 281, 303, 355, 374, 383, 459, 735, 744, 925, 1232, 1262,
+        1438, 1472, 1491, 1989, 2116, 2149, 2489, 2553, 2690, 2880, 3422, 3956, 3964, 4243, 4952, 5942, 6221,
     ];
     let crash = [744];
     let seeds = severe.map(|s| (s, Fault::Severe)).into_iter().chain(crash.map(|s| (s, Fault::Crash)));

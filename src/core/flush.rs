@@ -234,10 +234,11 @@ impl ShardCore {
             // A view with members of a server lost since it was ordered is superseded: the
             // next configuration orders one without them. Members here skip it (the servers
             // cut off from each other would install it apart, each with what reached it),
-            // unless it adds or drops one of them: a member sees its own leave and join,
-            // because senders stopped or started sending to it by that view.
+            // unless it drops one of them: a member sees its own leave, because senders
+            // stopped sending to it by that view. One it adds sees its join in the view
+            // that supersedes it, which lists every member this server has.
             let cut_off = p.members.iter().any(|m| !self.mesh.reachable.contains(&m.session.node()));
-            if cut_off && !g.local.is_empty() && self.same_local(&g.local, &p.members) {
+            if cut_off && !g.local.is_empty() && self.keeps_local(&g.local, &p.members) {
                 if g.pending.len() > 1 {
                     tracing::trace!(node = %self.identity.node_name, shard = self.id, view_id, "skipping a view with members of a lost server");
                     self.groups.get_mut(group).and_then(|g| g.pending.pop_front());
@@ -284,19 +285,16 @@ impl ShardCore {
         }
     }
 
-    /// Whether `members` lists exactly the members of this shard in `local` (of a view
-    /// installed here).
-    fn same_local(&self, local: &[ConnId], members: &[Member]) -> bool {
+    /// Whether `members` lists every member of this shard in `local` (of a view installed
+    /// here): it drops none of them, and may add some.
+    fn keeps_local(&self, local: &[ConnId], members: &[Member]) -> bool {
         let me = self.identity.node_tag;
-        let mut listed = 0;
-        for m in members.iter().filter(|m| m.session.node() == me) {
-            match self.sessions.get(&m.session) {
-                Some(conn) if local.contains(conn) => listed += 1,
-                Some(_) => return false,
-                None => {}
-            }
-        }
-        listed == local.len()
+        let here = |m: &&Member| m.session.node() == me;
+        let listed = members
+            .iter()
+            .filter(here)
+            .filter(|m| self.sessions.get(&m.session).is_some_and(|c| local.contains(c)));
+        listed.count() == local.len()
     }
 
     /// What the flush before `view_id` still waits for: the mark of a shard (of this server
