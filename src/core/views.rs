@@ -246,7 +246,11 @@ impl ShardCore {
             self.forget_group(group.as_bytes());
         }
         let g = self.groups.entry(group.clone());
-        if members.is_empty() && g.pending.is_empty() {
+        // A group with ends still owed to a server no path reaches stays (without members)
+        // until its next mark carries them: a server cut off alone installs a view without
+        // the others' members, and its senders' last numbers in the view before must still
+        // reach them after the heal.
+        if members.is_empty() && g.pending.is_empty() && g.unsent.is_empty() {
             self.groups.remove(group.as_bytes());
             self.forget_marks(group.as_bytes());
             // Remembered so that the group's ids keep growing if it comes back; bounded
