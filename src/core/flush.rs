@@ -22,8 +22,9 @@
 //! Of a server that is lost, the survivors pass on to each other what they delivered of
 //! its senders in the same view before the next one (`survivors.rs`). A view ordered
 //! before a server was lost, with that server's members, is skipped for the one the next
-//! configuration orders without them, where it changes nothing for the members here (the
-//! servers cut off from each other would install it apart, each with what reached it).
+//! configuration orders without them, unless it drops a member here (the servers cut off
+//! from each other would install it apart, each with what reached it; a member it adds
+//! sees its join in the next one).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

@@ -17,8 +17,9 @@
 //!   server that already marked a view leaving that server out: see
 //!   `ShardCore::moved_past`), and in a PEER_MARK with
 //!   flag LOST, where it stands with each such sender and the highest number it delivered
-//!   in that view; the flush waits for the highest number any survivor listed, like for
-//!   any sender it waits for;
+//!   in that view (and, under their own view, the numbers of frames it holds for a view
+//!   still to come before the marked one: it delivers those there); the flush waits for
+//!   the highest number any survivor listed, like for any sender it waits for;
 //! - a flush that waits here for a view ordered before the loss gets no such marks (no view
 //!   drops the lost server's members if it had none, and the others may have delivered
 //!   the view already), so the shard asks the other survivors' shards what they delivered
