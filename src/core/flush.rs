@@ -26,13 +26,14 @@
 //! from each other would install it apart, each with what reached it; a member it adds
 //! sees its join in the next one).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use crate::proto::{
     Frame, GroupName, Member, NodeTag, PeerMark, SenderEnd, SessionId, MARK_END_LEN, MARK_FIXED,
 };
 
+use super::groups::Pending;
 use super::inbound::HOLD_LINK_TIMEOUTS;
 use super::{ConnId, ShardCore, ShardMsg};
 
@@ -238,7 +239,11 @@ impl ShardCore {
             // unless it drops one of them: a member sees its own leave, because senders
             // stopped sending to it by that view. One it adds sees its join in the view
             // that supersedes it, which lists every member this server has.
-            let cut_off = p.members.iter().any(|m| !self.mesh.reachable.contains(&m.session.node()));
+            // (Lost since: unreachable now, or left out of the configuration of a view that
+            // follows, though reachable again: cut off from it meanwhile, this server missed
+            // what reached the others in it.)
+            let cut_off = p.members.iter().any(|m| !self.mesh.reachable.contains(&m.session.node()))
+                || self.left_out_later(&g.pending, &p.members);
             if cut_off && !g.local.is_empty() && self.keeps_local(&g.local, &p.members) {
                 if g.pending.len() > 1 {
                     tracing::trace!(node = %self.identity.node_name, shard = self.id, view_id, "skipping a view with members of a lost server");
@@ -284,6 +289,16 @@ impl ShardCore {
         for group in self.groups.names_with_pending() {
             self.try_install(group.as_bytes());
         }
+    }
+
+    /// Whether a view after the first of `pending` comes from a configuration that leaves
+    /// out a server with members in `members` (of that first one).
+    fn left_out_later(&self, pending: &VecDeque<Pending>, members: &[Member]) -> bool {
+        pending
+            .iter()
+            .skip(1)
+            .filter_map(|q| self.mesh.config_of(q.view_id))
+            .any(|c| members.iter().any(|m| !c.members.contains(&m.session.node())))
     }
 
     /// Whether `members` lists every member of this shard in `local` (of a view installed
