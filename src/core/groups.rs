@@ -164,6 +164,14 @@ impl GroupTable {
     pub fn names_with_pending(&self) -> Vec<GroupName> {
         self.groups.iter().filter(|(_, g)| !g.pending.is_empty()).map(|(k, _)| k.clone()).collect()
     }
+    /// Forgets the ends owed to the servers of `gone` (earlier runs of servers that
+    /// restarted: no mark will carry them). A group kept only for them is dropped when its
+    /// next view is installed.
+    pub fn drop_ends_to(&mut self, gone: &[NodeTag]) {
+        for g in self.groups.values_mut() {
+            g.unsent.retain(|tag, _| !gone.contains(tag));
+        }
+    }
     /// Names of the groups whose replica this shard owns.
     pub fn owned_names(&self) -> Vec<GroupName> {
         self.groups.iter().filter(|(_, g)| g.owned.is_some()).map(|(k, _)| k.clone()).collect()
@@ -195,5 +203,22 @@ mod tests {
         }
         assert!(seen.iter().all(|&n| n > 150), "{seen:?}");
         assert_eq!(owner_of(b"x", 1), 0);
+    }
+
+    #[test]
+    fn ends_owed_to_a_dead_run_are_forgotten() {
+        let (old_run, other) = (NodeTag(0x7d1), NodeTag(0xbb9));
+        let end = SenderEnd { sender: SessionId::new(NodeTag(0x3e9), 1), first: 1, seq: 9, stamp: 5 };
+        let name = |s: &str| GroupName::new(s).unwrap();
+        let mut table = GroupTable::default();
+        table.entry(name("one")).unsent.insert(old_run, vec![end]);
+        let both = table.entry(name("both"));
+        both.unsent.insert(old_run, vec![end]);
+        both.unsent.insert(other, vec![end]);
+
+        table.drop_ends_to(&[old_run]);
+        assert_eq!(table.get(b"one").map(|g| g.unsent.len()), Some(0));
+        let left: Vec<NodeTag> = table.get(b"both").unwrap().unsent.keys().copied().collect();
+        assert_eq!(left, [other], "ends owed to a live server stay");
     }
 }

@@ -178,12 +178,19 @@ impl ShardCore {
         {
             return;
         }
-        // A restarted server comes back with a new tag: forget its previous run.
+        // A restarted server comes back with a new tag: forget its previous run, and the
+        // senders' ends owed to it (see `flush.rs`), which no mark will carry.
         let name = t.name.as_str().to_lowercase();
-        self.mesh.topo.retain(|tag, old| {
-            *tag == t.origin || old.name.as_str().to_lowercase() != name || old.boot > t.boot
+        let mut gone = Vec::new();
+        self.mesh.topo.retain(|&tag, old| {
+            let keep = tag == t.origin || old.name.as_str().to_lowercase() != name || old.boot > t.boot;
+            if !keep {
+                gone.push(tag);
+            }
+            keep
         });
         self.mesh.topo.insert(t.origin, t);
+        self.groups.drop_ends_to(&gone);
         self.recompute_mesh();
     }
 
