@@ -234,14 +234,14 @@ impl ShardCore {
             let stays =
                 p.members.iter().any(|m| m.session.node() == me && self.sessions.contains_key(&m.session));
             // A view with members of a server lost since it was ordered is superseded: the
-            // next configuration orders one without them. Members here skip it (the servers
-            // cut off from each other would install it apart, each with what reached it),
-            // unless it drops one of them: a member sees its own leave, because senders
-            // stopped sending to it by that view. One it adds sees its join in the view
-            // that supersedes it, which lists every member this server has.
-            // (Lost since: unreachable now, or left out of the configuration of a view that
-            // follows, though reachable again: cut off from it meanwhile, this server missed
-            // what reached the others in it.)
+            // next configuration orders one without them. (Lost: unreachable now, or left
+            // out of the configuration of a view waiting behind it: reachable again, but cut
+            // off meanwhile, so this server missed what reached the others in it.) Members
+            // here skip it (the servers cut off from each other would install it apart, each
+            // with what reached it), unless it drops one of them: a member sees its own
+            // leave, because senders stopped sending to it by that view. One it adds sees
+            // its join in the view that supersedes it, which lists every member this server
+            // has.
             let cut_off = p.members.iter().any(|m| !self.mesh.reachable.contains(&m.session.node()))
                 || self.left_out_later(&g.pending, &p.members);
             if cut_off && !g.local.is_empty() && self.keeps_local(&g.local, &p.members) {

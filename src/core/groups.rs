@@ -165,8 +165,8 @@ impl GroupTable {
         self.groups.iter().filter(|(_, g)| !g.pending.is_empty()).map(|(k, _)| k.clone()).collect()
     }
     /// Forgets the ends owed to the servers of `gone` (earlier runs of servers that
-    /// restarted: no mark will carry them). A group kept only for them is dropped when its
-    /// next view is installed.
+    /// restarted: no mark will carry them). A group kept only for them is dropped when a
+    /// view without members is installed next.
     pub fn drop_ends_to(&mut self, gone: &[NodeTag]) {
         for g in self.groups.values_mut() {
             g.unsent.retain(|tag, _| !gone.contains(tag));
