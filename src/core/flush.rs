@@ -322,40 +322,41 @@ impl ShardCore {
         let g = self.groups.get(group)?;
         let none = HashMap::new();
         let marks = self.marks.get(group).unwrap_or(&none);
-        let marked = |tag: NodeTag, shard: u16| marks.get(&(tag, shard)).is_some_and(|m| m.view >= view_id);
-        if let Some(s) = (0..self.nshards).find(|&s| s != self.id && !marked(me, s)) {
-            return Some(Awaited::Mark(me, s));
-        }
         let tracks = self.remote.get(group);
         let reached = |sender: &SessionId, seq: u64| {
             tracks.and_then(|t| t.get(sender)).is_some_and(|t| t.last >= seq && !t.tentative)
         };
         let owed = |stamp: u64| stamp >= g.since && stamp < view_id;
         let asked = g.pending.front().is_some_and(|p| p.asked != 0);
-        // The servers of the configuration that ordered the view: those that installed it
-        // elsewhere waited for these, not for servers that joined since (a heal), whose
-        // ends would make this shard deliver what the others did not.
+        // What one shard's marks still leave to wait for: the mark itself, its answer if this
+        // shard asked, and the numbers they listed.
+        let awaits = |tag: NodeTag, shard: u16| {
+            let Some(m) = marks.get(&(tag, shard)).filter(|m| m.view >= view_id) else {
+                return Some(Awaited::Mark(tag, shard));
+            };
+            if asked && m.answered < view_id {
+                return Some(Awaited::Answer(tag, shard));
+            }
+            m.ends
+                .iter()
+                .find(|(&(s, stamp), &(_, seq))| owed(stamp) && !reached(&s, seq))
+                .map(|(&(s, _), &(_, seq))| Awaited::Sender(s, seq))
+        };
+        // The other shards here first (they answer questions too, and list the frames of
+        // lost servers' senders they had delivered before), then the servers of the
+        // configuration that ordered the view: those that installed it elsewhere waited for
+        // these, not for servers that joined since (a heal), whose ends would make this shard
+        // deliver what the others did not.
         let config = self.mesh.config_of(view_id).unwrap_or(&self.mesh.config);
-        for &tag in &config.members {
-            if tag == me || !self.mesh.reachable.contains(&tag) {
-                continue;
-            }
-            let shards = marks.iter().find(|((t, _), _)| *t == tag).map_or(1, |(_, m)| m.shards);
-            for shard in 0..shards {
-                let Some(m) = marks.get(&(tag, shard)).filter(|m| m.view >= view_id) else {
-                    return Some(Awaited::Mark(tag, shard));
-                };
-                if asked && m.answered < view_id {
-                    return Some(Awaited::Answer(tag, shard));
-                }
-                if let Some((&(s, _), &(_, seq))) =
-                    m.ends.iter().find(|(&(s, stamp), &(_, seq))| owed(stamp) && !reached(&s, seq))
-                {
-                    return Some(Awaited::Sender(s, seq));
-                }
-            }
-        }
-        None
+        let local = (0..self.nshards).filter(|&s| s != self.id).map(|s| (me, s));
+        let remote =
+            config.members.iter().filter(|&&t| t != me && self.mesh.reachable.contains(&t)).flat_map(
+                |&tag| {
+                    let shards = marks.iter().find(|((t, _), _)| *t == tag).map_or(1, |(_, m)| m.shards);
+                    (0..shards).map(move |s| (tag, s))
+                },
+            );
+        local.chain(remote).find_map(|(tag, shard)| awaits(tag, shard))
     }
 
     /// The marks tell where each sender's frames owed here start. A track a relayed frame

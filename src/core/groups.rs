@@ -79,6 +79,8 @@ pub struct Pending {
     /// The epoch of the configuration installed here when its flush last asked the others
     /// what they delivered of lost servers' senders (0: never; see `survivors.rs`).
     pub asked: u64,
+    /// The servers it counted lost then.
+    pub lost: Vec<NodeTag>,
 }
 
 /// The owner shard's replica of a group's membership.

@@ -22,7 +22,8 @@
 //!   the highest number any survivor listed, like for any sender it waits for;
 //! - a flush that waits here for a view ordered before the loss gets no such marks (no view
 //!   drops the lost server's members if it had none, and the others may have delivered
-//!   the view already), so the shard asks the other survivors' shards what they delivered
+//!   the view already), so the shard asks the other shards here (each may have delivered
+//!   what came before it was asked) and the other survivors' shards what they delivered
 //!   of lost servers' senders in the view installed here (`ask_survivors`); each answers
 //!   at once with those frames (and those it holds behind a hole, if that view is still
 //!   installed there), passed on, then their numbers (`answer_ask`), and the
@@ -35,6 +36,7 @@
 //! Never does I/O.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
@@ -44,7 +46,7 @@ use crate::proto::{Frame, GroupName, NodeTag, PeerMark, SenderEnd, SessionId};
 use super::groups::Group;
 use super::inbound::{mcast_frames, SenderTrack, HOLD_LINK_TIMEOUTS};
 use super::membership::epoch_of;
-use super::{Envelope, ShardCore};
+use super::{Arrival, Envelope, ShardCore, ShardMsg};
 
 /// Views of a group a shard commits to at once (the installed one and ones still to come):
 /// a bound against a peer that asks about views without end. Past it, an answer about yet
@@ -186,15 +188,16 @@ impl ShardCore {
     /// the installed view. Their senders' last frames may have reached only some of
     /// the survivors, and those may have delivered them and the view already: nothing else
     /// would tell this shard (a view that drops the lost servers' members comes only if
-    /// they had any). So it asks every shard of the other survivors of that configuration
-    /// what they delivered of such senders in the view installed here, once per
-    /// configuration installed here, and the flush waits for every answer.
+    /// they had any). So it asks the other shards of this server and every shard of the
+    /// other survivors of that configuration what they delivered of such senders in the
+    /// view installed here, once per configuration installed here (and again if one more
+    /// of its servers is lost before the next), and the flush waits for every answer.
     pub(super) fn ask_survivors(&mut self, group: &[u8], view_id: u64) {
         let me = self.identity.node_tag;
         let epoch = self.mesh.config.epoch;
         let Some((key, g)) = self.groups.key_value(group) else { return };
         let installed = g.view_id;
-        let asked = g.pending.front().map_or(epoch, |p| p.asked);
+        let Some(p) = g.pending.front() else { return };
         let config = self.mesh.config_of(view_id).unwrap_or(&self.mesh.config);
         let reachable = &self.mesh.reachable;
         // Lost: servers of that configuration not reachable now, and servers with members in
@@ -202,8 +205,12 @@ impl ShardCore {
         // still reached them through a relay, and listed nothing of theirs).
         let gone = |t: &NodeTag| *t != me && !reachable.contains(t);
         let any_gone = config.members.iter().any(gone);
-        if any_gone && asked == epoch {
-            return; // asked already, and still waiting for lost servers
+        // Asked already in this configuration, about every server lost since. (One more may
+        // be lost before the next configuration comes: a survivor that delivered its frames
+        // and the view meanwhile would not tell otherwise.)
+        let asked = p.asked == epoch && config.members.iter().filter(|t| gone(t)).all(|t| p.lost.contains(t));
+        if any_gone && asked {
+            return; // still waiting for lost servers
         }
         let left_out = |t: &NodeTag| *t != me && !config.members.contains(t);
         let mut left: Vec<NodeTag> = Vec::new();
@@ -220,7 +227,7 @@ impl ShardCore {
             }
             return;
         }
-        if asked == epoch || installed == 0 || installed >= view_id {
+        if asked || installed == 0 || installed >= view_id {
             return;
         }
         let (survivors, mut lost): (Vec<NodeTag>, Vec<NodeTag>) =
@@ -229,13 +236,16 @@ impl ShardCore {
         lost.sort_unstable();
         lost.dedup();
         if let Some(g) = self.groups.get_mut(group) {
-            g.pending.front_mut().into_iter().for_each(|p| p.asked = epoch);
+            if let Some(p) = g.pending.front_mut() {
+                p.asked = epoch;
+                p.lost.clone_from(&lost);
+            }
             commit(g, installed, &lost);
         }
         // Answers to an earlier question may lack the servers lost since.
         self.marks.get_mut(group).into_iter().flat_map(|m| m.values_mut()).for_each(|m| m.answered = 0);
         tracing::debug!(node = %self.identity.node_name, shard = self.id, group = %key, view_id, installed, "asking the survivors what they delivered of lost servers' senders");
-        let ask = Frame::PeerMark(PeerMark {
+        let ask = PeerMark {
             group: key,
             view_id,
             prev: installed,
@@ -249,8 +259,14 @@ impl ShardCore {
                 .iter()
                 .map(|&tag| SenderEnd { sender: SessionId::new(tag, 0), first: 0, seq: 0, stamp: 0 })
                 .collect(),
-        })
-        .to_bytes();
+        };
+        // The other shards here are asked too: each got the same frames, but may have
+        // delivered some of them before this shard asked, or may not have committed yet.
+        let local = Arc::new(ask.clone());
+        for s in (0..self.nshards).filter(|&s| s != self.id) {
+            self.outgoing[s as usize].push(ShardMsg::Mark { origin: me, mark: local.clone() });
+        }
+        let ask = Frame::PeerMark(ask).to_bytes();
         for tag in survivors {
             self.send_to_link(tag, ask.clone(), 1);
         }
@@ -302,7 +318,12 @@ impl ShardCore {
                 continue;
             };
             ends.push(SenderEnd { sender, first, seq, stamp: view });
-            self.pass_on(origin, sender, joined(&frames), frames.len() as u32, view);
+            let (run, count) = (joined(&frames), frames.len() as u32);
+            if origin == me {
+                self.pass_to_shard(ask.shard, group, sender, run, count, view);
+            } else {
+                self.pass_on(origin, sender, run, count, view);
+            }
         }
         tracing::debug!(node = %self.identity.node_name, shard = self.id, to = origin.0, %group, view, senders = ends.len(), "answering what this shard delivered of lost servers' senders");
         let mut chunks: Vec<&[SenderEnd]> = ends.chunks(self.ends_per_mark(group)).collect();
@@ -311,7 +332,7 @@ impl ShardCore {
         }
         let last = chunks.len() - 1;
         for (i, chunk) in chunks.into_iter().enumerate() {
-            let answer = Frame::PeerMark(PeerMark {
+            let answer = PeerMark {
                 group: group.clone(),
                 view_id: ask.view_id,
                 prev: view,
@@ -322,9 +343,33 @@ impl ShardCore {
                 ask: false,
                 answer: true,
                 ends: chunk.to_vec(),
-            });
-            self.send_to_link(origin, answer.to_bytes(), 1);
+            };
+            if origin == me {
+                let msg = ShardMsg::Mark { origin: me, mark: Arc::new(answer) };
+                self.outgoing[ask.shard as usize].push(msg);
+            } else {
+                self.send_to_link(origin, Frame::PeerMark(answer).to_bytes(), 1);
+            }
         }
+    }
+
+    /// [`Self::pass_on`] to another shard of this server (which asked): it gets the run after
+    /// the frames before it, and before the answer that lists it.
+    fn pass_to_shard(
+        &mut self,
+        shard: u16,
+        group: &GroupName,
+        sender: SessionId,
+        run: Bytes,
+        count: u32,
+        view: u64,
+    ) {
+        tracing::debug!(node = %self.identity.node_name, shard = self.id, to_shard = shard, %sender, count, "passing on a lost server's frames");
+        let Some(slot) = self.in_flight.get_mut(shard as usize) else { return };
+        *slot += run.len();
+        let arrival = Arrival { resent: true, passed: true, relayed: true, stamp: view, superseded: false };
+        let msg = ShardMsg::Deliver { from: self.id, group: group.clone(), frames: run, count, arrival };
+        self.outgoing[shard as usize].push(msg);
     }
 
     /// Sends server `to` a run of `sender`'s frames (of a lost server) delivered here in view

@@ -213,7 +213,15 @@ impl ShardCore {
             owned.last_frame = frame.clone();
         }
         let since = self.clock;
-        g.pending.push_back(Pending { frame, view_id, members: members.clone(), leaver, since, asked: 0 });
+        g.pending.push_back(Pending {
+            frame,
+            view_id,
+            members: members.clone(),
+            leaver,
+            since,
+            asked: 0,
+            lost: vec![],
+        });
         self.send_marks(&group, view_id, (old_view, old_nodes));
         self.try_install(group.as_bytes());
     }
