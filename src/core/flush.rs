@@ -348,14 +348,12 @@ impl ShardCore {
         // these, not for servers that joined since (a heal), whose ends would make this shard
         // deliver what the others did not.
         let config = self.mesh.config_of(view_id).unwrap_or(&self.mesh.config);
+        let other = |t: &&NodeTag| **t != me && self.mesh.reachable.contains(*t);
+        let shards_of =
+            |tag: NodeTag| marks.iter().find(|((t, _), _)| *t == tag).map_or(1, |(_, m)| m.shards);
         let local = (0..self.nshards).filter(|&s| s != self.id).map(|s| (me, s));
         let remote =
-            config.members.iter().filter(|&&t| t != me && self.mesh.reachable.contains(&t)).flat_map(
-                |&tag| {
-                    let shards = marks.iter().find(|((t, _), _)| *t == tag).map_or(1, |(_, m)| m.shards);
-                    (0..shards).map(move |s| (tag, s))
-                },
-            );
+            config.members.iter().filter(other).flat_map(|&tag| (0..shards_of(tag)).map(move |s| (tag, s)));
         local.chain(remote).find_map(|(tag, shard)| awaits(tag, shard))
     }
 

@@ -345,16 +345,17 @@ impl ShardCore {
                 ends: chunk.to_vec(),
             };
             if origin == me {
-                let msg = ShardMsg::Mark { origin: me, mark: Arc::new(answer) };
-                self.outgoing[ask.shard as usize].push(msg);
+                if let Some(q) = self.outgoing.get_mut(ask.shard as usize) {
+                    q.push(ShardMsg::Mark { origin: me, mark: Arc::new(answer) });
+                }
             } else {
                 self.send_to_link(origin, Frame::PeerMark(answer).to_bytes(), 1);
             }
         }
     }
 
-    /// [`Self::pass_on`] to another shard of this server (which asked): it gets the run after
-    /// the frames before it, and before the answer that lists it.
+    /// [`Self::pass_on`] to shard `shard` of this server, which asked: over the shards'
+    /// channel, so the run arrives before the answer that lists it.
     fn pass_to_shard(
         &mut self,
         shard: u16,
