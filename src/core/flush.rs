@@ -109,9 +109,7 @@ impl ShardCore {
             answer: false,
             ends: vec![],
         });
-        for s in (0..shards).filter(|&s| s != shard) {
-            self.outgoing[s as usize].push(ShardMsg::Mark { origin: me, mark: local.clone() });
-        }
+        self.send_to_other_shards(&ShardMsg::Mark { origin: me, mark: local });
         let per_frame = self.ends_per_mark(group);
         // What this shard delivered of lost servers' senders goes first, flagged LOST.
         let (lost, passed) = self.lost_senders(group, view_id);

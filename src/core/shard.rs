@@ -1090,12 +1090,15 @@ impl ShardCore {
 
     /// Sends `msg` to every shard of this server, this one included.
     pub(super) fn broadcast(&mut self, msg: ShardMsg) {
-        for s in 0..self.nshards {
-            if s != self.id {
-                self.outgoing[s as usize].push(msg.clone());
-            }
-        }
+        self.send_to_other_shards(&msg);
         self.handle_shard_msg(msg);
+    }
+
+    /// Sends a copy of `msg` to every other shard of this server.
+    pub(super) fn send_to_other_shards(&mut self, msg: &ShardMsg) {
+        for s in (0..self.nshards).filter(|&s| s != self.id) {
+            self.outgoing[s as usize].push(msg.clone());
+        }
     }
 
     /// The server is stopping: every connection gets a fatal ShuttingDown and is closed.

@@ -262,10 +262,7 @@ impl ShardCore {
         };
         // The other shards here are asked too: each got the same frames, but may have
         // delivered some of them before this shard asked, or may not have committed yet.
-        let local = Arc::new(ask.clone());
-        for s in (0..self.nshards).filter(|&s| s != self.id) {
-            self.outgoing[s as usize].push(ShardMsg::Mark { origin: me, mark: local.clone() });
-        }
+        self.send_to_other_shards(&ShardMsg::Mark { origin: me, mark: Arc::new(ask.clone()) });
         let ask = Frame::PeerMark(ask).to_bytes();
         for tag in survivors {
             self.send_to_link(tag, ask.clone(), 1);
