@@ -209,11 +209,11 @@ fn every_shard_answers_a_survivors_question_and_a_malformed_one_is_refused() {
     let fake = FakePeer::new(&server, "victim");
     let mut link = fake.accept();
     wait_for("link up", || server.stats().links_up >= 1);
-    let ask = |ends: Vec<SenderEnd>| {
+    let ask = |view_id: u64, prev: u64, ends: Vec<SenderEnd>| {
         Frame::PeerMark(PeerMark {
             group: GroupName::new("g").unwrap(),
-            view_id: 9,
-            prev: 8,
+            view_id,
+            prev,
             shard: 0,
             shards: 1,
             more: false,
@@ -224,29 +224,37 @@ fn every_shard_answers_a_survivors_question_and_a_malformed_one_is_refused() {
         })
     };
     // Nothing of a lost server was delivered here (there is no group g): each of the two
-    // shards answers once, with no ends, for the view asked.
-    link.send(&ask(vec![]));
-    let mut answered = Vec::new();
-    for _ in 0..1000 {
-        if answered.len() == 2 {
-            break;
-        }
-        match link.next_within(Duration::from_secs(5)) {
-            Ok(Some(Frame::PeerMark(m))) if m.answer => {
-                assert_eq!((m.view_id, m.prev, m.more, m.ends.len()), (9, 8, false, 0), "{m:?}");
-                answered.push(m.shard);
+    // shards answers once, with no ends, for the view asked: before a view (9 after 8), and
+    // about the installed one with none awaited (8 and 8).
+    for (view_id, prev) in [(9, 8), (8, 8)] {
+        link.send(&ask(view_id, prev, vec![]));
+        let mut answered = Vec::new();
+        for _ in 0..1000 {
+            if answered.len() == 2 {
+                break;
             }
-            Ok(Some(_)) => {}
-            other => panic!("expected the shards' answers, got {other:?} after {answered:?}"),
+            match link.next_within(Duration::from_secs(5)) {
+                Ok(Some(Frame::PeerMark(m))) if m.answer => {
+                    assert_eq!((m.view_id, m.prev, m.more, m.ends.len()), (view_id, prev, false, 0), "{m:?}");
+                    answered.push(m.shard);
+                }
+                Ok(Some(_)) => {}
+                other => panic!("expected the shards' answers, got {other:?} after {answered:?}"),
+            }
         }
+        answered.sort_unstable();
+        assert_eq!(answered, vec![0, 1]);
     }
-    answered.sort_unstable();
-    assert_eq!(answered, vec![0, 1]);
     // A question that lists senders is no question: the link is closed.
     let end = SenderEnd { sender: SessionId::new(NodeTag(0xbeef), 1), first: 1, seq: 1, stamp: 8 };
-    link.send(&ask(vec![end]));
+    link.send(&ask(9, 8, vec![end]));
     expect_fatal(&mut link, ErrorCode::BadSender);
     wait_for("violation counted", || server.stats().peer_violations >= 1);
+    // Nor is one about a view after the one it awaits.
+    let mut link = fake.accept();
+    link.send(&ask(8, 9, vec![]));
+    expect_fatal(&mut link, ErrorCode::BadSender);
+    wait_for("violations counted", || server.stats().peer_violations >= 2);
 }
 
 #[test]

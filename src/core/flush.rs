@@ -35,6 +35,7 @@ use crate::proto::{
 
 use super::groups::Pending;
 use super::inbound::HOLD_LINK_TIMEOUTS;
+use super::membership::Config;
 use super::{ConnId, ShardCore, ShardMsg};
 
 /// Groups whose marks a shard keeps before it forgets them all (a bound; a forgotten mark
@@ -54,7 +55,7 @@ pub(crate) struct MarkIn {
     /// Its server's shard count.
     shards: u16,
     /// Its senders' first and last numbers by sender and view sent under, until reached here.
-    ends: HashMap<(SessionId, u64), (u64, u64)>,
+    pub(super) ends: HashMap<(SessionId, u64), (u64, u64)>,
     /// Marks that came before the one they follow: view by previous view.
     ahead: BTreeMap<u64, u64>,
     /// The newest view whose flush's question (about lost servers' senders) it answered
@@ -316,7 +317,6 @@ impl ShardCore {
     /// multicasts under the views before it, or a sender's number it listed; None when
     /// nothing.
     fn flush_wait(&self, group: &[u8], view_id: u64) -> Option<Awaited> {
-        let me = self.identity.node_tag;
         let g = self.groups.get(group)?;
         let none = HashMap::new();
         let marks = self.marks.get(group).unwrap_or(&none);
@@ -346,13 +346,28 @@ impl ShardCore {
         // these, not for servers that joined since (a heal), whose ends would make this shard
         // deliver what the others did not.
         let config = self.mesh.config_of(view_id).unwrap_or(&self.mesh.config);
-        let other = |t: &&NodeTag| **t != me && self.mesh.reachable.contains(*t);
+        let awaited = self.shards_to_hear(config, marks).find_map(|(tag, shard)| awaits(tag, shard));
+        awaited
+    }
+
+    /// The shards a flush hears from, in order: the other shards here, then every shard of
+    /// the reachable servers of `config` (as many as their `marks` say they have).
+    pub(super) fn shards_to_hear<'a>(
+        &'a self,
+        config: &'a Config,
+        marks: &'a HashMap<(NodeTag, u16), MarkIn>,
+    ) -> impl Iterator<Item = (NodeTag, u16)> + 'a {
+        let me = self.identity.node_tag;
+        let other = move |t: &&NodeTag| **t != me && self.mesh.reachable.contains(*t);
         let shards_of =
-            |tag: NodeTag| marks.iter().find(|((t, _), _)| *t == tag).map_or(1, |(_, m)| m.shards);
-        let local = (0..self.nshards).filter(|&s| s != self.id).map(|s| (me, s));
-        let remote =
-            config.members.iter().filter(other).flat_map(|&tag| (0..shards_of(tag)).map(move |s| (tag, s)));
-        local.chain(remote).find_map(|(tag, shard)| awaits(tag, shard))
+            move |tag: NodeTag| marks.iter().find(|((t, _), _)| *t == tag).map_or(1, |(_, m)| m.shards);
+        let local = (0..self.nshards).filter(|&s| s != self.id).map(move |s| (me, s));
+        let remote = config
+            .members
+            .iter()
+            .filter(other)
+            .flat_map(move |&tag| (0..shards_of(tag)).map(move |s| (tag, s)));
+        local.chain(remote)
     }
 
     /// The marks tell where each sender's frames owed here start. A track a relayed frame

@@ -461,8 +461,9 @@ fn check_peer_frame(frame: &Frame, tag: NodeTag) -> Result<(), String> {
             Err(format!("PEER_MARK view id {} out of range", m.view_id))
         }
         Frame::PeerMark(m) if m.lost && !m.more => Err("PEER_MARK of lost senders that ends its view".into()),
-        Frame::PeerMark(m) if (m.ask || m.answer) && (m.prev == 0 || m.prev >= m.view_id) => {
-            Err("PEER_MARK question or answer about a view not before the one awaited".into())
+        // (`prev` equal to `view`: a question about the installed view that awaits none.)
+        Frame::PeerMark(m) if (m.ask || m.answer) && (m.prev == 0 || m.prev > m.view_id) => {
+            Err("PEER_MARK question or answer about a view after the one awaited".into())
         }
         // A question's ends name the servers its sender lost, not senders.
         Frame::PeerMark(m) if m.ask => {

@@ -8,7 +8,9 @@
 //! - each shard keeps the remote frames it delivered lately (`Delivered`, within
 //!   `resend_buffer` bytes);
 //! - a lost server's sender's track is not ended at once (`SenderTrack::lost`): its end
-//!   waits for the next view, or `HOLD_LINK_TIMEOUTS` link timeouts if none comes;
+//!   waits for the next view, or `HOLD_LINK_TIMEOUTS` link timeouts if none comes (then,
+//!   with members here, for the answers to the same question as below, about the view
+//!   installed here: `expire_lost`);
 //! - with its marks of the next view, each shard sends every server that had members in
 //!   its installed view the frames of such senders it delivered in that view, as relayed
 //!   resends of their origin flagged PASSED (a server with none of a sender's frames
@@ -242,13 +244,25 @@ impl ShardCore {
             }
             commit(g, installed, &lost);
         }
-        // Answers to an earlier question may lack the servers lost since.
-        self.marks.get_mut(group).into_iter().flat_map(|m| m.values_mut()).for_each(|m| m.answered = 0);
         tracing::debug!(node = %self.identity.node_name, shard = self.id, group = %key, view_id, installed, "asking the survivors what they delivered of lost servers' senders");
+        self.ask(key, view_id, installed, &lost, &survivors);
+    }
+
+    /// Asks the other shards here and every shard of `survivors` what they delivered to
+    /// `group` in view `prev` of the senders of the `lost` servers, for the flush before
+    /// `view_id` (`answer_ask`); answers to earlier questions no longer count.
+    fn ask(&mut self, group: GroupName, view_id: u64, prev: u64, lost: &[NodeTag], survivors: &[NodeTag]) {
+        let me = self.identity.node_tag;
+        // Answers to an earlier question may lack the servers lost since.
+        self.marks
+            .get_mut(group.as_bytes())
+            .into_iter()
+            .flat_map(|m| m.values_mut())
+            .for_each(|m| m.answered = 0);
         let ask = PeerMark {
-            group: key,
+            group,
             view_id,
-            prev: installed,
+            prev,
             shard: self.id,
             shards: self.nshards,
             more: false,
@@ -264,7 +278,7 @@ impl ShardCore {
         // delivered some of them before this shard asked, or may not have committed yet.
         self.send_to_other_shards(&ShardMsg::Mark { origin: me, mark: Arc::new(ask.clone()) });
         let ask = Frame::PeerMark(ask).to_bytes();
-        for tag in survivors {
+        for &tag in survivors {
             self.send_to_link(tag, ask.clone(), 1);
         }
     }
@@ -284,8 +298,9 @@ impl ShardCore {
         lost.extend(self.mesh.config.members.iter().filter(|t| !self.mesh.reachable.contains(t)));
         // And servers the asker's next configuration leaves out whose senders' frames this
         // shard delivered in that view: a sender that is no member there (the asker could
-        // not name its server) may have reached only this side.
-        let next = self.mesh.config_of(ask.view_id);
+        // not name its server) may have reached only this side. (A question that awaits no
+        // view, about the installed one, has no next configuration.)
+        let next = (ask.view_id > view).then(|| self.mesh.config_of(ask.view_id)).flatten();
         let owed = |t: NodeTag| {
             t != origin && t != me && (lost.contains(&t) || next.is_some_and(|c| !c.members.contains(&t)))
         };
@@ -380,24 +395,14 @@ impl ShardCore {
         self.route(envelope, run, count);
     }
 
-    /// Before a view of `group` is delivered here: the lost servers' senders whose end
-    /// waited end now (a gap from the next number on), unless their server came back.
-    pub(super) fn end_lost_senders(&mut self, group: &GroupName) {
-        let Some(tracks) = self.remote.get_mut(group.as_bytes()) else { return };
-        let mut ending = Vec::new();
-        for (&sender, t) in tracks.iter_mut().filter(|(_, t)| t.lost) {
-            t.lost = false;
-            if !self.mesh.reachable.contains(&sender.node()) {
-                ending.push(sender);
-            }
-        }
-        for sender in ending {
-            self.flush_sender(group, sender, Some(u64::MAX));
-        }
-    }
-
     /// Lost servers' senders whose end waited `HOLD_LINK_TIMEOUTS` link timeouts for a view
-    /// that did not come end now.
+    /// that did not come. Where no member here is owed their frames, or a view is on its
+    /// way, they end now. Otherwise no view may come at all (a sender that is no member:
+    /// its loss orders none), and each survivor may stand at a different frame of it, while
+    /// members that later move on together must have delivered the same. So the shard asks
+    /// the survivors what they delivered of those senders in the view installed here, as a
+    /// flush would (`ask_ends`), and ends them once every shard answered and the frames
+    /// listed arrived, or when as long again has passed.
     pub(super) fn expire_lost(&mut self, now: Instant) {
         let limit = self.limits.link_timeout * HOLD_LINK_TIMEOUTS;
         let due: Vec<GroupName> = self
@@ -409,7 +414,91 @@ impl ShardCore {
             .map(|(g, _)| g.clone())
             .collect();
         for group in due {
-            self.end_lost_senders(&group);
+            let Some(g) = self.groups.get(group.as_bytes()).filter(|g| !g.local.is_empty()) else {
+                self.end_lost_senders(&group);
+                continue;
+            };
+            if !g.pending.is_empty() {
+                self.end_lost_senders(&group);
+                continue;
+            }
+            let installed = g.view_id;
+            match g.ending {
+                Some((view, since)) if view == installed => {
+                    if now.duration_since(since) >= limit || self.ends_agreed(&group, view) {
+                        self.end_lost_senders(&group);
+                    }
+                }
+                _ => self.ask_ends(&group, now),
+            }
+        }
+    }
+
+    /// The question of [`Self::expire_lost`], about the view installed here.
+    fn ask_ends(&mut self, group: &GroupName, now: Instant) {
+        let me = self.identity.node_tag;
+        let reachable = &self.mesh.reachable;
+        let mut lost: Vec<NodeTag> = self.remote.get(group.as_bytes()).map_or_else(Vec::new, |tracks| {
+            tracks
+                .iter()
+                .filter(|(_, t)| t.lost)
+                .map(|(s, _)| s.node())
+                .filter(|t| !reachable.contains(t))
+                .collect()
+        });
+        lost.sort_unstable();
+        lost.dedup();
+        if lost.is_empty() {
+            self.end_lost_senders(group); // all back: nothing to end
+            return;
+        }
+        let Some(g) = self.groups.get_mut(group.as_bytes()) else { return };
+        let view = g.view_id;
+        g.ending = Some((view, now));
+        commit(g, view, &lost);
+        let survivors: Vec<NodeTag> =
+            self.mesh.config.members.iter().copied().filter(|t| *t != me && reachable.contains(t)).collect();
+        tracing::debug!(node = %self.identity.node_name, shard = self.id, %group, view, "asking the survivors what they delivered of lost senders that no view ended");
+        self.ask(group.clone(), view, view, &lost, &survivors);
+    }
+
+    /// Whether every shard asked by [`Self::ask_ends`] (still reachable) answered about
+    /// `view`, and the lost servers' frames they listed arrived here.
+    fn ends_agreed(&self, group: &GroupName, view: u64) -> bool {
+        let Some(marks) = self.marks.get(group.as_bytes()) else { return false };
+        let reachable = &self.mesh.reachable;
+        let tracks = self.remote.get(group.as_bytes());
+        let reached = |sender: &SessionId, seq: u64| {
+            tracks.and_then(|t| t.get(sender)).is_some_and(|t| t.last >= seq && !t.tentative)
+        };
+        let answered = |at: (NodeTag, u16)| {
+            marks.get(&at).is_some_and(|m| {
+                m.answered >= view
+                    && m.ends.iter().all(|(&(s, stamp), &(_, seq))| {
+                        stamp != view || reachable.contains(&s.node()) || reached(&s, seq)
+                    })
+            })
+        };
+        self.shards_to_hear(&self.mesh.config, marks).all(answered)
+    }
+
+    /// Before a view of `group` is delivered here (or when [`Self::expire_lost`] ends them):
+    /// the lost servers' senders whose end waited end now (a gap from the next number on),
+    /// unless their server came back.
+    pub(super) fn end_lost_senders(&mut self, group: &GroupName) {
+        if let Some(g) = self.groups.get_mut(group.as_bytes()) {
+            g.ending = None;
+        }
+        let Some(tracks) = self.remote.get_mut(group.as_bytes()) else { return };
+        let mut ending = Vec::new();
+        for (&sender, t) in tracks.iter_mut().filter(|(_, t)| t.lost) {
+            t.lost = false;
+            if !self.mesh.reachable.contains(&sender.node()) {
+                ending.push(sender);
+            }
+        }
+        for sender in ending {
+            self.flush_sender(group, sender, Some(u64::MAX));
         }
     }
 }
