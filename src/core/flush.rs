@@ -346,6 +346,7 @@ impl ShardCore {
         // these, not for servers that joined since (a heal), whose ends would make this shard
         // deliver what the others did not.
         let config = self.mesh.config_of(view_id).unwrap_or(&self.mesh.config);
+        // (Bound before it is returned: the iterator borrows `none`.)
         let awaited = self.shards_to_hear(config, marks).find_map(|(tag, shard)| awaits(tag, shard));
         awaited
     }

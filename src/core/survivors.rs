@@ -245,13 +245,20 @@ impl ShardCore {
             commit(g, installed, &lost);
         }
         tracing::debug!(node = %self.identity.node_name, shard = self.id, group = %key, view_id, installed, "asking the survivors what they delivered of lost servers' senders");
-        self.ask(key, view_id, installed, &lost, &survivors);
+        self.send_question(key, view_id, installed, &lost, &survivors);
     }
 
     /// Asks the other shards here and every shard of `survivors` what they delivered to
     /// `group` in view `prev` of the senders of the `lost` servers, for the flush before
     /// `view_id` (`answer_ask`); answers to earlier questions no longer count.
-    fn ask(&mut self, group: GroupName, view_id: u64, prev: u64, lost: &[NodeTag], survivors: &[NodeTag]) {
+    fn send_question(
+        &mut self,
+        group: GroupName,
+        view_id: u64,
+        prev: u64,
+        lost: &[NodeTag],
+        survivors: &[NodeTag],
+    ) {
         let me = self.identity.node_tag;
         // Answers to an earlier question may lack the servers lost since.
         self.marks
@@ -459,7 +466,7 @@ impl ShardCore {
         let survivors: Vec<NodeTag> =
             self.mesh.config.members.iter().copied().filter(|t| *t != me && reachable.contains(t)).collect();
         tracing::debug!(node = %self.identity.node_name, shard = self.id, %group, view, "asking the survivors what they delivered of lost senders that no view ended");
-        self.ask(group.clone(), view, view, &lost, &survivors);
+        self.send_question(group.clone(), view, view, &lost, &survivors);
     }
 
     /// Whether every shard asked by [`Self::ask_ends`] (still reachable) answered about
