@@ -321,9 +321,8 @@ impl ShardCore {
         let none = HashMap::new();
         let marks = self.marks.get(group).unwrap_or(&none);
         let tracks = self.remote.get(group);
-        let reached = |sender: &SessionId, seq: u64| {
-            tracks.and_then(|t| t.get(sender)).is_some_and(|t| t.last >= seq && !t.tentative)
-        };
+        let reached =
+            |sender: &SessionId, seq: u64| tracks.and_then(|t| t.get(sender)).is_some_and(|t| t.reached(seq));
         let owed = |stamp: u64| stamp >= g.since && stamp < view_id;
         let asked = g.pending.front().is_some_and(|p| p.asked != 0);
         // What one shard's marks still leave to wait for: the mark itself, its answer if this
@@ -428,7 +427,7 @@ impl ShardCore {
                 if !members_here {
                     return stamp > installed;
                 }
-                let reached = tracks.and_then(|t| t.get(&s)).is_some_and(|t| t.last >= seq && !t.tentative);
+                let reached = tracks.and_then(|t| t.get(&s)).is_some_and(|t| t.reached(seq));
                 stamp >= since && !reached
             });
         }

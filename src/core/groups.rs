@@ -57,10 +57,11 @@ pub struct Group {
     /// the other survivors what it delivered of the senders of these lost servers: it
     /// delivers no more of theirs in them but what a survivor passes on (see `survivors.rs`).
     pub committed: Vec<(u64, Vec<NodeTag>)>,
-    /// The installed view in which this shard asked the other survivors what they delivered
-    /// of lost servers' senders whose end waited too long for a next view, and when: it
-    /// ends them once all have answered (see `survivors.rs`).
-    pub ending: Option<(u64, Instant)>,
+    /// When this shard asked the other survivors what they delivered, in the installed
+    /// view, of lost servers' senders whose end waited too long for a next view: it ends
+    /// them once all have answered (see `survivors.rs`; installing a view ends them too,
+    /// and clears this).
+    pub ending: Option<Instant>,
 }
 
 /// A run of multicasts held until its view is installed here.

@@ -74,6 +74,12 @@ impl SenderTrack {
     pub(super) fn held(&self) -> &BTreeMap<u64, Bytes> {
         &self.held
     }
+
+    /// Whether frame `seq` was delivered (or reported missing) here, for certain: a
+    /// tentative track may still start lower.
+    pub(super) fn reached(&self, seq: u64) -> bool {
+        self.last >= seq && !self.tentative
+    }
 }
 
 /// Per group, per remote sender.

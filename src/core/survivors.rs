@@ -421,22 +421,19 @@ impl ShardCore {
             .map(|(g, _)| g.clone())
             .collect();
         for group in due {
-            let Some(g) = self.groups.get(group.as_bytes()).filter(|g| !g.local.is_empty()) else {
+            let asking =
+                self.groups.get(group.as_bytes()).filter(|g| !g.local.is_empty() && g.pending.is_empty());
+            let Some(g) = asking else {
                 self.end_lost_senders(&group);
                 continue;
             };
-            if !g.pending.is_empty() {
-                self.end_lost_senders(&group);
-                continue;
-            }
-            let installed = g.view_id;
             match g.ending {
-                Some((view, since)) if view == installed => {
-                    if now.duration_since(since) >= limit || self.ends_agreed(&group, view) {
+                Some(since) => {
+                    if now.duration_since(since) >= limit || self.ends_agreed(&group, g.view_id) {
                         self.end_lost_senders(&group);
                     }
                 }
-                _ => self.ask_ends(&group, now),
+                None => self.ask_ends(&group, now),
             }
         }
     }
@@ -461,7 +458,7 @@ impl ShardCore {
         }
         let Some(g) = self.groups.get_mut(group.as_bytes()) else { return };
         let view = g.view_id;
-        g.ending = Some((view, now));
+        g.ending = Some(now);
         commit(g, view, &lost);
         let survivors: Vec<NodeTag> =
             self.mesh.config.members.iter().copied().filter(|t| *t != me && reachable.contains(t)).collect();
@@ -475,9 +472,8 @@ impl ShardCore {
         let Some(marks) = self.marks.get(group.as_bytes()) else { return false };
         let reachable = &self.mesh.reachable;
         let tracks = self.remote.get(group.as_bytes());
-        let reached = |sender: &SessionId, seq: u64| {
-            tracks.and_then(|t| t.get(sender)).is_some_and(|t| t.last >= seq && !t.tentative)
-        };
+        let reached =
+            |sender: &SessionId, seq: u64| tracks.and_then(|t| t.get(sender)).is_some_and(|t| t.reached(seq));
         let answered = |at: (NodeTag, u16)| {
             marks.get(&at).is_some_and(|m| {
                 m.answered >= view
