@@ -265,6 +265,13 @@ fn build(entries: Vec<Entry>) -> Result<Config, ConfigError> {
         }
     }
     check_server_tls(&config.server, &server_opts)?;
+    if let Err(msg) = check_mesh_size(&config.server) {
+        let at = server_opts.iter().find(|(k, ..)| k == "peers").or_else(|| server_opts.first());
+        return Err(match at {
+            Some((_, pos, _)) => err(pos, msg),
+            None => ConfigError::plain(msg),
+        });
+    }
     for (key, pos, value) in &client_opts {
         let c: &mut ClientConfig = &mut config.client;
         if set_shared!(c, key, value) {
@@ -414,6 +421,7 @@ pub fn set_server_option(config: &mut Config, key: &str, text: &str) -> Result<(
     set_server(&mut server, &key, pos, value)?;
     check_server_tls(&server, &[(key.clone(), pos.clone(), value.clone())])?;
     check_timeouts(&server).map_err(ConfigError::plain)?;
+    check_mesh_size(&server).map_err(ConfigError::plain)?;
     if key == "port" && !config.listener.listen.is_empty() {
         let ports: Vec<u16> =
             config.listener.listen.iter().filter_map(|l| listen_addr(l).ok()).map(|a| a.port()).collect();
@@ -585,6 +593,28 @@ fn edit_distance(a: &str, b: &str) -> usize {
 
 fn scalar<'a>(v: &'a Value, what: &str) -> Result<&'a str, ConfigError> {
     v.scalar().ok_or_else(|| err(v.pos(), format!("expected {what}, found an array or dictionary")))
+}
+
+/// The most servers a peers table may list with frames of `max_frame` bytes: a flush's
+/// question names every server it lost in one PEER_MARK (`core/survivors.rs`), which
+/// peers refuse, closing the link, if it is longer than their frame limit.
+pub fn max_mesh_servers(max_frame: usize) -> usize {
+    use crate::proto::{MARK_END_LEN, MARK_FIXED, MAX_GROUP_LEN};
+    max_frame.saturating_sub(MARK_FIXED + MAX_GROUP_LEN) / MARK_END_LEN
+}
+
+/// A peers table longer than the frame limit allows (see [`max_mesh_servers`]).
+fn check_mesh_size(s: &ServerConfig) -> Result<(), String> {
+    let most = max_mesh_servers(s.max_frame_size);
+    if s.peers.len() > most {
+        return Err(format!(
+            "peers lists {} servers, but with max_frame_size {} a mesh has at most {most} \
+             (a membership question names every lost server in one frame): raise max_frame_size",
+            s.peers.len(),
+            s.max_frame_size
+        ));
+    }
+    Ok(())
 }
 
 /// Timeouts that only make sense in a certain order.
@@ -813,6 +843,58 @@ pub fn listen_addr(s: &str) -> Result<SocketAddr, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A mesh with `n` peers and frames of `max_frame` bytes, as a config file.
+    fn mesh_config(n: usize, max_frame: usize) -> String {
+        let peers: Vec<String> =
+            (0..n).map(|i| format!("n{i} = \"10.0.{}.{}\"", i / 250, i % 250 + 1)).collect();
+        format!("msgc_server {{ max_frame_size = {max_frame}\n peers = [ {} ] }}", peers.join("\n"))
+    }
+
+    #[test]
+    fn a_mesh_too_large_for_its_frame_limit_is_refused() {
+        let most = max_mesh_servers(4096);
+        assert!(most >= 64, "a 4 KiB frame must still carry a mesh of 64 servers, carries {most}");
+        assert!(parse_str(&mesh_config(most, 4096), "f").is_ok());
+        let e = parse_str(&mesh_config(most + 1, 4096), "f").unwrap_err().to_string();
+        assert!(e.starts_with("f:2:") && e.contains("raise max_frame_size"), "{e}");
+        // The default frame limit carries the same table, and a set at run time checks it too.
+        let mut c = parse_str(&mesh_config(most + 1, 1 << 20), "f").unwrap();
+        let e = set_server_option(&mut c, "max_frame_size", "4096").unwrap_err().to_string();
+        assert!(e.contains("raise max_frame_size"), "{e}");
+        assert_eq!(c.server.max_frame_size, 1 << 20, "a failed set changes nothing");
+    }
+
+    #[test]
+    fn a_question_naming_every_peer_fits_one_frame() {
+        use crate::proto::{Frame, GroupName, NodeTag, PeerMark, SenderEnd, SessionId, MAX_GROUP_LEN};
+        let question = |servers: usize| {
+            let end = |i: usize| SenderEnd {
+                sender: SessionId::new(NodeTag(i as u32), 0),
+                first: 0,
+                seq: 0,
+                stamp: 0,
+            };
+            let mark = PeerMark {
+                group: GroupName::new(&"g".repeat(MAX_GROUP_LEN)).unwrap(),
+                view_id: 2,
+                prev: 1,
+                shard: 0,
+                shards: 1,
+                more: false,
+                lost: false,
+                ask: true,
+                answer: false,
+                ends: (0..servers).map(end).collect(),
+            };
+            Frame::PeerMark(mark).to_bytes().len()
+        };
+        for max_frame in [4096, 65536] {
+            let most = max_mesh_servers(max_frame);
+            assert!(question(most) <= max_frame, "{most} servers at {max_frame}");
+            assert!(question(most + 1) > max_frame, "{} servers at {max_frame}", most + 1);
+        }
+    }
 
     #[test]
     fn nearest_names_are_suggested() {
