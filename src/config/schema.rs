@@ -266,8 +266,7 @@ fn build(entries: Vec<Entry>) -> Result<Config, ConfigError> {
     }
     check_server_tls(&config.server, &server_opts)?;
     if let Err(msg) = check_mesh_size(&config.server) {
-        let at = server_opts.iter().find(|(k, ..)| k == "peers").or_else(|| server_opts.first());
-        return Err(match at {
+        return Err(match server_opts.iter().find(|(k, ..)| k == "peers") {
             Some((_, pos, _)) => err(pos, msg),
             None => ConfigError::plain(msg),
         });
