@@ -926,13 +926,15 @@ fn random_schedules_keep_the_contract() {
 /// delivered what came (1964, 7689), a server that lost a second server after it had asked
 /// about the first, in the same configuration, and did not ask again (4692), survivors
 /// that each ended a lost server's sender (no member, so no view followed) when their wait
-/// ran out, one after a frame the other never had (9988), and others found with them.
+/// ran out, one after a frame the other never had (9988), a view that drops a member of a
+/// server cut off from the others, installed apart on both sides, each with what reached
+/// it, and shown there to the members it kept (11374), and others found with them.
 #[test]
 fn fixed_synchrony_breaks_stay_fixed() {
     let severe = [
         29, 61, 64, 157, 199, 223, 256, 260, 272, 281, 303, 355, 374, 383, 459, 735, 744, 925, 1232, 1262,
         1438, 1472, 1491, 1534, 1964, 1989, 2116, 2149, 2335, 2489, 2553, 2690, 2880, 3422, 3552, 3956, 3964,
-        4243, 4692, 4762, 4952, 5942, 6167, 6221, 6252, 6488, 6721, 6877, 7689, 9054, 9988, 11175,
+        4243, 4692, 4762, 4952, 5942, 6167, 6221, 6252, 6488, 6721, 6877, 7689, 9054, 9988, 11175, 11374,
     ];
     let crash = [744];
     let seeds = severe.map(|s| (s, Fault::Severe)).into_iter().chain(crash.map(|s| (s, Fault::Crash)));

@@ -238,12 +238,14 @@ impl ShardCore {
             // off meanwhile, so this server missed what reached the others in it.) Members
             // here skip it (the servers cut off from each other would install it apart, each
             // with what reached it), unless it drops one of them: a member sees its own
-            // leave, because senders stopped sending to it by that view. One it adds sees
+            // leave, because senders stopped sending to it by that view (and only the
+            // members it drops see it: below). One it adds sees
             // its join in the view that supersedes it, which lists every member this server
             // has.
             let cut_off = p.members.iter().any(|m| !self.mesh.reachable.contains(&m.session.node()))
                 || self.left_out_later(&g.pending, &p.members);
-            if cut_off && !g.local.is_empty() && self.keeps_local(&g.local, &p.members) {
+            let keeps_local = self.keeps_local(&g.local, &p.members);
+            if cut_off && !g.local.is_empty() && keeps_local {
                 if g.pending.len() > 1 {
                     tracing::trace!(node = %self.identity.node_name, shard = self.id, view_id, "skipping a view with members of a lost server");
                     self.groups.get_mut(group).and_then(|g| g.pending.pop_front());
@@ -276,7 +278,13 @@ impl ShardCore {
             }
             let Some(p) = self.groups.get_mut(group).and_then(|g| g.pending.pop_front()) else { break };
             self.end_lost_senders(&key);
-            self.install_view(key.clone(), p);
+            // One that drops a member here, from across a split, is its member's last
+            // view: only the members it drops see it (the others here move on from the
+            // view before to the next one, ordered by the configuration they are in; the
+            // other side, which installs this one with what reached it, may have delivered
+            // more in the view before).
+            let only_dropped = cut_off && !keeps_local;
+            self.install_view(key.clone(), p, only_dropped);
             self.prune_marks(&key);
         }
         self.installing = false;

@@ -227,8 +227,9 @@ impl ShardCore {
     }
 
     /// Sends a view to the members here: the ones it lists, a local leaver (its last view
-    /// of the group), and any it drops.
-    pub(super) fn install_view(&mut self, group: GroupName, p: Pending) {
+    /// of the group), and any it drops; with `only_dropped`, not to the members it keeps
+    /// (the shard routes by it all the same).
+    pub(super) fn install_view(&mut self, group: GroupName, p: Pending, only_dropped: bool) {
         let Pending { frame, view_id, members, leaver, .. } = p;
         let name = group.clone();
         let me = self.identity.node_tag;
@@ -237,14 +238,18 @@ impl ShardCore {
             .filter(|m| m.session.node() == me)
             .filter_map(|m| self.sessions.get(&m.session).copied())
             .collect();
-        let mut recipients = local.clone();
+        // (A member it adds needs a first view all the same.)
+        let mut recipients = match self.groups.get(group.as_bytes()) {
+            Some(g) if only_dropped => local.iter().filter(|c| !g.local.contains(c)).copied().collect(),
+            _ => local.clone(),
+        };
         if let Some(&conn) = leaver.and_then(|s| self.sessions.get(&s)) {
             recipients.push(conn);
         }
         // A local member this view drops (it left, or the ordering server no longer counts
         // it) is told: the view without it is its last of the group for now.
         if let Some(g) = self.groups.get(group.as_bytes()) {
-            for &conn in &g.local {
+            for &conn in g.local.iter().filter(|c| !local.contains(c)) {
                 if !recipients.contains(&conn) {
                     recipients.push(conn);
                 }
