@@ -244,8 +244,8 @@ impl ShardCore {
             // has.
             let cut_off = p.members.iter().any(|m| !self.mesh.reachable.contains(&m.session.node()))
                 || self.left_out_later(&g.pending, &p.members);
-            let keeps_local = self.keeps_local(&g.local, &p.members);
-            if cut_off && !g.local.is_empty() && keeps_local {
+            let drops_local = cut_off && !self.keeps_local(&g.local, &p.members);
+            if cut_off && !g.local.is_empty() && !drops_local {
                 if g.pending.len() > 1 {
                     tracing::trace!(node = %self.identity.node_name, shard = self.id, view_id, "skipping a view with members of a lost server");
                     self.groups.get_mut(group).and_then(|g| g.pending.pop_front());
@@ -283,8 +283,7 @@ impl ShardCore {
             // view before to the next one, ordered by the configuration they are in; the
             // other side, which installs this one with what reached it, may have delivered
             // more in the view before).
-            let only_dropped = cut_off && !keeps_local;
-            self.install_view(key.clone(), p, only_dropped);
+            self.install_view(key.clone(), p, drops_local);
             self.prune_marks(&key);
         }
         self.installing = false;
